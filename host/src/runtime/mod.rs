@@ -1,0 +1,148 @@
+//! The plugin runtime: one engine, compiled plugins, a fresh sandbox per run.
+//!
+//! - [`abi`]: host bindings of `wit/collector.wit` and the ABI version check;
+//! - [`cache`]: precompiled components on disk;
+//! - [`sandbox`]: the store a run gets, its imports, and the filesystem hooks;
+//! - [`fs_policy`]: which resolved paths a plugin may open;
+//! - [`limits`]: fuel, deadline, memory and output limits;
+//! - [`epoch`]: the ticker behind deadlines;
+//! - [`run`]: running a plugin once and classifying what went wrong.
+
+pub mod abi;
+pub mod cache;
+pub mod epoch;
+pub mod fs_policy;
+pub mod limits;
+pub mod run;
+pub mod sandbox;
+
+use anyhow::Context;
+use cache::{ArtifactCache, CacheOutcome};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine};
+
+pub use limits::{LimitOverrides, Limits};
+pub use run::{Output, RunFailure, RunOutcome, RunRequest};
+pub use sandbox::View;
+
+/// A loaded plugin: compiled, version-checked and described.
+pub struct Plugin {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub description: Description,
+    pub cache: CacheOutcome,
+    pre: abi::CollectorPre<sandbox::SandboxState>,
+}
+
+/// What a plugin says about itself (`describe`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Description {
+    pub name: String,
+    pub version: String,
+    pub abi_version: &'static str,
+    pub grants: Vec<Grant>,
+    pub interval_seconds: u32,
+    pub metrics: Vec<MetricInfo>,
+}
+
+/// A capability beyond the default read-only `/proc` view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    Sys,
+    Files,
+}
+
+/// A metric a plugin documents.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MetricInfo {
+    pub name: String,
+    pub kind: crate::report::MetricKind,
+    pub unit: String,
+    pub help: String,
+}
+
+/// Shared by every run: the engine, the linker, the cache and the ticker.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<sandbox::SandboxState>,
+    cache: ArtifactCache,
+    ticker: Arc<epoch::EpochTicker>,
+    /// Runs abandoned while blocked in a host call and not yet returned.
+    stuck: AtomicUsize,
+}
+
+impl Runtime {
+    /// A runtime caching compiled plugins in `cache_dir` (none: no cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.consume_fuel(true).epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let linker = sandbox::linker(&engine)?;
+        let cache = ArtifactCache::new(cache_dir, &engine);
+        let ticker = epoch::EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                ticker,
+                stuck: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// Load the plugin at `path`: read, hash, compile (or load from cache),
+    /// check its ABI version and imports, and ask it to describe itself.
+    pub fn load(&self, path: &Path) -> anyhow::Result<Arc<Plugin>> {
+        let wasm = std::fs::read(path)
+            .with_context(|| format!("cannot read plugin {}", path.display()))?;
+        self.load_bytes(path, &wasm)
+            .with_context(|| format!("cannot load plugin {}", path.display()))
+    }
+
+    fn load_bytes(&self, path: &Path, wasm: &[u8]) -> anyhow::Result<Arc<Plugin>> {
+        let inner = &self.inner;
+        if wasm.starts_with(b"\0asm\x01\0\0\0") {
+            anyhow::bail!(
+                "this is a core wasm module, not a component: build the plugin for wasm32-wasip2"
+            );
+        }
+        let sha256 = hex(&Sha256::digest(wasm));
+        let (component, cache) = inner.cache.load(&inner.engine, wasm, &sha256)?;
+        let ty = component.component_type();
+        abi::check_exports(ty.exports(&inner.engine).map(|(name, _)| name))
+            .map_err(anyhow::Error::msg)?;
+        let pre = inner.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("the plugin imports something the sandbox does not provide: {e:#}")
+        })?;
+        let pre = abi::CollectorPre::new(pre)?;
+        let description = run::describe(self, &pre, path)?;
+        Ok(Arc::new(Plugin {
+            path: path.to_owned(),
+            sha256,
+            description,
+            cache,
+            pre,
+        }))
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

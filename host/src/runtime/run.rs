@@ -1,0 +1,380 @@
+//! Running a plugin once: a fresh sandbox, the call, and an exact reason when
+//! it goes wrong.
+
+use super::abi::{self, wit};
+use super::sandbox::{Sandbox, View, new_sandbox, truncate};
+use super::{Description, Grant, Limits, MetricInfo, Plugin, Runtime};
+use crate::report::{Cost, Level, MetricKind, Sample, Status};
+use crate::units::{ByteSize, HumanDuration};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::Trap;
+
+/// Runs abandoned in host calls that may pile up before new runs are refused.
+const MAX_STUCK_RUNS: usize = 8;
+
+/// Grace after the deadline before a run blocked in a host call is abandoned:
+/// the epoch trap normally ends a run within a tick of its deadline.
+const HARD_TIMEOUT_GRACE: Duration = Duration::from_millis(50);
+
+/// Stderr kept in a trap message, in bytes.
+const STDERR_IN_MESSAGE: usize = 512;
+
+/// Everything one run needs besides the plugin.
+#[derive(Clone)]
+pub struct RunRequest {
+    pub service: String,
+    pub params: Vec<(String, String)>,
+    pub state: Option<Vec<u8>>,
+    pub limits: Limits,
+    pub view: Arc<View>,
+}
+
+/// What a successful run returned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub samples: Vec<Sample>,
+    pub status: Status,
+    /// The state for the next run (none: keep none).
+    pub state: Option<Vec<u8>>,
+}
+
+/// Why a run produced no usable output. The text is what the operator sees
+/// in the UNKNOWN status.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RunFailure {
+    #[error("fuel limit {0} exhausted")]
+    Fuel(u64),
+    #[error("deadline {0} exceeded")]
+    Deadline(HumanDuration),
+    #[error("deadline {0} exceeded while blocked in a host call; the run was abandoned")]
+    Blocked(HumanDuration),
+    #[error("memory limit {0} reached")]
+    Memory(ByteSize),
+    #[error("output limit: {count} samples exceed max_samples {limit}")]
+    TooManySamples { count: usize, limit: usize },
+    #[error("output limit: {size} bytes of strings exceed max_output_bytes {limit}")]
+    OutputBytes { size: u64, limit: ByteSize },
+    #[error("stdout/stderr limit {0} exceeded")]
+    Stdio(ByteSize),
+    #[error("state limit {limit} exceeded: the plugin returned {size} bytes of state")]
+    State { size: u64, limit: ByteSize },
+    #[error("trap: {0}")]
+    Trap(String),
+    #[error("plugin error: {0}")]
+    Plugin(String),
+    #[error("not run: {0}")]
+    Refused(String),
+}
+
+/// The result of one run and what it cost.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub result: Result<Output, RunFailure>,
+    pub cost: Cost,
+    /// Paths the policy refused during the run (the first few) and the count.
+    pub denied: Vec<String>,
+    pub denied_count: usize,
+}
+
+impl RunOutcome {
+    fn refused(reason: RunFailure) -> Self {
+        RunOutcome {
+            result: Err(reason),
+            cost: Cost::default(),
+            denied: Vec::new(),
+            denied_count: 0,
+        }
+    }
+
+    /// The status to report: the plugin's, or UNKNOWN naming the failure.
+    pub fn status(&self) -> Status {
+        match &self.result {
+            Ok(output) => output.status.clone(),
+            Err(failure) => {
+                let mut text = failure.to_string();
+                if self.denied_count > 0 {
+                    text.push_str(&format!(
+                        " ({} opens denied by the sandbox, first {})",
+                        self.denied_count, self.denied[0]
+                    ));
+                }
+                Status::unknown(text)
+            }
+        }
+    }
+}
+
+/// Ask a freshly compiled plugin to describe itself, under default limits.
+pub(super) fn describe(
+    runtime: &Runtime,
+    pre: &abi::CollectorPre<super::sandbox::SandboxState>,
+    path: &Path,
+) -> anyhow::Result<Description> {
+    let limits = Limits::default();
+    let view = Arc::new(View::new(false, &[])?);
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let _active = runtime.inner.ticker.activate();
+    let mut sandbox = new_sandbox(runtime.engine(), &view, &limits, &name, "describe")?;
+    let result = pre.instantiate(&mut sandbox.store).and_then(|instance| {
+        instance
+            .sandglass_collector_plugin()
+            .call_describe(&mut sandbox.store)
+    });
+    let d = result
+        .map_err(|e| anyhow::anyhow!("describe failed: {}", classify(e, &sandbox, &limits)))?;
+    Ok(Description {
+        name: d.name,
+        version: d.version,
+        abi_version: abi::ABI_VERSION,
+        grants: d
+            .grants
+            .into_iter()
+            .map(|g| match g {
+                wit::Grant::Sys => Grant::Sys,
+                wit::Grant::Files => Grant::Files,
+            })
+            .collect(),
+        interval_seconds: d.interval_seconds,
+        metrics: d
+            .metrics
+            .into_iter()
+            .map(|m| MetricInfo {
+                name: m.name,
+                kind: kind(m.kind),
+                unit: m.unit,
+                help: m.help,
+            })
+            .collect(),
+    })
+}
+
+impl Runtime {
+    /// Run `plugin` once on this thread. Fuel and the epoch deadline bound the
+    /// guest, but a guest blocked inside a host call is not interrupted: use
+    /// [`Runtime::run`] unless something else bounds the call.
+    pub fn run_here(&self, plugin: &Plugin, request: &RunRequest) -> RunOutcome {
+        let _active = self.inner.ticker.activate();
+        let start = Instant::now();
+        let limits = &request.limits;
+        let mut sandbox = match new_sandbox(
+            self.engine(),
+            &request.view,
+            limits,
+            &plugin.description.name,
+            &request.service,
+        ) {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                return RunOutcome::refused(RunFailure::Refused(format!(
+                    "cannot build the sandbox: {e:#}"
+                )));
+            }
+        };
+        let called = plugin
+            .pre
+            .instantiate(&mut sandbox.store)
+            .and_then(|instance| {
+                instance.sandglass_collector_plugin().call_collect(
+                    &mut sandbox.store,
+                    &request.params,
+                    request.state.as_deref(),
+                )
+            });
+        let result = match called {
+            Err(e) => Err(classify(e, &sandbox, limits)),
+            Ok(Err(message)) => Err(RunFailure::Plugin(message)),
+            Ok(Ok(collection)) => check_output(collection, limits),
+        };
+        log_stderr(&sandbox, &plugin.description.name, &request.service);
+        let state = sandbox.store.data();
+        let cost = Cost {
+            wall_micros: start.elapsed().as_micros() as u64,
+            fuel: limits.fuel - sandbox.store.get_fuel().unwrap_or(0),
+            peak_memory: state.limiter.peak as u64,
+        };
+        RunOutcome {
+            result,
+            cost,
+            denied: state
+                .denied
+                .iter()
+                .map(|d| format!("{} ({})", d.path.display(), d.rule))
+                .collect(),
+            denied_count: state.denied_count,
+        }
+    }
+
+    /// Run `plugin` once on a thread of its own, waiting at most the deadline
+    /// (plus a short grace). A run still blocked in a host call by then is
+    /// abandoned and reported as such; at most [`MAX_STUCK_RUNS`] may be
+    /// abandoned at once, further runs are refused until they return.
+    pub fn run(&self, plugin: &Arc<Plugin>, request: RunRequest) -> RunOutcome {
+        let stuck = self.inner.stuck.load(Ordering::SeqCst);
+        if stuck >= MAX_STUCK_RUNS {
+            return RunOutcome::refused(RunFailure::Refused(format!(
+                "{stuck} earlier runs are still blocked in host calls; no new run starts until they return"
+            )));
+        }
+        let deadline = request.limits.deadline;
+        let slot = Arc::new((Mutex::new(Slot::Running), Condvar::new()));
+        let (runtime, plugin, worker_slot) = (self.clone(), plugin.clone(), slot.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sandglass-run".into())
+            .spawn(move || {
+                let outcome = runtime.run_here(&plugin, &request);
+                let (lock, done) = &*worker_slot;
+                let mut slot = lock.lock().expect("run slot");
+                if matches!(*slot, Slot::Abandoned) {
+                    runtime.inner.stuck.fetch_sub(1, Ordering::SeqCst);
+                } else {
+                    *slot = Slot::Done(Box::new(outcome));
+                    done.notify_one();
+                }
+            });
+        if let Err(e) = spawned {
+            return RunOutcome::refused(RunFailure::Refused(format!(
+                "cannot start a run thread: {e}"
+            )));
+        }
+        let (lock, done) = &*slot;
+        let guard = lock.lock().expect("run slot");
+        let (mut slot, _) = done
+            .wait_timeout_while(guard, deadline.0 + HARD_TIMEOUT_GRACE, |s| {
+                matches!(s, Slot::Running)
+            })
+            .expect("run slot");
+        match std::mem::replace(&mut *slot, Slot::Abandoned) {
+            Slot::Done(outcome) => *outcome,
+            _ => {
+                self.inner.stuck.fetch_add(1, Ordering::SeqCst);
+                let mut outcome = RunOutcome::refused(RunFailure::Blocked(deadline));
+                outcome.cost.wall_micros = (deadline.0 + HARD_TIMEOUT_GRACE).as_micros() as u64;
+                outcome
+            }
+        }
+    }
+}
+
+enum Slot {
+    Running,
+    Done(Box<RunOutcome>),
+    Abandoned,
+}
+
+/// Name the limit behind a failed call, or the trap.
+fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFailure {
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => return RunFailure::Fuel(limits.fuel),
+        Some(Trap::Interrupt) => return RunFailure::Deadline(limits.deadline),
+        _ => {}
+    }
+    if sandbox.store.data().limiter.hit {
+        return RunFailure::Memory(limits.memory);
+    }
+    let cap = limits.max_stdio_bytes.0 as usize;
+    if sandbox.stdout.contents().len() >= cap || sandbox.stderr.contents().len() >= cap {
+        return RunFailure::Stdio(limits.max_stdio_bytes);
+    }
+    let mut message = match err.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{err:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let stderr = sandbox.stderr.contents();
+    let stderr = String::from_utf8_lossy(&stderr);
+    if let Some(last) = stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        message.push_str(&format!(
+            "; plugin stderr: {}",
+            truncate(last, STDERR_IN_MESSAGE)
+        ));
+    }
+    RunFailure::Trap(message)
+}
+
+/// Check a collection against the output and state caps and convert it.
+fn check_output(collection: wit::Collection, limits: &Limits) -> Result<Output, RunFailure> {
+    let count = collection.samples.len();
+    if count > limits.max_samples {
+        return Err(RunFailure::TooManySamples {
+            count,
+            limit: limits.max_samples,
+        });
+    }
+    let size: u64 = collection.status.text.len() as u64
+        + collection
+            .samples
+            .iter()
+            .map(|s| {
+                (s.name.len()
+                    + s.unit.len()
+                    + s.labels
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()) as u64
+            })
+            .sum::<u64>();
+    if size > limits.max_output_bytes.0 {
+        return Err(RunFailure::OutputBytes {
+            size,
+            limit: limits.max_output_bytes,
+        });
+    }
+    if let Some(state) = &collection.state
+        && state.len() as u64 > limits.max_state_bytes.0
+    {
+        return Err(RunFailure::State {
+            size: state.len() as u64,
+            limit: limits.max_state_bytes,
+        });
+    }
+    Ok(Output {
+        samples: collection
+            .samples
+            .into_iter()
+            .map(|s| Sample {
+                name: s.name,
+                value: s.value,
+                kind: kind(s.kind),
+                unit: s.unit,
+                labels: s.labels,
+            })
+            .collect(),
+        status: Status {
+            level: match collection.status.level {
+                wit::Level::Ok => Level::Ok,
+                wit::Level::Warn => Level::Warn,
+                wit::Level::Crit => Level::Crit,
+                wit::Level::Unknown => Level::Unknown,
+            },
+            text: collection.status.text,
+        },
+        state: collection.state,
+    })
+}
+
+fn kind(k: wit::MetricKind) -> MetricKind {
+    match k {
+        wit::MetricKind::Gauge => MetricKind::Gauge,
+        wit::MetricKind::Counter => MetricKind::Counter,
+    }
+}
+
+/// Route what the plugin wrote to stderr into the agent's log, tagged.
+fn log_stderr(sandbox: &Sandbox, plugin: &str, service: &str) {
+    let stderr = sandbox.stderr.contents();
+    for line in String::from_utf8_lossy(&stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        tracing::info!(plugin, service, stream = "stderr", "{line}");
+    }
+}

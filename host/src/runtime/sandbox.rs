@@ -1,0 +1,331 @@
+//! One sandbox: the store state a plugin run sees, the linker that defines
+//! its imports, and the policy hooks in front of `wasi:filesystem`.
+
+use super::abi;
+use super::fs_policy::{Denied, FsPolicy, resolved_path};
+use super::limits::Limits;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::sync::filesystem::types as wasi_fs;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The instance name wasmtime-wasi registers `wasi:filesystem/types` under.
+const WASI_FS_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Log lines a plugin may send through the `log` import per run, in bytes.
+const LOG_BYTES_PER_RUN: usize = 16 << 10;
+
+/// Denied opens remembered per run (the count is kept in full).
+const DENIALS_KEPT: usize = 4;
+
+/// The directories a plugin sees, each read-only, and the policy that judges
+/// every open under them. Built once per service, shared by its runs.
+#[derive(Debug)]
+pub struct View {
+    /// (host directory, path the guest sees it at)
+    dirs: Vec<(PathBuf, String)>,
+    policy: FsPolicy,
+}
+
+impl View {
+    /// `/proc` always; `/sys` when `sys` is granted; each of `files` (granted
+    /// directories) at its own absolute path.
+    pub fn new(sys: bool, files: &[PathBuf]) -> std::io::Result<View> {
+        let mut dirs = vec![(PathBuf::from("/proc"), "/proc".to_owned())];
+        if sys {
+            dirs.push((PathBuf::from("/sys"), "/sys".to_owned()));
+        }
+        for dir in files {
+            let real = std::fs::canonicalize(dir)?;
+            dirs.push((real.clone(), real.to_string_lossy().into_owned()));
+        }
+        let roots = dirs.iter().map(|(host, _)| host.clone()).collect();
+        let policy = FsPolicy::new(roots, "/proc".into(), std::process::id());
+        Ok(View { dirs, policy })
+    }
+}
+
+/// Tracks memory growth against the cap, remembering the peak and whether the
+/// cap was hit (an infallible allocation then traps, and the trap alone would
+/// not say why).
+pub struct MemoryLimiter {
+    cap: usize,
+    pub peak: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.hit = true;
+            return Ok(false);
+        }
+        self.peak = self.peak.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Table slots are pointer-sized host memory: cap them by the same budget.
+        Ok(desired.saturating_mul(8) <= self.cap)
+    }
+}
+
+/// What a plugin run's store holds.
+pub struct SandboxState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    view: Arc<View>,
+    /// Opens refused by the policy: the first few, and how many in all.
+    pub denied: Vec<Denied>,
+    pub denied_count: usize,
+    plugin: String,
+    service: String,
+    log_budget: usize,
+}
+
+impl WasiView for SandboxState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl abi::sandglass::collector::types::Host for SandboxState {}
+
+impl abi::sandglass::collector::log::Host for SandboxState {
+    fn log(&mut self, level: abi::LogLevel, message: String) {
+        if self.log_budget == 0 {
+            return;
+        }
+        let message = truncate(&message, self.log_budget);
+        self.log_budget = self.log_budget.saturating_sub(message.len().max(1));
+        let (plugin, service) = (&self.plugin, &self.service);
+        match level {
+            abi::LogLevel::Trace => tracing::trace!(plugin, service, "{message}"),
+            abi::LogLevel::Debug => tracing::debug!(plugin, service, "{message}"),
+            abi::LogLevel::Info => tracing::info!(plugin, service, "{message}"),
+            abi::LogLevel::Warn => tracing::warn!(plugin, service, "{message}"),
+            abi::LogLevel::Error => tracing::error!(plugin, service, "{message}"),
+        }
+        if self.log_budget == 0 {
+            tracing::warn!(
+                plugin,
+                service,
+                "log limit of {LOG_BYTES_PER_RUN} bytes per run reached; dropping the rest"
+            );
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+impl SandboxState {
+    /// `open-at` through wasmtime-wasi, then kept only if the policy allows the
+    /// path the kernel resolved.
+    fn open_at_checked(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: wasi_fs::PathFlags,
+        path: String,
+        open_flags: wasi_fs::OpenFlags,
+        flags: wasi_fs::DescriptorFlags,
+    ) -> wasmtime::Result<Result<Resource<Descriptor>, wasi_fs::ErrorCode>> {
+        let view = self.view.clone();
+        let mut fs = self.filesystem();
+        let opened = match wasi_fs::HostDescriptor::open_at(
+            &mut fs, fd, path_flags, path, open_flags, flags,
+        ) {
+            Ok(opened) => opened,
+            Err(e) => return Ok(Err(wasi_fs::Host::convert_error_code(&mut fs, e)?)),
+        };
+        let raw = match fs.table.get(&opened)? {
+            Descriptor::File(f) => f.file.as_raw_fd(),
+            Descriptor::Dir(d) => d.dir.as_raw_fd(),
+        };
+        match check_fd(&view.policy, raw) {
+            Ok(()) => Ok(Ok(opened)),
+            Err(denied) => {
+                fs.table.delete(opened)?;
+                self.note_denied(denied);
+                Ok(Err(wasi_fs::ErrorCode::Access))
+            }
+        }
+    }
+
+    /// `readlink-at`, refused for links the policy hides (`cwd`, `root`,
+    /// `exe`, `fd/*`, `map_files/*`, ...) and for any path with `..`.
+    fn readlink_at_checked(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path: String,
+    ) -> wasmtime::Result<Result<String, wasi_fs::ErrorCode>> {
+        let view = self.view.clone();
+        let fs = self.filesystem();
+        let dir_fd = match fs.table.get(&fd)? {
+            Descriptor::Dir(d) => d.dir.as_raw_fd(),
+            Descriptor::File(_) => return Ok(Err(wasi_fs::ErrorCode::NotDirectory)),
+        };
+        let verdict = if path.split('/').any(|part| part == "..") {
+            Err(Denied {
+                path: path.clone().into(),
+                rule: "`..` in a readlink path",
+            })
+        } else {
+            resolved_path(dir_fd)
+                .map_err(|_| Denied {
+                    path: path.clone().into(),
+                    rule: "cannot resolve the directory",
+                })
+                .and_then(|dir| view.policy.check(&dir.join(&path)))
+        };
+        if let Err(denied) = verdict {
+            self.note_denied(denied);
+            return Ok(Err(wasi_fs::ErrorCode::Access));
+        }
+        let mut fs = self.filesystem();
+        match wasi_fs::HostDescriptor::readlink_at(&mut fs, fd, path) {
+            Ok(target) => Ok(Ok(target)),
+            Err(e) => Ok(Err(wasi_fs::Host::convert_error_code(&mut fs, e)?)),
+        }
+    }
+
+    fn note_denied(&mut self, denied: Denied) {
+        tracing::debug!(plugin = self.plugin, service = self.service, path = %denied.path.display(), rule = denied.rule, "open denied by the sandbox policy");
+        self.denied_count += 1;
+        if self.denied.len() < DENIALS_KEPT {
+            self.denied.push(denied);
+        }
+    }
+}
+
+/// Check an open descriptor's resolved path; fail closed when it has none.
+fn check_fd(policy: &FsPolicy, raw: std::os::fd::RawFd) -> Result<(), Denied> {
+    let real = resolved_path(raw).map_err(|_| Denied {
+        path: PathBuf::from(format!("fd {raw}")),
+        rule: "cannot resolve the opened path",
+    })?;
+    policy.check(&real)
+}
+
+/// The linker every plugin is instantiated with: WASI p2 (sync, no network),
+/// the `log` import, and the policy hooks shadowing `open-at` and `readlink-at`.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    abi::sandglass::collector::log::add_to_linker::<_, HasSelf<SandboxState>>(&mut linker, |s| s)?;
+    abi::sandglass::collector::types::add_to_linker::<_, HasSelf<SandboxState>>(
+        &mut linker,
+        |s| s,
+    )?;
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(WASI_FS_TYPES)?;
+    types.func_wrap(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<'_, SandboxState>,
+         (fd, path_flags, path, open_flags, flags): (
+            Resource<Descriptor>,
+            wasi_fs::PathFlags,
+            String,
+            wasi_fs::OpenFlags,
+            wasi_fs::DescriptorFlags,
+        )| {
+            Ok((store
+                .data_mut()
+                .open_at_checked(fd, path_flags, path, open_flags, flags)?,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.readlink-at",
+        |mut store: StoreContextMut<'_, SandboxState>,
+         (fd, path): (Resource<Descriptor>, String)| {
+            Ok((store.data_mut().readlink_at_checked(fd, path)?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(linker)
+}
+
+/// A store ready for one run, and the pipes that capture its stdout/stderr.
+pub struct Sandbox {
+    pub store: Store<SandboxState>,
+    pub stdout: MemoryOutputPipe,
+    pub stderr: MemoryOutputPipe,
+}
+
+/// Build a fresh store for one run of `plugin` as `service` under `limits`.
+pub fn new_sandbox(
+    engine: &Engine,
+    view: &Arc<View>,
+    limits: &Limits,
+    plugin: &str,
+    service: &str,
+) -> anyhow::Result<Sandbox> {
+    let stdio_cap = usize::try_from(limits.max_stdio_bytes.0).unwrap_or(usize::MAX);
+    let stdout = MemoryOutputPipe::new(stdio_cap);
+    let stderr = MemoryOutputPipe::new(stdio_cap);
+    let mut wasi = WasiCtxBuilder::new();
+    // Must come before the preopens: each captures the flag when added, and
+    // without it every file operation is a tokio spawn_blocking (10x slower).
+    wasi.allow_blocking_current_thread(true)
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for (host, guest) in &view.dirs {
+        wasi.preopened_dir(host, guest, FsPerms::ReadOnly)?;
+    }
+    let state = SandboxState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter {
+            cap: usize::try_from(limits.memory.0).unwrap_or(usize::MAX),
+            peak: 0,
+            hit: false,
+        },
+        view: view.clone(),
+        denied: Vec::new(),
+        denied_count: 0,
+        plugin: plugin.to_owned(),
+        service: service.to_owned(),
+        log_budget: LOG_BYTES_PER_RUN,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_fuel(limits.fuel)?;
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(super::epoch::ticks_for(limits.deadline()));
+    Ok(Sandbox {
+        store,
+        stdout,
+        stderr,
+    })
+}

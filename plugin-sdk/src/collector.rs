@@ -1,0 +1,301 @@
+//! The [`Collector`] trait and the plain-Rust types around the ABI.
+
+use crate::bindings::sandglass::collector::types as abi;
+use crate::error::{Error, Result};
+
+/// Check result level, as in a check_mk local check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Crit,
+    Unknown,
+}
+
+/// A collector plugin. Implement it on a unit struct and pass that struct to
+/// [`crate::export_collector!`].
+pub trait Collector {
+    /// Static facts about the plugin. Must not read files: `agent plugin info`
+    /// calls it without running a collection.
+    fn describe() -> Description;
+
+    /// Collect once: read what you need, add samples to `ctx`, optionally set
+    /// a status and a state for the next run. An `Err` becomes an UNKNOWN
+    /// status with the error's text.
+    fn collect(ctx: &mut Context) -> Result<()>;
+}
+
+/// A metric the plugin may emit, for documentation.
+#[derive(Clone, Debug)]
+pub struct Metric {
+    name: String,
+    kind: abi::MetricKind,
+    unit: String,
+    help: String,
+}
+
+impl Metric {
+    /// A gauge: a value that goes up and down.
+    pub fn gauge(name: &str, unit: &str, help: &str) -> Self {
+        Self::new(name, abi::MetricKind::Gauge, unit, help)
+    }
+
+    /// A counter: a monotonically increasing total.
+    pub fn counter(name: &str, unit: &str, help: &str) -> Self {
+        Self::new(name, abi::MetricKind::Counter, unit, help)
+    }
+
+    fn new(name: &str, kind: abi::MetricKind, unit: &str, help: &str) -> Self {
+        Metric {
+            name: name.into(),
+            kind,
+            unit: unit.into(),
+            help: help.into(),
+        }
+    }
+}
+
+/// What `describe` returns: name, version, grants, suggested interval, metrics.
+#[derive(Clone, Debug)]
+pub struct Description {
+    inner: abi::Description,
+}
+
+impl Description {
+    /// A plugin called `name` at `version`, suggesting a 60 s interval and
+    /// needing nothing beyond `/proc`.
+    pub fn new(name: &str, version: &str) -> Self {
+        Description {
+            inner: abi::Description {
+                name: name.into(),
+                version: version.into(),
+                grants: Vec::new(),
+                interval_seconds: 60,
+                metrics: Vec::new(),
+            },
+        }
+    }
+
+    /// Suggested collection interval.
+    pub fn interval_seconds(mut self, seconds: u32) -> Self {
+        self.inner.interval_seconds = seconds;
+        self
+    }
+
+    /// Ask for read-only `/sys`.
+    pub fn needs_sys(mut self) -> Self {
+        self.inner.grants.push(abi::Grant::Sys);
+        self
+    }
+
+    /// Ask for read-only access to operator-chosen directories.
+    pub fn needs_files(mut self) -> Self {
+        self.inner.grants.push(abi::Grant::Files);
+        self
+    }
+
+    /// Document a metric the plugin emits.
+    pub fn metric(mut self, metric: Metric) -> Self {
+        self.inner.metrics.push(abi::MetricInfo {
+            name: metric.name,
+            kind: metric.kind,
+            unit: metric.unit,
+            help: metric.help,
+        });
+        self
+    }
+}
+
+/// One collection run: the parameters and previous state going in, samples,
+/// status and new state coming out.
+pub struct Context {
+    params: Vec<(String, String)>,
+    previous_state: Option<Vec<u8>>,
+    samples: Vec<abi::Sample>,
+    status: Option<abi::Status>,
+    state: Option<Vec<u8>>,
+}
+
+impl Context {
+    /// A context as the host would create it. Public so plugin tests can run
+    /// `collect` natively on recorded input.
+    pub fn new(params: Vec<(String, String)>, previous_state: Option<Vec<u8>>) -> Self {
+        Context {
+            params,
+            previous_state,
+            samples: Vec::new(),
+            status: None,
+            state: None,
+        }
+    }
+
+    /// The value of parameter `key`, if the service configures it.
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Parameter `key` parsed as `T`, or `default` when it is not set.
+    pub fn param_or<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T> {
+        match self.param(key) {
+            None => Ok(default),
+            Some(text) => text
+                .parse()
+                .map_err(|_| Error::new(format!("parameter {key}={text:?} is not valid"))),
+        }
+    }
+
+    /// All parameters, in configuration order.
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
+    /// What the previous run stored with [`Context::set_state`], if anything.
+    pub fn previous_state(&self) -> Option<&[u8]> {
+        self.previous_state.as_deref()
+    }
+
+    /// State to hand to the next run (and to keep across agent restarts).
+    pub fn set_state(&mut self, state: Vec<u8>) {
+        self.state = Some(state);
+    }
+
+    /// Add a gauge sample; chain `.unit(..)` and `.label(..)` on the result.
+    pub fn gauge(&mut self, name: &str, value: f64) -> SampleBuilder<'_> {
+        self.push(name, value, abi::MetricKind::Gauge)
+    }
+
+    /// Add a counter sample; chain `.unit(..)` and `.label(..)` on the result.
+    pub fn counter(&mut self, name: &str, value: f64) -> SampleBuilder<'_> {
+        self.push(name, value, abi::MetricKind::Counter)
+    }
+
+    fn push(&mut self, name: &str, value: f64, kind: abi::MetricKind) -> SampleBuilder<'_> {
+        self.samples.push(abi::Sample {
+            name: name.into(),
+            value,
+            kind,
+            unit: String::new(),
+            labels: Vec::new(),
+        });
+        SampleBuilder {
+            sample: self.samples.last_mut().expect("just pushed"),
+        }
+    }
+
+    /// Set the status. Without a call the status is OK with a sample count.
+    pub fn status(&mut self, level: Level, text: impl Into<String>) {
+        let level = match level {
+            Level::Ok => abi::Level::Ok,
+            Level::Warn => abi::Level::Warn,
+            Level::Crit => abi::Level::Crit,
+            Level::Unknown => abi::Level::Unknown,
+        };
+        self.status = Some(abi::Status {
+            level,
+            text: text.into(),
+        });
+    }
+
+    /// Status OK with `text`.
+    pub fn ok(&mut self, text: impl Into<String>) {
+        self.status(Level::Ok, text);
+    }
+
+    /// Status WARN with `text`.
+    pub fn warn(&mut self, text: impl Into<String>) {
+        self.status(Level::Warn, text);
+    }
+
+    /// Status CRIT with `text`.
+    pub fn crit(&mut self, text: impl Into<String>) {
+        self.status(Level::Crit, text);
+    }
+
+    /// Samples added so far, as `(name, value, labels)`, for plugin tests.
+    pub fn samples(&self) -> impl Iterator<Item = (&str, f64, &[(String, String)])> {
+        self.samples
+            .iter()
+            .map(|s| (s.name.as_str(), s.value, s.labels.as_slice()))
+    }
+
+    /// The value of the first sample called `name` whose labels include all of
+    /// `labels`, for plugin tests.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|s| s.value)
+    }
+
+    /// The status set so far, as `(level, text)`, for plugin tests.
+    pub fn current_status(&self) -> Option<(Level, &str)> {
+        self.status.as_ref().map(|s| {
+            let level = match s.level {
+                abi::Level::Ok => Level::Ok,
+                abi::Level::Warn => Level::Warn,
+                abi::Level::Crit => Level::Crit,
+                abi::Level::Unknown => Level::Unknown,
+            };
+            (level, s.text.as_str())
+        })
+    }
+
+    /// The state set for the next run, for plugin tests.
+    pub fn next_state(&self) -> Option<&[u8]> {
+        self.state.as_deref()
+    }
+
+    fn into_collection(self) -> abi::Collection {
+        let status = self.status.unwrap_or_else(|| abi::Status {
+            level: abi::Level::Ok,
+            text: format!("{} samples", self.samples.len()),
+        });
+        abi::Collection {
+            samples: self.samples,
+            status,
+            state: self.state,
+        }
+    }
+}
+
+/// Refines the sample just added: unit and labels.
+pub struct SampleBuilder<'a> {
+    sample: &'a mut abi::Sample,
+}
+
+impl SampleBuilder<'_> {
+    /// Set the unit (`bytes`, `seconds`, `percent`, ...).
+    pub fn unit(self, unit: &str) -> Self {
+        self.sample.unit = unit.into();
+        self
+    }
+
+    /// Add a label.
+    pub fn label(self, key: &str, value: &str) -> Self {
+        self.sample.labels.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// Called by [`crate::export_collector!`]: `describe` through the ABI.
+pub fn describe<C: Collector>() -> abi::Description {
+    C::describe().inner
+}
+
+/// Called by [`crate::export_collector!`]: `collect` through the ABI.
+pub fn collect<C: Collector>(
+    params: Vec<(String, String)>,
+    state: Option<Vec<u8>>,
+) -> std::result::Result<abi::Collection, String> {
+    let mut ctx = Context::new(params, state);
+    C::collect(&mut ctx).map_err(|e| e.to_string())?;
+    Ok(ctx.into_collection())
+}

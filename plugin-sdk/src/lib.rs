@@ -1,0 +1,91 @@
+//! # Sandglass plugin SDK
+//!
+//! Write a Sandglass collector in Rust: implement [`Collector`], call
+//! [`export_collector!`] once, build for `wasm32-wasip2`. The SDK hides the
+//! WIT ABI (`wit/collector.wit`) behind plain Rust types.
+//!
+//! Layout:
+//! - [`Collector`], [`Context`]: the trait a plugin implements and what a run sees;
+//! - [`Description`]: what `agent plugin info` shows;
+//! - [`proc`]: fast readers and parsers for the `/proc` text formats;
+//! - [`state`]: a compact encoding for counters carried between runs;
+//! - [`log`]: logging into the agent's log;
+//! - [`Error`]: the error type a collection returns.
+//!
+//! ```no_run
+//! use sandglass_plugin_sdk::{Collector, Context, Description, Result, proc};
+//!
+//! struct Load;
+//!
+//! impl Collector for Load {
+//!     fn describe() -> Description {
+//!         Description::new("load", "1.0.0").interval_seconds(30)
+//!     }
+//!
+//!     fn collect(ctx: &mut Context) -> Result<()> {
+//!         let text = proc::read("/proc/loadavg")?;
+//!         let first: f64 = proc::field(&text, 0, "load1")?;
+//!         ctx.gauge("load1", first);
+//!         ctx.ok(format!("load {first}"));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! sandglass_plugin_sdk::export_collector!(Load);
+//! ```
+
+mod collector;
+mod error;
+pub mod log;
+pub mod proc;
+pub mod state;
+
+pub use collector::{Collector, Context, Description, Level, Metric, SampleBuilder};
+pub use error::{Error, Result};
+
+/// The ABI version this SDK speaks (the WIT package version).
+pub const ABI_VERSION: &str = "1.0.0";
+
+/// Generated bindings of `wit/collector.wit`. Not part of the stable API:
+/// use [`Collector`] and [`export_collector!`] instead.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "collector",
+        pub_export_macro: true,
+        export_macro_name: "export_bindings",
+        default_bindings_module: "sandglass_plugin_sdk::bindings",
+    });
+}
+
+/// Export a [`Collector`] implementation as the plugin's entry points.
+/// Call it once, at the crate root of a `cdylib` built for `wasm32-wasip2`.
+#[macro_export]
+macro_rules! export_collector {
+    ($collector:ty) => {
+        const _: () = {
+            struct SandglassExport;
+            impl $crate::bindings::exports::sandglass::collector::plugin::Guest for SandglassExport {
+                fn describe() -> $crate::bindings::sandglass::collector::types::Description {
+                    $crate::__private::describe::<$collector>()
+                }
+                fn collect(
+                    params: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                    state: ::std::option::Option<::std::vec::Vec<u8>>,
+                ) -> ::std::result::Result<
+                    $crate::bindings::sandglass::collector::types::Collection,
+                    ::std::string::String,
+                > {
+                    $crate::__private::collect::<$collector>(params, state)
+                }
+            }
+            $crate::bindings::export_bindings!(SandglassExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::collector::{collect, describe};
+}

@@ -1,0 +1,94 @@
+//! Fast readers and parsers for the `/proc` text formats.
+//!
+//! Three shapes cover nearly all of `/proc`:
+//! - key/value tables (`/proc/meminfo`, `/proc/cpuinfo`, `/proc/<pid>/status`): [`kv_pairs`], [`kv_u64`];
+//! - whitespace columns (`/proc/stat`, `/proc/diskstats`, `/proc/net/dev`): [`field`], [`parse`];
+//! - single-line files (`/proc/loadavg`, `/proc/uptime`): [`field`].
+
+use crate::error::{Error, Result};
+use std::io::Read;
+
+/// Read a whole `/proc` (or other granted) file as text.
+///
+/// One `open` and as few `read`s as the file needs: `/proc` files report size
+/// 0, so asking the size first (as `std::fs::read_to_string` does) only costs
+/// a syscall through the sandbox.
+pub fn read(path: &str) -> Result<String> {
+    let mut buf = String::with_capacity(8192);
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut buf))
+        .map_err(|e| Error::new(format!("{path}: {e}")))?;
+    Ok(buf)
+}
+
+/// Parse `text` as `T`, naming `what` in the error.
+pub fn parse<T: std::str::FromStr>(text: &str, what: &str) -> Result<T> {
+    text.trim()
+        .parse()
+        .map_err(|_| Error::new(format!("cannot parse {what} from {text:?}")))
+}
+
+/// The whitespace-separated field `index` (0-based) of `line`, parsed as `T`.
+pub fn field<T: std::str::FromStr>(line: &str, index: usize, what: &str) -> Result<T> {
+    let text = line
+        .split_ascii_whitespace()
+        .nth(index)
+        .ok_or_else(|| Error::new(format!("{what}: field {index} missing in {line:?}")))?;
+    parse(text, what)
+}
+
+/// `key: value` pairs of a table such as `/proc/meminfo` or `/proc/cpuinfo`,
+/// with both sides trimmed. Lines without a colon are skipped.
+pub fn kv_pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        Some((key.trim(), value.trim()))
+    })
+}
+
+/// A `kv_pairs` value such as `16318888 kB` as a number, scaled to bytes when
+/// it carries a `kB` unit (the kernel's `kB` means KiB).
+pub fn kv_u64(value: &str) -> Option<u64> {
+    let mut parts = value.split_ascii_whitespace();
+    let number: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        None => Some(number),
+        Some("kB") => Some(number * 1024),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_pairs_splits_on_first_colon_and_trims() {
+        let text = "MemTotal:       16318888 kB\nmodel name\t: Intel(R) Xeon: 2GHz\nno colon\n";
+        let pairs: Vec<_> = kv_pairs(text).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("MemTotal", "16318888 kB"),
+                ("model name", "Intel(R) Xeon: 2GHz")
+            ]
+        );
+    }
+
+    #[test]
+    fn kv_u64_scales_kb_and_rejects_other_units() {
+        assert_eq!(kv_u64("16318888 kB"), Some(16318888 * 1024));
+        assert_eq!(kv_u64("42"), Some(42));
+        assert_eq!(kv_u64("42 MB"), None);
+        assert_eq!(kv_u64("x"), None);
+    }
+
+    #[test]
+    fn field_names_what_is_missing() {
+        assert_eq!(field::<f64>("0.42 0.30 0.10", 1, "load5").unwrap(), 0.30);
+        let err = field::<f64>("0.42", 3, "load15").unwrap_err().to_string();
+        assert!(err.contains("load15") && err.contains("field 3"), "{err}");
+        let err = field::<u64>("abc", 0, "count").unwrap_err().to_string();
+        assert!(err.contains("count") && err.contains("abc"), "{err}");
+    }
+}
