@@ -61,9 +61,13 @@ pub mod bindings {
 
 /// Export a [`Collector`] implementation as the plugin's entry points.
 /// Call it once, at the crate root of a `cdylib` built for `wasm32-wasip2`.
+/// On other targets it expands to nothing, so a plugin crate also builds
+/// natively for its unit tests (component export names are not valid native
+/// symbol names).
 #[macro_export]
 macro_rules! export_collector {
     ($collector:ty) => {
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct SandglassExport;
             impl $crate::bindings::exports::sandglass::collector::plugin::Guest for SandglassExport {

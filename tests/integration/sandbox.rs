@@ -1,0 +1,138 @@
+//! Every kind of misbehaviour is stopped with the reason that names the limit,
+//! within its deadline plus slack.
+
+use crate::common::{agent, fixture, plugin_run, status};
+use std::time::Duration;
+
+/// Slack for process start-up, compilation (no cache in `plugin run`) and a
+/// loaded CI machine. Generous: this checks containment, not speed.
+const SLACK: Duration = Duration::from_secs(5);
+
+fn run_mode(mode: &str, extra: &[&str]) -> (String, String, Duration) {
+    let param = format!("mode={mode}");
+    let mut args = vec!["--param", param.as_str()];
+    args.extend_from_slice(extra);
+    let (report, elapsed) = plugin_run(&fixture("misbehave"), &args);
+    let (level, text) = status(&report);
+    (level, text, elapsed)
+}
+
+#[test]
+fn noop_plugin_reports_ok() {
+    let (level, text, _) = run_mode("noop", &[]);
+    assert_eq!((level.as_str(), text.as_str()), ("OK", "0 samples"));
+}
+
+#[test]
+fn infinite_loop_runs_out_of_fuel() {
+    let (level, text, elapsed) = run_mode("spin", &["--fuel", "50000000"]);
+    assert_eq!(level, "UNKNOWN");
+    assert_eq!(text, "fuel limit 50000000 exhausted");
+    assert!(elapsed < Duration::from_secs(2) + SLACK, "{elapsed:?}");
+}
+
+#[test]
+fn infinite_loop_with_ample_fuel_hits_the_deadline() {
+    let (level, text, elapsed) = run_mode("spin", &["--fuel", "100000000000000", "--deadline", "300ms"]);
+    assert_eq!(level, "UNKNOWN");
+    assert_eq!(text, "deadline 300ms exceeded");
+    assert!(elapsed < Duration::from_millis(300) + SLACK, "{elapsed:?}");
+}
+
+#[test]
+fn guest_blocked_in_a_host_call_is_abandoned_at_the_deadline() {
+    let (level, text, elapsed) = run_mode("sleep", &["--deadline", "500ms"]);
+    assert_eq!(level, "UNKNOWN");
+    assert_eq!(text, "deadline 500ms exceeded while blocked in a host call; the run was abandoned");
+    assert!(elapsed < Duration::from_millis(500) + SLACK, "{elapsed:?}");
+}
+
+#[test]
+fn memory_bomb_hits_the_memory_limit() {
+    let (level, text, _) = run_mode("membomb", &["--memory", "16MiB"]);
+    assert_eq!((level.as_str(), text.as_str()), ("UNKNOWN", "memory limit 16 MiB reached"));
+}
+
+#[test]
+fn output_bombs_hit_the_output_limits() {
+    let (_, text, _) = run_mode("many-samples", &[]);
+    assert_eq!(text, "output limit: 20000 samples exceed max_samples 10000");
+    let (_, text, _) = run_mode("huge-strings", &[]);
+    assert!(text.starts_with("output limit: ") && text.ends_with("bytes of strings exceed max_output_bytes 1 MiB"), "{text}");
+    let (_, text, _) = run_mode("stdout-flood", &[]);
+    assert_eq!(text, "stdout/stderr limit 64 KiB exceeded");
+}
+
+#[test]
+fn panic_is_a_trap_carrying_the_panic_message() {
+    let (level, text, _) = run_mode("panic", &[]);
+    assert_eq!(level, "UNKNOWN");
+    assert!(text.starts_with("trap: "), "{text}");
+    assert!(text.contains("fixture panicked on purpose"), "{text}");
+}
+
+#[test]
+fn oversize_state_is_refused() {
+    let (_, text, _) = run_mode("big-state", &[]);
+    assert_eq!(text, "state limit 64 KiB exceeded: the plugin returned 1048576 bytes of state");
+}
+
+#[test]
+fn writes_fail_everywhere() {
+    for path in ["/proc/sandglass-test", "/proc/sys/kernel/hostname", "/tmp/sandglass-escape-test"] {
+        let (level, text, _) = run_mode("write", &["--param", &format!("path={path}")]);
+        assert_eq!(level, "UNKNOWN", "{path}: {text}");
+        assert!(text.contains("blocked:"), "{path}: {text}");
+    }
+    assert!(!std::path::Path::new("/tmp/sandglass-escape-test").exists());
+}
+
+#[test]
+fn sockets_are_refused() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (level, text, _) = run_mode("socket", &["--param", &format!("path={address}")]);
+    assert_eq!(level, "UNKNOWN");
+    assert!(text.contains("blocked: connect"), "{text}");
+}
+
+#[test]
+fn no_environment_and_no_arguments() {
+    let (level, text, _) = run_mode("env", &[]);
+    assert_eq!((level.as_str(), text.as_str()), ("OK", "env [] args []"));
+}
+
+#[test]
+fn plugin_for_another_abi_is_refused_naming_both_versions() {
+    let path = fixture("abi-mismatch");
+    let (output, _) = agent(&["plugin", "info", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ABI 0.9.0") && stderr.contains("ABI 1.0.0"), "{stderr}");
+    assert!(stderr.contains("abi-mismatch.wasm"), "{stderr}");
+}
+
+#[test]
+fn plugin_info_shows_name_abi_grants_and_interval() {
+    let path = crate::common::plugin("cpu");
+    let (output, _) = agent(&["plugin", "info", path.to_str().unwrap(), "--format", "json"]);
+    assert!(output.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let d = &info["description"];
+    assert_eq!(d["name"], "cpu");
+    assert_eq!(d["abi_version"], "1.0.0");
+    assert_eq!(d["interval_seconds"], 10);
+    assert_eq!(d["grants"], serde_json::json!([]));
+    assert_eq!(info["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn garbage_file_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junk.wasm");
+    std::fs::write(&path, b"definitely not wasm").unwrap();
+    let (output, _) = agent(&["plugin", "run", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot load plugin") && stderr.contains("junk.wasm"), "{stderr}");
+}
