@@ -214,6 +214,21 @@ impl Context {
         self.status(Level::Crit, text);
     }
 
+    /// Set the status from `value` against check_mk-style levels: CRIT at or
+    /// above `crit`, WARN at or above `warn`, else OK. The text is `text`,
+    /// followed by `(warn at W)` / `(crit at C)` when a level is reached.
+    /// Use `f64::INFINITY` for a level that is not set.
+    pub fn status_by_levels(&mut self, value: f64, warn: f64, crit: f64, text: impl Into<String>) {
+        let text = text.into();
+        if value >= crit {
+            self.crit(format!("{text} (crit at {crit})"));
+        } else if value >= warn {
+            self.warn(format!("{text} (warn at {warn})"));
+        } else {
+            self.ok(text);
+        }
+    }
+
     /// Samples added so far, as `(name, value, labels)`, for plugin tests.
     pub fn samples(&self) -> impl Iterator<Item = (&str, f64, &[(String, String)])> {
         self.samples
@@ -298,4 +313,35 @@ pub fn collect<C: Collector>(
     let mut ctx = Context::new(params, state);
     C::collect(&mut ctx).map_err(|e| e.to_string())?;
     Ok(ctx.into_collection())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_pick_the_worst_reached_and_say_which() {
+        let status = |value: f64| {
+            let mut ctx = Context::new(vec![], None);
+            ctx.status_by_levels(value, 80.0, 90.0, "used");
+            let (level, text) = ctx.current_status().unwrap();
+            (level, text.to_owned())
+        };
+        assert_eq!(status(50.0), (Level::Ok, "used".into()));
+        assert_eq!(status(80.0), (Level::Warn, "used (warn at 80)".into()));
+        assert_eq!(status(95.0), (Level::Crit, "used (crit at 90)".into()));
+    }
+
+    #[test]
+    fn default_status_counts_samples_and_param_errors_name_the_key() {
+        let mut ctx = Context::new(vec![("warn".into(), "lots".into())], None);
+        ctx.gauge("a", 1.0).unit("bytes").label("k", "v");
+        assert_eq!(ctx.value("a", &[("k", "v")]), Some(1.0));
+        let err = ctx.param_or("warn", 1.0).unwrap_err().to_string();
+        assert!(err.contains("warn") && err.contains("lots"), "{err}");
+        assert_eq!(ctx.param_or("absent", 7u32).unwrap(), 7);
+        let collection = ctx.into_collection();
+        assert_eq!(collection.status.text, "1 samples");
+        assert_eq!(collection.samples[0].unit, "bytes");
+    }
 }

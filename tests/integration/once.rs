@@ -5,7 +5,16 @@ use crate::common::{agent, build_plugins, root, status, value};
 use serde_json::Value;
 use std::path::Path;
 
-const CORE: [&str; 8] = ["cpu", "memory", "loadavg", "uptime", "network", "diskio", "processes", "cpuinfo"];
+const CORE: [&str; 8] = [
+    "cpu",
+    "memory",
+    "loadavg",
+    "uptime",
+    "network",
+    "diskio",
+    "processes",
+    "cpuinfo",
+];
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     build_plugins();
@@ -25,13 +34,30 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
 }
 
 fn once(config: &Path) -> Vec<Value> {
-    let (output, _) = agent(&["once", "--config", config.to_str().unwrap(), "--format", "json"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice::<Value>(&output.stdout).unwrap().as_array().unwrap().clone()
+    let (output, _) = agent(&[
+        "once",
+        "--config",
+        config.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice::<Value>(&output.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn report<'a>(reports: &'a [Value], service: &str) -> &'a Value {
-    reports.iter().find(|r| r["service"] == service).unwrap_or_else(|| panic!("no report for {service}"))
+    reports
+        .iter()
+        .find(|r| r["service"] == service)
+        .unwrap_or_else(|| panic!("no report for {service}"))
 }
 
 const MISBEHAVING: &str = r#"
@@ -73,21 +99,62 @@ fn good_plugins_report_real_data_beside_misbehaving_ones() {
     assert!(reason("sleep").starts_with("deadline 300ms exceeded"));
     assert!(reason("snoop").contains("blocked:"), "{}", reason("snoop"));
     assert!(reason("old").contains("ABI 0.9.0"), "{}", reason("old"));
-    assert!(reason("missing").contains("not-installed.wasm"), "{}", reason("missing"));
+    assert!(
+        reason("missing").contains("not-installed.wasm"),
+        "{}",
+        reason("missing")
+    );
 
     // A few values checked against /proc read natively.
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let total_kb: f64 = meminfo.lines().next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert_eq!(value(report(&reports, "memory"), "memory_total_bytes", &[]), Some(total_kb * 1024.0));
+    let total_kb: f64 = meminfo
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        value(report(&reports, "memory"), "memory_total_bytes", &[]),
+        Some(total_kb * 1024.0)
+    );
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let cpus = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count();
-    assert_eq!(value(report(&reports, "cpuinfo"), "cpuinfo_logical_cpus", &[]), Some(cpus as f64));
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    assert_eq!(
+        value(report(&reports, "cpuinfo"), "cpuinfo_logical_cpus", &[]),
+        Some(cpus as f64)
+    );
     let cpu = report(&reports, "cpu");
-    assert!(value(cpu, "cpu_jiffies_total", &[("cpu", &format!("cpu{}", cpus - 1)), ("mode", "user")]).is_some());
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        value(
+            cpu,
+            "cpu_jiffies_total",
+            &[("cpu", &format!("cpu{}", cpus - 1)), ("mode", "user")]
+        )
+        .is_some()
+    );
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let reported = value(report(&reports, "uptime"), "uptime_seconds", &[]).unwrap();
     assert!((uptime - reported).abs() < 60.0, "{uptime} vs {reported}");
-    assert!(value(report(&reports, "network"), "net_rx_bytes_total", &[("interface", "lo")]).is_some());
+    assert!(
+        value(
+            report(&reports, "network"),
+            "net_rx_bytes_total",
+            &[("interface", "lo")]
+        )
+        .is_some()
+    );
     let processes = value(report(&reports, "processes"), "processes_total", &[]).unwrap();
     assert!(processes >= 2.0, "{processes}");
 }
@@ -101,11 +168,28 @@ fn state_survives_agent_restarts_and_enables_rates() {
     );
     for expected in 1..=3 {
         let reports = once(&config);
-        assert_eq!(value(report(&reports, "counter"), "runs", &[]), Some(expected as f64));
+        assert_eq!(
+            value(report(&reports, "counter"), "runs", &[]),
+            Some(expected as f64)
+        );
         if expected >= 2 {
             // The second run has the first run's jiffies: utilisation appears.
-            assert!(value(report(&reports, "cpu"), "cpu_utilization_percent", &[("cpu", "total")]).is_some());
-            assert!(value(report(&reports, "network"), "net_rx_bytes_per_second", &[("interface", "lo")]).is_some());
+            assert!(
+                value(
+                    report(&reports, "cpu"),
+                    "cpu_utilization_percent",
+                    &[("cpu", "total")]
+                )
+                .is_some()
+            );
+            assert!(
+                value(
+                    report(&reports, "network"),
+                    "net_rx_bytes_per_second",
+                    &[("interface", "lo")]
+                )
+                .is_some()
+            );
         }
     }
 }
@@ -128,9 +212,17 @@ fn compiled_plugins_are_cached_across_restarts() {
         v
     };
     let first = artifacts(());
-    assert_eq!(first.len(), CORE.len(), "one artifact per plugin: {first:?}");
+    assert_eq!(
+        first.len(),
+        CORE.len(),
+        "one artifact per plugin: {first:?}"
+    );
     once(&config);
-    assert_eq!(artifacts(()), first, "a restart must reuse the artifacts, not recompile");
+    assert_eq!(
+        artifacts(()),
+        first,
+        "a restart must reuse the artifacts, not recompile"
+    );
     // A damaged artifact is recompiled, not fatal.
     std::fs::write(&first[0].0, b"garbage").unwrap();
     let reports = once(&config);
@@ -140,12 +232,23 @@ fn compiled_plugins_are_cached_across_restarts() {
 #[test]
 fn bad_config_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "[services.typo]\nplugin = \"cpu\"\nparms = { a = 1 }\n");
+    let config = write_config(
+        dir.path(),
+        "[services.typo]\nplugin = \"cpu\"\nparms = { a = 1 }\n",
+    );
     let (output, _) = agent(&["once", "--config", config.to_str().unwrap()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("agent.toml") && stderr.contains("parms"), "{stderr}");
-    let line = std::fs::read_to_string(&config).unwrap().lines().position(|l| l.starts_with("parms")).unwrap() + 1;
+    assert!(
+        stderr.contains("agent.toml") && stderr.contains("parms"),
+        "{stderr}"
+    );
+    let line = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("parms"))
+        .unwrap()
+        + 1;
     assert!(stderr.contains(&format!("line {line}")), "{stderr}");
 }
 
@@ -156,14 +259,29 @@ fn example_config_runs() {
     // The example keeps state under target/; run a copy with its own state dir.
     let example = std::fs::read_to_string(root().join("examples/agent.toml")).unwrap();
     let text = example
-        .replace("\"../target/plugins\"", &format!("{:?}", root().join("target/plugins")))
-        .replace("\"../target/agent-state\"", &format!("{:?}", dir.path().join("state")));
+        .replace(
+            "\"../target/plugins\"",
+            &format!("{:?}", root().join("target/plugins")),
+        )
+        .replace(
+            "\"../target/agent-state\"",
+            &format!("{:?}", dir.path().join("state")),
+        );
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, text).unwrap();
     let (output, _) = agent(&["once", "--config", config.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let table = String::from_utf8_lossy(&output.stdout);
     for name in CORE {
-        assert!(table.lines().any(|l| l.starts_with(name) && !l.contains("UNKNOWN")), "{name}:\n{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(name) && !l.contains("UNKNOWN")),
+            "{name}:\n{table}"
+        );
     }
 }

@@ -33,7 +33,10 @@ fn infinite_loop_runs_out_of_fuel() {
 
 #[test]
 fn infinite_loop_with_ample_fuel_hits_the_deadline() {
-    let (level, text, elapsed) = run_mode("spin", &["--fuel", "100000000000000", "--deadline", "300ms"]);
+    let (level, text, elapsed) = run_mode(
+        "spin",
+        &["--fuel", "100000000000000", "--deadline", "300ms"],
+    );
     assert_eq!(level, "UNKNOWN");
     assert_eq!(text, "deadline 300ms exceeded");
     assert!(elapsed < Duration::from_millis(300) + SLACK, "{elapsed:?}");
@@ -43,14 +46,20 @@ fn infinite_loop_with_ample_fuel_hits_the_deadline() {
 fn guest_blocked_in_a_host_call_is_abandoned_at_the_deadline() {
     let (level, text, elapsed) = run_mode("sleep", &["--deadline", "500ms"]);
     assert_eq!(level, "UNKNOWN");
-    assert_eq!(text, "deadline 500ms exceeded while blocked in a host call; the run was abandoned");
+    assert_eq!(
+        text,
+        "deadline 500ms exceeded while blocked in a host call; the run was abandoned"
+    );
     assert!(elapsed < Duration::from_millis(500) + SLACK, "{elapsed:?}");
 }
 
 #[test]
 fn memory_bomb_hits_the_memory_limit() {
     let (level, text, _) = run_mode("membomb", &["--memory", "16MiB"]);
-    assert_eq!((level.as_str(), text.as_str()), ("UNKNOWN", "memory limit 16 MiB reached"));
+    assert_eq!(
+        (level.as_str(), text.as_str()),
+        ("UNKNOWN", "memory limit 16 MiB reached")
+    );
 }
 
 #[test]
@@ -58,7 +67,11 @@ fn output_bombs_hit_the_output_limits() {
     let (_, text, _) = run_mode("many-samples", &[]);
     assert_eq!(text, "output limit: 20000 samples exceed max_samples 10000");
     let (_, text, _) = run_mode("huge-strings", &[]);
-    assert!(text.starts_with("output limit: ") && text.ends_with("bytes of strings exceed max_output_bytes 1 MiB"), "{text}");
+    assert!(
+        text.starts_with("output limit: ")
+            && text.ends_with("bytes of strings exceed max_output_bytes 1 MiB"),
+        "{text}"
+    );
     let (_, text, _) = run_mode("stdout-flood", &[]);
     assert_eq!(text, "stdout/stderr limit 64 KiB exceeded");
 }
@@ -74,12 +87,19 @@ fn panic_is_a_trap_carrying_the_panic_message() {
 #[test]
 fn oversize_state_is_refused() {
     let (_, text, _) = run_mode("big-state", &[]);
-    assert_eq!(text, "state limit 64 KiB exceeded: the plugin returned 1048576 bytes of state");
+    assert_eq!(
+        text,
+        "state limit 64 KiB exceeded: the plugin returned 1048576 bytes of state"
+    );
 }
 
 #[test]
 fn writes_fail_everywhere() {
-    for path in ["/proc/sandglass-test", "/proc/sys/kernel/hostname", "/tmp/sandglass-escape-test"] {
+    for path in [
+        "/proc/sandglass-test",
+        "/proc/sys/kernel/hostname",
+        "/tmp/sandglass-escape-test",
+    ] {
         let (level, text, _) = run_mode("write", &["--param", &format!("path={path}")]);
         assert_eq!(level, "UNKNOWN", "{path}: {text}");
         assert!(text.contains("blocked:"), "{path}: {text}");
@@ -108,7 +128,10 @@ fn plugin_for_another_abi_is_refused_naming_both_versions() {
     let (output, _) = agent(&["plugin", "info", path.to_str().unwrap()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("ABI 0.9.0") && stderr.contains("ABI 1.0.0"), "{stderr}");
+    assert!(
+        stderr.contains("ABI 0.9.0") && stderr.contains("ABI 1.0.0"),
+        "{stderr}"
+    );
     assert!(stderr.contains("abi-mismatch.wasm"), "{stderr}");
 }
 
@@ -134,5 +157,8 @@ fn garbage_file_is_refused_clearly() {
     let (output, _) = agent(&["plugin", "run", path.to_str().unwrap()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("cannot load plugin") && stderr.contains("junk.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("cannot load plugin") && stderr.contains("junk.wasm"),
+        "{stderr}"
+    );
 }

@@ -29,7 +29,10 @@ impl Drop for SecretHolder {
 }
 
 fn read(path: &str) -> (String, String) {
-    let (report, _) = plugin_run(&fixture("misbehave"), &["--param", "mode=read", "--param", &format!("path={path}")]);
+    let (report, _) = plugin_run(
+        &fixture("misbehave"),
+        &["--param", "mode=read", "--param", &format!("path={path}")],
+    );
     status(&report)
 }
 
@@ -65,14 +68,34 @@ fn other_processes_keep_environment_memory_and_links() {
     // Control: the process itself is visible, so a denial below is the policy.
     let (level, text) = read(&format!("/proc/{pid}/stat"));
     assert_eq!(level, "OK", "{text}");
-    for entry in ["environ", "mem", "task/{pid}/environ", "root/etc/hostname", "cwd/", "exe", "fd/", "fd/0", "map_files/"] {
-        assert_blocked(&format!("/proc/{pid}/{}", entry.replace("{pid}", &pid.to_string())));
+    for entry in [
+        "environ",
+        "mem",
+        "task/{pid}/environ",
+        "root/etc/hostname",
+        "cwd/",
+        "exe",
+        "fd/",
+        "fd/0",
+        "map_files/",
+    ] {
+        assert_blocked(&format!(
+            "/proc/{pid}/{}",
+            entry.replace("{pid}", &pid.to_string())
+        ));
     }
 }
 
 #[test]
 fn kernel_memory_and_outside_files_are_unreachable() {
-    for path in ["/proc/kcore", "/proc/kmsg", "/proc/1/environ", "/proc/1/mem", "/etc/hostname", "/proc/../etc/hostname"] {
+    for path in [
+        "/proc/kcore",
+        "/proc/kmsg",
+        "/proc/1/environ",
+        "/proc/1/mem",
+        "/etc/hostname",
+        "/proc/../etc/hostname",
+    ] {
         assert_blocked(path);
     }
 }

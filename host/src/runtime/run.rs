@@ -292,7 +292,8 @@ fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFail
     let stderr = sandbox.stderr.contents();
     let stderr = String::from_utf8_lossy(&stderr);
     // Rust panics end with a hint about RUST_BACKTRACE; the message is above it.
-    let useful = |l: &&str| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE");
+    let useful =
+        |l: &&str| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE");
     if let Some(last) = stderr.lines().rev().find(useful) {
         message.push_str(&format!(
             "; plugin stderr: {}",

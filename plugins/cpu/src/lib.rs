@@ -114,9 +114,7 @@ pub fn parse(stat: &str, now: f64, ctx: &mut Context) -> Result<()> {
     ctx.set_state(counters.encode());
     match total_utilisation {
         None => ctx.ok(format!("{cpus} cpus, utilisation known from the next run")),
-        Some(p) if p >= crit => ctx.crit(format!("cpu {p:.1}% (crit at {crit}%), {cpus} cpus")),
-        Some(p) if p >= warn => ctx.warn(format!("cpu {p:.1}% (warn at {warn}%), {cpus} cpus")),
-        Some(p) => ctx.ok(format!("cpu {p:.1}%, {cpus} cpus")),
+        Some(p) => ctx.status_by_levels(p, warn, crit, format!("cpu {p:.1}%, {cpus} cpus")),
     }
     Ok(())
 }

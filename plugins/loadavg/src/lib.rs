@@ -50,14 +50,12 @@ pub fn parse(loadavg: &str, ctx: &mut Context) -> Result<()> {
     ctx.gauge("load15", load15);
     ctx.gauge("load_runnable", proc::parse(runnable, "runnable entities")?);
     ctx.gauge("load_entities", proc::parse(total, "total entities")?);
-    let text = format!("load {load1:.2} {load5:.2} {load15:.2}");
-    if load1 >= crit {
-        ctx.crit(format!("{text} (crit at {crit})"));
-    } else if load1 >= warn {
-        ctx.warn(format!("{text} (warn at {warn})"));
-    } else {
-        ctx.ok(text);
-    }
+    ctx.status_by_levels(
+        load1,
+        warn,
+        crit,
+        format!("load {load1:.2} {load5:.2} {load15:.2}"),
+    );
     Ok(())
 }
 

@@ -79,13 +79,7 @@ pub fn parse(meminfo: &str, ctx: &mut Context) -> Result<()> {
         human(total),
         human(available)
     );
-    if used >= crit {
-        ctx.crit(format!("{text} (crit at {crit}%)"));
-    } else if used >= warn {
-        ctx.warn(format!("{text} (warn at {warn}%)"));
-    } else {
-        ctx.ok(text);
-    }
+    ctx.status_by_levels(used, warn, crit, text);
     Ok(())
 }
 

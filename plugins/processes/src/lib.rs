@@ -96,7 +96,7 @@ impl Counts {
 
     /// Emit the samples and the status.
     pub fn report(&self, ctx: &mut Context) -> Result<()> {
-        let zombies_warn: u64 = ctx.param_or("zombies_warn", 10)?;
+        let zombies_warn: f64 = ctx.param_or("zombies_warn", 10.0)?;
         ctx.gauge("processes_total", self.total as f64);
         for ((_, label), count) in STATES.iter().zip(self.by_state) {
             ctx.gauge("processes", count as f64).label("state", label);
@@ -109,11 +109,7 @@ impl Counts {
             "{} processes, {} threads, {zombies} zombies",
             self.total, self.threads
         );
-        if zombies >= zombies_warn {
-            ctx.warn(format!("{text} (warn at {zombies_warn})"));
-        } else {
-            ctx.ok(text);
-        }
+        ctx.status_by_levels(zombies as f64, zombies_warn, f64::INFINITY, text);
         Ok(())
     }
 }
@@ -131,7 +127,7 @@ mod tests {
             .unwrap();
         // A command name with spaces and a ')' must not shift the fields.
         counts
-            .add("42 (evil) Z 1 (x) R 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 7 0 1 1 1 1 1 1")
+            .add("42 (evil) Z 1 (x) R 1 1 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 7 0 1 1 1 1 1 1")
             .unwrap();
         counts.total = 2;
         let mut ctx = Context::new(vec![("zombies_warn".into(), "1".into())], None);

@@ -1,0 +1,204 @@
+//! Sandbox benchmark: ratios measured in one run, printed as a table.
+//!
+//! `bash scripts/bench-sandbox.sh` (builds the plugins, then
+//! `cargo bench -p sandglass --bench sandbox`). Measures:
+//! - the fixed cost of entering the sandbox (a plugin that does nothing);
+//! - each core collector in the sandbox against its parser called natively
+//!   on the same /proc file;
+//! - cold (compile) against warm (cached artifact) start of the plugin set;
+//! - RSS with all plugins loaded, and across 1,000 runs of the memory bomb.
+//!
+//! Means of many runs, after a warm-up; no assertions (machines are noisy).
+
+use sandglass::runtime::{Limits, Plugin, RunRequest, Runtime, View};
+use sandglass_plugin_sdk::Context;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RUNS: u32 = 2000;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn request(params: &[(&str, &str)], limits: &Limits) -> RunRequest {
+    RunRequest {
+        service: "bench".into(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        state: None,
+        limits: limits.clone(),
+        view: Arc::new(View::new(false, &[]).unwrap()),
+    }
+}
+
+/// Mean time of `f` over `runs` calls, after `runs / 10` warm-up calls.
+fn mean(runs: u32, mut f: impl FnMut()) -> Duration {
+    for _ in 0..runs / 10 {
+        f();
+    }
+    let start = Instant::now();
+    for _ in 0..runs {
+        f();
+    }
+    start.elapsed() / runs
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+type Native = fn(&str, &mut Context);
+
+fn main() {
+    let rss_start = rss_kib();
+    let cache = tempfile::tempdir().unwrap();
+    let plugins_dir = root().join("target/plugins");
+    let names = [
+        "cpu",
+        "cpuinfo",
+        "diskio",
+        "loadavg",
+        "lvs",
+        "memory",
+        "network",
+        "processes",
+        "uptime",
+    ];
+    let paths: Vec<PathBuf> = names
+        .iter()
+        .map(|n| plugins_dir.join(format!("{n}.wasm")))
+        .collect();
+    assert!(
+        paths[0].exists(),
+        "run scripts/build-plugins.sh first (scripts/bench-sandbox.sh does)"
+    );
+
+    // Cold start: compile every plugin; warm: load the cached artifacts.
+    let start = Instant::now();
+    let cold_rt = Runtime::new(Some(cache.path().to_owned())).unwrap();
+    for p in &paths {
+        cold_rt.load(p).unwrap();
+    }
+    let cold = start.elapsed();
+    drop(cold_rt);
+    let start = Instant::now();
+    let runtime = Runtime::new(Some(cache.path().to_owned())).unwrap();
+    let loaded: Vec<Arc<Plugin>> = paths.iter().map(|p| runtime.load(p).unwrap()).collect();
+    let warm = start.elapsed();
+    println!(
+        "start of the {}-plugin set   cold (compile) {:>9.1} ms   warm (cached) {:>7.2} ms   cold/warm {:>6.1}x",
+        names.len(),
+        cold.as_secs_f64() * 1e3,
+        warm.as_secs_f64() * 1e3,
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+
+    let limits = Limits::default();
+    for plugin in &loaded {
+        runtime.run_here(plugin, &request(&[], &limits));
+    }
+    let rss_loaded = rss_kib();
+    println!(
+        "RSS: process start {} KiB, all plugins loaded and run once {} KiB (+{} KiB)",
+        rss_start,
+        rss_loaded,
+        rss_loaded - rss_start
+    );
+
+    // Fixed cost of entering the sandbox.
+    let noop = runtime
+        .load(&root().join("target/fixtures/misbehave.wasm"))
+        .unwrap();
+    let noop_req = request(&[], &limits);
+    let entry = mean(RUNS, || {
+        runtime.run_here(&noop, &noop_req);
+    });
+    let entry_thread = mean(RUNS / 4, || {
+        runtime.run(&noop, noop_req.clone());
+    });
+    println!(
+        "sandbox entry (noop plugin)   run_here {:>7.1} us   run (own thread + hard timer) {:>7.1} us",
+        us(entry),
+        us(entry_thread)
+    );
+
+    // Each core collector vs its parser called natively on the same file.
+    let natives: [(&str, &str, Native); 6] = [
+        ("cpu", "/proc/stat", |t, c| {
+            sandglass_plugin_cpu::parse(t, 0.0, c).unwrap()
+        }),
+        ("memory", "/proc/meminfo", |t, c| {
+            sandglass_plugin_memory::parse(t, c).unwrap()
+        }),
+        ("loadavg", "/proc/loadavg", |t, c| {
+            sandglass_plugin_loadavg::parse(t, c).unwrap()
+        }),
+        ("uptime", "/proc/uptime", |t, c| {
+            sandglass_plugin_uptime::parse(t, c).unwrap()
+        }),
+        ("network", "/proc/net/dev", |t, c| {
+            sandglass_plugin_network::parse(t, 0.0, c).unwrap()
+        }),
+        ("diskio", "/proc/diskstats", |t, c| {
+            sandglass_plugin_diskio::parse(t, 0.0, c).unwrap()
+        }),
+    ];
+    println!(
+        "{:<10} {:>12} {:>12} {:>14} {:>8}",
+        "collector", "native us", "sandbox us", "minus entry", "ratio"
+    );
+    for (name, file, parse) in natives {
+        let plugin = &loaded[names.iter().position(|n| *n == name).unwrap()];
+        let req = request(&[], &limits);
+        let sandboxed = mean(RUNS, || {
+            let outcome = runtime.run_here(plugin, &req);
+            assert!(outcome.result.is_ok());
+        });
+        let native = mean(RUNS, || {
+            let text = std::fs::read_to_string(file).unwrap();
+            let mut ctx = Context::new(Vec::new(), None);
+            parse(&text, &mut ctx);
+            std::hint::black_box(ctx);
+        });
+        println!(
+            "{:<10} {:>12.1} {:>12.1} {:>14.1} {:>7.1}x",
+            name,
+            us(native),
+            us(sandboxed),
+            us(sandboxed.saturating_sub(entry)),
+            us(sandboxed) / us(native)
+        );
+    }
+
+    // RSS across 1,000 memory bombs (each grows to the 32 MiB cap and traps).
+    let bomb = request(&[("mode", "membomb")], &limits);
+    for _ in 0..10 {
+        runtime.run_here(&noop, &bomb);
+    }
+    let rss_10 = rss_kib();
+    let start = Instant::now();
+    for _ in 0..990 {
+        let outcome = runtime.run_here(&noop, &bomb);
+        assert!(outcome.result.is_err());
+    }
+    let rss_1000 = rss_kib();
+    println!(
+        "memory bomb x1000: RSS after 10 runs {rss_10} KiB, after 1000 runs {rss_1000} KiB ({:+} KiB, {:.2}x); {:.1} ms per contained bomb",
+        rss_1000 as i64 - rss_10 as i64,
+        rss_1000 as f64 / rss_10 as f64,
+        start.elapsed().as_secs_f64() * 1e3 / 990.0
+    );
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sandbox benchmark (see host/benches/sandbox.rs): sandbox entry, collectors
+# vs native parsers, cold vs warm start, RSS. Prints one table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/build-plugins.sh >/dev/null
+cargo bench -p sandglass --bench sandbox
