@@ -82,6 +82,8 @@ params = { mode = "read", path = "/proc/self/environ" }
 plugin = "FIXTURES/abi-mismatch.wasm"
 [services.missing]
 plugin = "not-installed"
+[services.lvs]
+plugin = "lvs"
 "#;
 
 #[test]
@@ -155,6 +157,13 @@ fn good_plugins_report_real_data_beside_misbehaving_ones() {
         )
         .is_some()
     );
+    // IPVS is absent on most test machines: then lvs must say so, not fail oddly.
+    let (level, text) = status(report(&reports, "lvs"));
+    if Path::new("/proc/net/ip_vs").exists() {
+        assert_ne!(level, "UNKNOWN", "{text}");
+    } else {
+        assert_eq!(text, "IPVS is not loaded: /proc/net/ip_vs does not exist");
+    }
     let processes = value(report(&reports, "processes"), "processes_total", &[]).unwrap();
     assert!(processes >= 2.0, "{processes}");
 }

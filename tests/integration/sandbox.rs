@@ -162,3 +162,38 @@ fn garbage_file_is_refused_clearly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn plugin_log_lines_reach_the_agent_log_tagged_and_capped() {
+    let path = fixture("misbehave");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args([
+            "plugin",
+            "run",
+            path.to_str().unwrap(),
+            "--param",
+            "mode=log",
+        ])
+        .env("SANDGLASS_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let hello = stderr
+        .lines()
+        .find(|l| l.contains("hello from the sandbox"))
+        .expect("log line");
+    assert!(
+        hello.contains("plugin=") && hello.contains("misbehave") && hello.contains("service="),
+        "{hello}"
+    );
+    let flood = stderr.lines().filter(|l| l.contains("zzzz")).count();
+    assert!(
+        flood > 0 && flood < 20,
+        "{flood} flood lines got through a 16 KiB budget"
+    );
+    assert!(
+        stderr.contains("log limit of 16384 bytes per run reached"),
+        "{stderr}"
+    );
+}

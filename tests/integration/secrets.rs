@@ -105,3 +105,23 @@ fn the_network_table_stays_readable_through_proc_self() {
     let (level, text) = read("/proc/net/dev");
     assert_eq!(level, "OK", "{text}");
 }
+
+#[test]
+fn sys_is_visible_only_when_granted() {
+    let path = "/sys/kernel/uevent_seqnum";
+    assert!(std::path::Path::new(path).exists());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--param",
+            "mode=read",
+            "--param",
+            "path=/sys/kernel/uevent_seqnum",
+        ];
+        args.extend_from_slice(extra);
+        status(&plugin_run(&fixture("misbehave"), &args).0)
+    };
+    let (level, text) = run(&[]);
+    assert!(level == "UNKNOWN" && text.contains("blocked:"), "{text}");
+    let (level, text) = run(&["--grant", "sys"]);
+    assert_eq!(level, "OK", "{text}");
+}

@@ -91,6 +91,8 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for people: log files and tests get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SANDGLASS_LOG")
                 .unwrap_or_else(|_| "warn".into()),
