@@ -130,7 +130,7 @@ fn main() {
         runtime.run(&noop, noop_req.clone());
     });
     println!(
-        "sandbox entry (noop plugin)   run_here {:>7.1} us   run (own thread + hard timer) {:>7.1} us",
+        "sandbox entry (noop plugin)   run_here {:>7.1} us   run (worker thread + hard timer) {:>7.1} us",
         us(entry),
         us(entry_thread)
     );

@@ -6,7 +6,8 @@
 //! - [`fs_policy`]: which resolved paths a plugin may open;
 //! - [`limits`]: fuel, deadline, memory and output limits;
 //! - [`epoch`]: the ticker behind deadlines;
-//! - [`run`]: running a plugin once and classifying what went wrong.
+//! - [`run`]: running a plugin once and classifying what went wrong;
+//! - `workers`: the threads runs execute on, so a stuck run can be abandoned.
 
 pub mod abi;
 pub mod cache;
@@ -15,6 +16,7 @@ pub mod fs_policy;
 pub mod limits;
 pub mod run;
 pub mod sandbox;
+mod workers;
 
 use anyhow::Context;
 use cache::{ArtifactCache, CacheOutcome};
@@ -80,6 +82,7 @@ struct Inner {
     ticker: Arc<epoch::EpochTicker>,
     /// Runs abandoned while blocked in a host call and not yet returned.
     stuck: AtomicUsize,
+    workers: workers::Workers,
 }
 
 impl Runtime {
@@ -98,6 +101,7 @@ impl Runtime {
                 cache,
                 ticker,
                 stuck: AtomicUsize::new(0),
+                workers: workers::Workers::new(),
             }),
         })
     }

@@ -210,7 +210,7 @@ impl Runtime {
         }
     }
 
-    /// Run `plugin` once on a thread of its own, waiting at most the deadline
+    /// Run `plugin` once on a worker thread, waiting at most the deadline
     /// (plus a short grace). A run still blocked in a host call by then is
     /// abandoned and reported as such; at most [`MAX_STUCK_RUNS`] may be
     /// abandoned at once, further runs are refused until they return.
@@ -224,22 +224,23 @@ impl Runtime {
         let deadline = request.limits.deadline;
         let slot = Arc::new((Mutex::new(Slot::Running), Condvar::new()));
         let (runtime, plugin, worker_slot) = (self.clone(), plugin.clone(), slot.clone());
-        let spawned = std::thread::Builder::new()
-            .name("sandglass-run".into())
-            .spawn(move || {
-                let outcome = runtime.run_here(&plugin, &request);
+        let stuck_runtime = self.clone();
+        let spawned = self.inner.workers.execute(
+            move || runtime.run_here(&plugin, &request),
+            move |outcome| {
                 let (lock, done) = &*worker_slot;
                 let mut slot = lock.lock().expect("run slot");
                 if matches!(*slot, Slot::Abandoned) {
-                    runtime.inner.stuck.fetch_sub(1, Ordering::SeqCst);
+                    stuck_runtime.inner.stuck.fetch_sub(1, Ordering::SeqCst);
                 } else {
                     *slot = Slot::Done(Box::new(outcome));
                     done.notify_one();
                 }
-            });
+            },
+        );
         if let Err(e) = spawned {
             return RunOutcome::refused(RunFailure::Refused(format!(
-                "cannot start a run thread: {e}"
+                "cannot start a worker thread: {e}"
             )));
         }
         let (lock, done) = &*slot;
