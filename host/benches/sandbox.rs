@@ -94,10 +94,13 @@ fn main() {
     }
     let cold = start.elapsed();
     drop(cold_rt);
+    let rss_before_warm = rss_kib();
     let start = Instant::now();
     let runtime = Runtime::new(Some(cache.path().to_owned())).unwrap();
+    let rss_engine = rss_kib();
     let loaded: Vec<Arc<Plugin>> = paths.iter().map(|p| runtime.load(p).unwrap()).collect();
     let warm = start.elapsed();
+    let rss_plugins = rss_kib();
     println!(
         "start of the {}-plugin set   cold (compile) {:>9.1} ms   warm (cached) {:>7.2} ms   cold/warm {:>6.1}x",
         names.len(),
@@ -183,6 +186,8 @@ fn main() {
         );
     }
 
+    agent_rss(&plugins_dir, &names);
+
     // RSS across 1,000 memory bombs (each grows to the 32 MiB cap and traps).
     let bomb = request(&[("mode", "membomb")], &limits);
     for _ in 0..10 {
@@ -200,5 +205,51 @@ fn main() {
         rss_1000 as i64 - rss_10 as i64,
         rss_1000 as f64 / rss_10 as f64,
         start.elapsed().as_secs_f64() * 1e3 / 990.0
+    );
+}
+
+/// Peak RSS and wall time of the real `agent` binary running every core
+/// plugin once with a warm cache.
+fn agent_rss(plugins_dir: &Path, names: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = format!(
+        "plugin_dir = {plugins_dir:?}\nstate_dir = {:?}\n",
+        dir.path().join("state")
+    );
+    for name in names {
+        config.push_str(&format!("[services.{name}]\nplugin = \"{name}\"\n"));
+    }
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    let once = || {
+        let start = Instant::now();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["once", "--config", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        start.elapsed()
+    };
+    // Warm the agent's cache in this process: RUSAGE_CHILDREN reports the
+    // peak over all children, so the agent must run only once, warm.
+    let runtime = Runtime::new(Some(dir.path().join("state/cache"))).unwrap();
+    for name in names {
+        runtime
+            .load(&plugins_dir.join(format!("{name}.wasm")))
+            .unwrap();
+    }
+    let warm = once();
+    // SAFETY: getrusage only writes into the struct we pass.
+    let max_rss_kib = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage.ru_maxrss
+    };
+    println!(
+        "agent once, {} plugins, warm cache: {:.1} ms for the whole process; peak RSS of the agent {} KiB",
+        names.len(),
+        warm.as_secs_f64() * 1e3,
+        max_rss_kib
     );
 }
