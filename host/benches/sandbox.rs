@@ -115,10 +115,11 @@ fn main() {
     }
     let rss_loaded = rss_kib();
     println!(
-        "RSS: process start {} KiB, all plugins loaded and run once {} KiB (+{} KiB)",
-        rss_start,
-        rss_loaded,
-        rss_loaded - rss_start
+        "RSS in this process: start {rss_start} KiB; after a cold start {rss_before_warm} KiB; warm runtime: engine {:+} KiB, {} plugins loaded {:+} KiB, each run once {:+} KiB = {rss_loaded} KiB",
+        rss_engine as i64 - rss_before_warm as i64,
+        names.len(),
+        rss_plugins as i64 - rss_engine as i64,
+        rss_loaded as i64 - rss_plugins as i64,
     );
 
     // Fixed cost of entering the sandbox.
