@@ -5,9 +5,8 @@ wasmtime::component::bindgen!({
     world: "collector",
 });
 
-pub use exports::sandglass::collector::plugin as guest;
-pub use sandglass::collector::log::LogLevel;
-pub use sandglass::collector::types as wit;
+pub use self::sandglass::collector::log::LogLevel;
+pub use self::sandglass::collector::types as wit;
 
 /// The ABI version this host speaks: the WIT package version.
 pub const ABI_VERSION: &str = "1.0.0";
