@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-plugins.sh >/dev/null
+# GNU time measures the agent's peak RSS.
+[ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
 cargo bench -p sandglass --bench sandbox

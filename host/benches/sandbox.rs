@@ -222,15 +222,32 @@ fn agent_rss(plugins_dir: &Path, names: &[&str]) {
     }
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, config).unwrap();
+    // GNU time reports the agent's own peak RSS. getrusage(RUSAGE_CHILDREN)
+    // from this process would not: a child's peak includes the image it had
+    // before exec, which is this (large) benchmark process.
     let once = || {
         let start = Instant::now();
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
-            .args(["once", "--config", path.to_str().unwrap()])
+        let output = std::process::Command::new("/usr/bin/time")
+            .args([
+                "-f",
+                "%M",
+                env!("CARGO_BIN_EXE_agent"),
+                "once",
+                "--config",
+                path.to_str().unwrap(),
+            ])
             .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        start.elapsed()
+            .output()
+            .expect("/usr/bin/time (Debian package `time`; scripts/bench-sandbox.sh installs it)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let elapsed = start.elapsed();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let kib: u64 = stderr.lines().last().unwrap().trim().parse().unwrap();
+        (elapsed, kib)
     };
     // Warm the agent's cache in this process: RUSAGE_CHILDREN reports the
     // peak over all children, so the agent must run only once, warm.
@@ -240,13 +257,7 @@ fn agent_rss(plugins_dir: &Path, names: &[&str]) {
             .load(&plugins_dir.join(format!("{name}.wasm")))
             .unwrap();
     }
-    let warm = once();
-    // SAFETY: getrusage only writes into the struct we pass.
-    let max_rss_kib = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage.ru_maxrss
-    };
+    let (warm, max_rss_kib) = once();
     println!(
         "agent once, {} plugins, warm cache: {:.1} ms for the whole process; peak RSS of the agent {} KiB",
         names.len(),
