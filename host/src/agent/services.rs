@@ -15,6 +15,8 @@ pub struct ServiceRunner {
     runtime: Runtime,
     states: StateStore,
     plugins: HashMap<PathBuf, Result<Arc<Plugin>, String>>,
+    /// Each service's filesystem view, built on its first run.
+    views: HashMap<String, Arc<View>>,
 }
 
 impl ServiceRunner {
@@ -24,6 +26,7 @@ impl ServiceRunner {
             runtime: Runtime::new(Some(state_dir.join("cache")))?,
             states: StateStore::open(state_dir.join("state"))?,
             plugins: HashMap::new(),
+            views: HashMap::new(),
         })
     }
 
