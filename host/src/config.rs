@@ -3,10 +3,12 @@
 //! test loads it.
 
 use crate::runtime::{LimitOverrides, Limits};
+use crate::units::HumanDuration;
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// `agent.toml` as written.
 #[derive(Debug, Deserialize)]
@@ -14,6 +16,10 @@ use std::path::{Path, PathBuf};
 pub struct AgentConfig {
     /// This host's id. Default: the machine's hostname.
     pub host_id: Option<String>,
+    /// The receiver's address, `host:port`; needed by `agent run`.
+    pub receiver: Option<String>,
+    /// This host's credential at the receiver; needed by `agent run`.
+    pub token: Option<String>,
     /// Directory holding the plugin `.wasm` files. Relative paths here and
     /// below are resolved against the directory of the config file.
     pub plugin_dir: PathBuf,
@@ -23,9 +29,76 @@ pub struct AgentConfig {
     /// Default limits for every service (each field optional).
     #[serde(default)]
     pub limits: LimitOverrides,
-    /// Services by name: which plugin, with which params, grants and limits.
+    /// What the receiver's schedule may grant to services on this host.
+    #[serde(default)]
+    pub allow: Allow,
+    /// How `agent run` talks to the receiver.
+    #[serde(default)]
+    pub connection: ConnectionConfig,
+    /// Local services, run by `agent once` (in `agent run` the receiver's
+    /// schedule decides what runs).
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// The grants this host lets the receiver hand out: the host's operator,
+/// not the central one, decides which files plugins may read.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allow {
+    /// Read-only `/sys`. Default true.
+    #[serde(default = "yes")]
+    pub sys: bool,
+    /// Directories (and everything below them) that a `files` grant may name.
+    /// Default none.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Allow {
+    fn default() -> Self {
+        Allow {
+            sys: true,
+            files: Vec::new(),
+        }
+    }
+}
+
+/// `[connection]`: reconnecting, batching and schedule refresh.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionConfig {
+    /// First wait before reconnecting; doubles per failure. Default "500ms".
+    pub reconnect_min: HumanDuration,
+    /// Longest wait between reconnect attempts. Default "30s".
+    pub reconnect_max: HumanDuration,
+    /// How long a report waits for others to share its batch. Default "100ms".
+    pub batch_delay: HumanDuration,
+    /// Most reports in one batch. Default 500.
+    pub batch_max: usize,
+    /// Reports kept in memory while the receiver is away; the oldest are
+    /// dropped (and counted in the log) beyond this. Default 100000.
+    pub queue_max: usize,
+    /// Time allowed to connect and be welcomed, and without any frame from
+    /// the receiver before the connection is deemed dead. Default "30s".
+    pub timeout: HumanDuration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            reconnect_min: HumanDuration(Duration::from_millis(500)),
+            reconnect_max: HumanDuration(Duration::from_secs(30)),
+            batch_delay: HumanDuration(Duration::from_millis(100)),
+            batch_max: 500,
+            queue_max: 100_000,
+            timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
 }
 
 /// One `[services.NAME]` table.
@@ -50,7 +123,7 @@ pub struct ServiceConfig {
 }
 
 /// A grant as written in configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GrantName {
     Sys,
@@ -88,13 +161,27 @@ pub struct Service {
     pub sys: bool,
     pub files: Vec<PathBuf>,
     pub limits: Limits,
+    /// The plugin's sha256 the receiver pins, if it does.
+    pub sha256: Option<String>,
+    /// Run every this often (`agent run`).
+    pub interval: Duration,
+    /// Why this agent will not run the service (a grant its `[allow]` does
+    /// not permit); every run reports this as UNKNOWN instead.
+    pub refused: Option<String>,
 }
 
 /// The agent configuration after validation.
 #[derive(Debug)]
 pub struct Agent {
     pub host_id: String,
+    pub receiver: Option<String>,
+    pub token: Option<String>,
+    pub plugin_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// `[limits]` applied over the built-in defaults.
+    pub limits: Limits,
+    pub allow: Allow,
+    pub connection: ConnectionConfig,
     pub services: Vec<Service>,
 }
 
@@ -119,16 +206,7 @@ impl AgentConfig {
         let plugin_dir = base.join(&self.plugin_dir);
         let mut services = Vec::new();
         for (name, s) in self.services {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-                || name.starts_with('.')
-            {
-                bail!(
-                    "[services.{name}]: a service name may only hold letters, digits, '_', '-' and '.'"
-                );
-            }
+            check_name(&name).map_err(|e| anyhow::anyhow!("[services.{name}]: {e}"))?;
             let limits = defaults
                 .with(&s.limits)
                 .map_err(|e| anyhow::anyhow!("[services.{name}.limits]: {e}"))?;
@@ -164,17 +242,54 @@ impl AgentConfig {
                 sys: s.grants.contains(&GrantName::Sys),
                 files,
                 limits,
+                sha256: None,
+                interval: Duration::from_secs(60),
+                refused: None,
             });
         }
         let host_id = match self.host_id {
             Some(id) => id,
             None => hostname(),
         };
+        if host_id.is_empty() {
+            bail!("host_id is empty: set host_id = \"NAME\" as the receiver knows this host");
+        }
+        if self.connection.batch_max == 0 || self.connection.queue_max == 0 {
+            bail!("[connection]: batch_max and queue_max must be at least 1");
+        }
+        let allow = Allow {
+            sys: self.allow.sys,
+            files: self.allow.files.iter().map(|f| base.join(f)).collect(),
+        };
         Ok(Agent {
             host_id,
+            receiver: self.receiver,
+            token: self.token,
+            plugin_dir,
             state_dir: base.join(self.state_dir),
+            limits: defaults,
+            allow,
+            connection: self.connection,
             services,
         })
+    }
+}
+
+/// Service, plugin and host names become file names and log fields: letters,
+/// digits, `_`, `-` and `.`, not starting with `.`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let fine = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if fine {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {name:?} may only hold letters, digits, '_', '-' and '.' (at most 128, not starting with '.')"
+        ))
     }
 }
 
@@ -269,6 +384,6 @@ mod tests {
             "plugin_dir = \"p\"\nstate_dir = \"s\"\n[services.\"a/b\"]\nplugin = \"cpu\"\n",
         )
         .unwrap_err();
-        assert!(format!("{err:#}").contains("service name"), "{err:#}");
+        assert!(format!("{err:#}").contains("may only hold"), "{err:#}");
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod protocol;
 pub mod report;
 pub mod runtime;
 pub mod state_store;

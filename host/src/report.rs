@@ -16,9 +16,11 @@ pub struct Sample {
     pub name: String,
     pub value: f64,
     pub kind: MetricKind,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// Always serialized, empty or not: reports travel as MessagePack arrays,
+    /// where a skipped field would shift the ones after it.
+    #[serde(default)]
     pub unit: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub labels: Vec<(String, String)>,
 }
 

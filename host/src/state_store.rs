@@ -49,14 +49,17 @@ impl StateStore {
                 }
                 _ => Ok(()),
             },
-            Some(bytes) => {
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, bytes)
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .with_context(|| format!("cannot write plugin state {}", path.display()))
-            }
+            Some(bytes) => write_atomic(&path, bytes)
+                .with_context(|| format!("cannot write plugin state {}", path.display())),
         }
     }
+}
+
+/// Replace `path` with `bytes` so a reader (or a crash) sees the old content
+/// or the new, never a mix: write a sibling file, then rename it over.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path))
 }
 
 #[cfg(test)]

@@ -6,3 +6,4 @@
 
 pub mod render;
 pub mod services;
+pub mod schedule;

@@ -1,56 +1,106 @@
-//! Running configured services: load each plugin once, check its grants, run
-//! it in the sandbox with the service's state, keep the new state.
+//! Running services: load each plugin once (again when its file changes),
+//! check the schedule's pin and the grants, run it in the sandbox with the
+//! service's state, keep the new state. Shared by concurrent service timers.
 
 use crate::config::Service;
 use crate::report::{Report, Status};
 use crate::runtime::{Grant, Plugin, RunOutcome, RunRequest, Runtime, View};
 use crate::state_store::StateStore;
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-/// Runs services; loads each plugin file once and keeps it.
+/// A loaded plugin (or why it could not be loaded) and the file it came from.
+struct Loaded {
+    stamp: Option<(SystemTime, u64)>,
+    plugin: Result<Arc<Plugin>, String>,
+}
+
+/// Runs services; safe to share between threads.
 pub struct ServiceRunner {
     runtime: Runtime,
     states: StateStore,
-    plugins: HashMap<PathBuf, Result<Arc<Plugin>, String>>,
-    /// Each service's filesystem view, built on its first run.
-    views: HashMap<String, Arc<View>>,
+    plugins: Mutex<HashMap<PathBuf, Loaded>>,
+    /// Filesystem views by grant, built once: a view opens its directories.
+    views: Mutex<HashMap<(bool, Vec<PathBuf>), Arc<View>>>,
+}
+
+/// The file's modification time and size, to notice a replaced plugin.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl ServiceRunner {
     /// A runner keeping state and compiled plugins under `state_dir`.
-    pub fn new(state_dir: &std::path::Path) -> anyhow::Result<ServiceRunner> {
+    pub fn new(state_dir: &Path) -> anyhow::Result<ServiceRunner> {
         Ok(ServiceRunner {
             runtime: Runtime::new(Some(state_dir.join("cache")))?,
             states: StateStore::open(state_dir.join("state"))?,
-            plugins: HashMap::new(),
-            views: HashMap::new(),
+            plugins: Mutex::new(HashMap::new()),
+            views: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The plugin a service names, loaded on first use. A failure is
-    /// remembered (as text) so every run of the service reports it.
-    pub fn plugin(&mut self, service: &Service) -> Result<Arc<Plugin>, String> {
-        let runtime = &self.runtime;
-        self.plugins
-            .entry(service.plugin_path.clone())
-            .or_insert_with(|| {
-                runtime
-                    .load(&service.plugin_path)
-                    .map_err(|e| format!("{e:#}"))
-            })
-            .clone()
+    /// The plugin a service names, loaded on first use and whenever its file
+    /// changes. A failure is remembered (as text) so every run reports it.
+    fn plugin(&self, service: &Service) -> Result<Arc<Plugin>, String> {
+        let path = &service.plugin_path;
+        let current = stamp(path);
+        let Some(_) = current else {
+            let pin = match &service.sha256 {
+                Some(sha) => format!("expected sha256 {sha}"),
+                None => "no sha256 pinned".into(),
+            };
+            return Err(format!(
+                "plugin {} is not installed ({pin}): no file {}",
+                service.plugin,
+                path.display()
+            ));
+        };
+        let mut plugins = self.plugins.lock().expect("plugin cache lock");
+        if let Some(loaded) = plugins.get(path)
+            && loaded.stamp == current
+        {
+            return loaded.plugin.clone();
+        }
+        let plugin = self.runtime.load(path).map_err(|e| format!("{e:#}"));
+        plugins.insert(
+            path.clone(),
+            Loaded {
+                stamp: current,
+                plugin: plugin.clone(),
+            },
+        );
+        plugin
+    }
+
+    fn view(&self, service: &Service) -> Result<Arc<View>, String> {
+        let key = (service.sys, service.files.clone());
+        let mut views = self.views.lock().expect("view cache lock");
+        if let Some(view) = views.get(&key) {
+            return Ok(view.clone());
+        }
+        let view = View::new(service.sys, &service.files)
+            .map(Arc::new)
+            .map_err(|e| format!("cannot prepare the plugin's view of the filesystem: {e}"))?;
+        views.insert(key, view.clone());
+        Ok(view)
     }
 
     /// Run `service` once and report. Never fails: whatever goes wrong
     /// becomes an UNKNOWN status that says why.
-    pub fn run(&mut self, service: &Service) -> Report {
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+    pub fn run(&self, service: &Service) -> Report {
+        let time_ms = now_ms();
         let unknown = |text: String| Report {
             service: service.name.clone(),
             plugin: service.plugin.clone(),
@@ -59,20 +109,32 @@ impl ServiceRunner {
             samples: Vec::new(),
             cost: Default::default(),
         };
+        if let Some(refused) = &service.refused {
+            return unknown(refused.clone());
+        }
         let plugin = match self.plugin(service) {
             Ok(plugin) => plugin,
             Err(e) => return unknown(e),
         };
-        if let Some(missing) = missing_grant(&plugin, service) {
-            return unknown(missing);
+        if let Some(pinned) = &service.sha256
+            && !pinned.eq_ignore_ascii_case(&plugin.sha256)
+        {
+            return unknown(format!(
+                "plugin {} at {} has sha256 {}, but the schedule pins {pinned}: install the pinned build or update the receiver's pin",
+                service.plugin,
+                service.plugin_path.display(),
+                plugin.sha256
+            ));
         }
-        let view = match View::new(service.sys, &service.files) {
-            Ok(view) => Arc::new(view),
-            Err(e) => {
-                return unknown(format!(
-                    "cannot prepare the plugin's view of the filesystem: {e}"
-                ));
-            }
+        if let Some(grant) = missing_grant(&plugin, service) {
+            return unknown(format!(
+                "plugin {} needs grant \"{grant}\": add grants = [\"{grant}\"] to service {}",
+                plugin.description.name, service.name
+            ));
+        }
+        let view = match self.view(service) {
+            Ok(view) => view,
+            Err(e) => return unknown(e),
         };
         let request = RunRequest {
             service: service.name.clone(),
@@ -116,19 +178,11 @@ impl ServiceRunner {
     }
 }
 
-/// A grant the plugin declares but the service does not give, as the text
-/// the operator needs to fix it.
-fn missing_grant(plugin: &Plugin, service: &Service) -> Option<String> {
-    plugin.description.grants.iter().find_map(|grant| {
-        let (given, name) = match grant {
-            Grant::Sys => (service.sys, "sys"),
-            Grant::Files => (!service.files.is_empty(), "files"),
-        };
-        (!given).then(|| {
-            format!(
-                "plugin {} needs grant \"{name}\": add grants = [\"{name}\"] to [services.{}] in the agent config",
-                plugin.description.name, service.name
-            )
-        })
+/// The first grant the plugin declares that the service does not give.
+pub fn missing_grant(plugin: &Plugin, service: &Service) -> Option<&'static str> {
+    plugin.description.grants.iter().find_map(|grant| match grant {
+        Grant::Sys if !service.sys => Some("sys"),
+        Grant::Files if service.files.is_empty() => Some("files"),
+        _ => None,
     })
 }

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sandglass::agent::render::{self, Format};
-use sandglass::agent::services::ServiceRunner;
+use sandglass::agent::services::{ServiceRunner, missing_grant};
 use sandglass::config::{Agent, Service};
 use sandglass::report::Report;
 use sandglass::runtime::{LimitOverrides, Limits, RunRequest, Runtime, View};
@@ -149,7 +149,7 @@ fn once(config: &std::path::Path, format: Format, only: &[String]) -> anyhow::Re
             anyhow::bail!("no service {name:?} in {}", config.display());
         }
     }
-    let mut runner = ServiceRunner::new(&agent.state_dir)?;
+    let runner = ServiceRunner::new(&agent.state_dir)?;
     let reports: Vec<Report> = agent
         .services
         .iter()
@@ -237,7 +237,16 @@ fn plugin_run(
         sys,
         files,
         limits,
+        sha256: None,
+        interval: std::time::Duration::from_secs(60),
+        refused: None,
     };
+    if let Some(grant) = missing_grant(&plugin, &service) {
+        anyhow::bail!(
+            "plugin {} needs grant \"{grant}\": pass --grant {grant}",
+            plugin.description.name
+        );
+    }
     let state = match &state_file {
         Some(path) if path.exists() => {
             Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)

@@ -1,0 +1,174 @@
+//! The typed messages. Structs travel as MessagePack arrays of their fields
+//! in declaration order (rmp-serde's compact form); enums as a one-entry map
+//! `{variant-name: payload}` or, without payload, the variant name. Fields may
+//! only ever be appended, with a default, so older peers keep decoding.
+
+use crate::config::GrantName;
+use crate::report::Report;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Every message either side can send after the preamble.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Agent -> receiver, first frame: who I am and what I have.
+    Hello(Hello),
+    /// Receiver -> agent: the Hello was accepted.
+    Welcome(Welcome),
+    /// Receiver -> agent: the services to run. Sent after Welcome when the
+    /// agent's cached revision differs, pushed when the configuration changes,
+    /// and as the answer to a `ScheduleRequest` for another revision.
+    Schedule(Schedule),
+    /// Agent -> receiver: "I run revision N; send the schedule if it changed".
+    ScheduleRequest { revision: u64 },
+    /// Receiver -> agent: the agent's revision is current.
+    Unchanged { revision: u64 },
+    /// Agent -> receiver: reports, numbered per agent.
+    Reports(ReportBatch),
+    /// Receiver -> agent: the batch `seq` is durably stored.
+    Ack { seq: u64 },
+    /// Either side: something is wrong; the sender closes the connection
+    /// after it unless the code says otherwise.
+    Error(Fault),
+    /// Either side: are you there? Answered with `Pong` carrying the nonce.
+    Ping { nonce: u64 },
+    Pong { nonce: u64 },
+}
+
+/// The agent's introduction.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub host_id: String,
+    /// The host's credential, as configured on both sides.
+    pub token: String,
+    /// Agent version, e.g. "0.1.0".
+    pub agent_version: String,
+    /// The plugin ABI the agent runs, e.g. "1.0.0".
+    pub abi_version: String,
+    /// Agent's clock, Unix ms, so the receiver can correct report times
+    /// for clock skew.
+    pub time_ms: u64,
+    /// Revision of the schedule the agent has cached; 0 for none.
+    pub schedule_revision: u64,
+    /// Plugins installed on the host.
+    pub plugins: Vec<InstalledPlugin>,
+}
+
+/// Hello without the token: the token must never reach a log.
+impl fmt::Debug for Hello {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hello")
+            .field("host_id", &self.host_id)
+            .field("token", &"<redacted>")
+            .field("agent_version", &self.agent_version)
+            .field("abi_version", &self.abi_version)
+            .field("time_ms", &self.time_ms)
+            .field("schedule_revision", &self.schedule_revision)
+            .field("plugins", &self.plugins.len())
+            .finish()
+    }
+}
+
+/// A plugin file present on the agent's host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstalledPlugin {
+    /// File name without `.wasm`.
+    pub name: String,
+    /// Lowercase hex sha256 of the file.
+    pub sha256: String,
+}
+
+/// The receiver's answer to an accepted Hello.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub receiver_version: String,
+    /// Receiver's clock, Unix ms.
+    pub time_ms: u64,
+    /// How often the agent should send a `ScheduleRequest` (ms).
+    pub refresh_ms: u64,
+}
+
+/// What one host runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Changes whenever the content changes; equal content, equal revision
+    /// (a hash), so a receiver restart does not resend an unchanged schedule.
+    pub revision: u64,
+    pub services: Vec<ScheduledService>,
+}
+
+/// One service of a schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledService {
+    pub name: String,
+    /// Plugin name: the agent runs `<plugin_dir>/<plugin>.wasm`.
+    pub plugin: String,
+    /// If set, the agent refuses a plugin file with another sha256.
+    pub sha256: Option<String>,
+    pub interval_ms: u64,
+    pub params: Vec<(String, String)>,
+    /// Grants the service asks for; the agent gives only those its own
+    /// configuration allows.
+    pub grants: Vec<GrantName>,
+    /// Directories for the `files` grant.
+    pub files: Vec<String>,
+    pub limits: ServiceLimits,
+}
+
+/// Limit overrides for a service, plain numbers; unset keeps the agent's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceLimits {
+    pub fuel: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub memory: Option<u64>,
+    pub max_samples: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+    pub max_stdio_bytes: Option<u64>,
+    pub max_state_bytes: Option<u64>,
+}
+
+/// A numbered batch of reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportBatch {
+    /// Per-agent sequence number; the receiver acknowledges it.
+    pub seq: u64,
+    pub reports: Vec<Report>,
+}
+
+/// An error sent to the peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub code: FaultCode,
+    /// One line for the operator: what is wrong and how to fix it.
+    pub text: String,
+}
+
+/// Error classes, so the peer can react without parsing text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FaultCode {
+    /// The peer speaks another protocol version.
+    Version,
+    /// Unknown host or wrong token.
+    Auth,
+    /// A frame that does not decode.
+    Malformed,
+    /// A frame over the size limit.
+    TooLarge,
+    /// Nothing arrived in time.
+    Timeout,
+    /// The receiver is at its connection limit; try again later.
+    Busy,
+    /// A well-formed message at the wrong time (e.g. Reports before Hello).
+    Protocol,
+    /// Another connection authenticated as the same host.
+    Replaced,
+    /// The receiver could not do its part (e.g. the store failed); the
+    /// batch was not stored and should be sent again.
+    Internal,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.text)
+    }
+}
