@@ -141,9 +141,10 @@ pub enum ParamValue {
 }
 
 impl ParamValue {
-    fn into_text(self) -> String {
+    /// The value as the text a plugin receives.
+    pub fn to_text(&self) -> String {
         match self {
-            ParamValue::Text(t) => t,
+            ParamValue::Text(t) => t.clone(),
             ParamValue::Integer(i) => i.to_string(),
             ParamValue::Float(f) => f.to_string(),
             ParamValue::Bool(b) => b.to_string(),
@@ -152,7 +153,7 @@ impl ParamValue {
 }
 
 /// A service ready to run: paths resolved, limits merged, grants checked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Service {
     pub name: String,
     pub plugin: String,
@@ -237,7 +238,7 @@ impl AgentConfig {
                 params: s
                     .params
                     .into_iter()
-                    .map(|(k, v)| (k, v.into_text()))
+                    .map(|(k, v)| (k, v.to_text()))
                     .collect(),
                 sys: s.grants.contains(&GrantName::Sys),
                 files,

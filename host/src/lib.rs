@@ -18,7 +18,9 @@
 
 pub mod agent;
 pub mod config;
+pub mod daemon;
 pub mod protocol;
+pub mod receiver;
 pub mod report;
 pub mod runtime;
 pub mod state_store;

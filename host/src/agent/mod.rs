@@ -1,9 +1,16 @@
 //! The agent's commands.
 //!
-//! - [`services`]: running configured services through the runtime, with
-//!   their state, grants and limits — shared by `once` and the scheduler;
+//! - [`services`]: running services through the runtime, with their state,
+//!   pins, grants and limits — shared by `once` and the scheduler;
+//! - [`schedule`]: the receiver's schedule as services, and its disk cache;
+//! - [`scheduler`]: one timer per service, with splay;
+//! - [`link`]: the connection to the receiver (backoff, batches, acks);
+//! - [`daemon`]: `agent run`, tying them together with signals;
 //! - [`render`]: the human table and JSON output.
 
+pub mod daemon;
+pub mod link;
 pub mod render;
-pub mod services;
 pub mod schedule;
+pub mod scheduler;
+pub mod services;

@@ -34,10 +34,13 @@ fn service(s: &ScheduledService, agent: &Agent) -> Service {
             PathBuf::new()
         }
     };
-    let limits = agent.limits.with(&overrides(&s.limits)).unwrap_or_else(|e| {
-        refused.push(format!("the schedule's limits are unusable: {e}"));
-        agent.limits.clone()
-    });
+    let limits = agent
+        .limits
+        .with(&overrides(&s.limits))
+        .unwrap_or_else(|e| {
+            refused.push(format!("the schedule's limits are unusable: {e}"));
+            agent.limits.clone()
+        });
     let sys = s.grants.contains(&GrantName::Sys);
     if sys && !agent.allow.sys {
         refused.push(
@@ -87,7 +90,9 @@ fn allowed(dir: &Path, allow: &[PathBuf]) -> bool {
 fn overrides(l: &ServiceLimits) -> LimitOverrides {
     LimitOverrides {
         fuel: l.fuel,
-        deadline: l.deadline_ms.map(|ms| HumanDuration(Duration::from_millis(ms))),
+        deadline: l
+            .deadline_ms
+            .map(|ms| HumanDuration(Duration::from_millis(ms))),
         memory: l.memory.map(ByteSize),
         max_samples: l.max_samples.map(|n| n as usize),
         max_output_bytes: l.max_output_bytes.map(ByteSize),

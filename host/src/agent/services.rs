@@ -180,9 +180,13 @@ impl ServiceRunner {
 
 /// The first grant the plugin declares that the service does not give.
 pub fn missing_grant(plugin: &Plugin, service: &Service) -> Option<&'static str> {
-    plugin.description.grants.iter().find_map(|grant| match grant {
-        Grant::Sys if !service.sys => Some("sys"),
-        Grant::Files if service.files.is_empty() => Some("files"),
-        _ => None,
-    })
+    plugin
+        .description
+        .grants
+        .iter()
+        .find_map(|grant| match grant {
+            Grant::Sys if !service.sys => Some("sys"),
+            Grant::Files if service.files.is_empty() => Some("files"),
+            _ => None,
+        })
 }

@@ -24,6 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Connect to the receiver and run its schedule until SIGTERM or Ctrl-C (SIGHUP reloads the config).
+    Run {
+        /// The agent configuration file.
+        #[arg(long, default_value = "/etc/sandglass/agent.toml")]
+        config: PathBuf,
+    },
     /// Run every configured service once, each in its own sandbox, and print the results.
     Once {
         /// The agent configuration file.
@@ -89,16 +95,11 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colours only for people: log files and tests get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SANDGLASS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    // A daemon tells what it does; one-shot commands speak only of problems.
+    let quiet = !matches!(cli.command, Command::Run { .. });
+    sandglass::daemon::init_logging(if quiet { "warn" } else { "info" });
+    if let Err(e) = run(cli) {
         eprintln!("agent: {e:#}");
         std::process::exit(1);
     }
@@ -106,6 +107,17 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { config } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let reload = Arc::new(tokio::sync::Notify::new());
+                let shutdown = sandglass::daemon::signals(reload.clone())?;
+                sandglass::agent::daemon::run(&config, reload, shutdown).await
+            })
+        }
         Command::Once {
             config,
             format,

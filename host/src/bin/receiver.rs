@@ -1,1 +1,145 @@
-fn main() {}
+//! `receiver`: the Sandglass receiver. Parses flags, reads config, calls the library.
+
+use clap::{Parser, Subcommand};
+use sandglass::agent::services::now_ms;
+use sandglass::receiver::config::Model;
+use sandglass::receiver::{server, store, view};
+use sandglass::units::HumanDuration;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "receiver",
+    version,
+    about = "Sandglass receiver: hands out schedules, stores reports, tracks liveness"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve agents until SIGTERM or Ctrl-C; SIGHUP (or editing the file) reloads the configuration.
+    Run {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+        /// Listen here instead of the configuration's `listen` (port 0: any free port).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Every host (OK / PROBLEM / UNREACHABLE / PENDING, since when, why) and its services.
+    Status {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stored values of one host.
+    Query {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        metric: Option<String>,
+        /// How far back, e.g. `10m`, `1h`.
+        #[arg(long, default_value = "1h")]
+        since: HumanDuration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and print each host's schedule.
+    Check {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Run { .. });
+    sandglass::daemon::init_logging(if quiet { "warn" } else { "info" });
+    if let Err(e) = run(cli) {
+        eprintln!("receiver: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config, listen } => serve(config, listen),
+        Command::Status { config, json } => {
+            let model = Model::load(&config)?;
+            let conn = store::open_existing(&model.settings.database)?;
+            let hosts = view::status(&conn)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hosts)?);
+            } else {
+                print!("{}", view::status_table(&hosts, now_ms()));
+            }
+            Ok(())
+        }
+        Command::Query {
+            config,
+            host,
+            service,
+            metric,
+            since,
+            json,
+        } => {
+            let model = Model::load(&config)?;
+            let conn = store::open_existing(&model.settings.database)?;
+            let since_ms = now_ms().saturating_sub(since.0.as_millis() as u64);
+            let points = view::query(
+                &conn,
+                &host,
+                service.as_deref(),
+                metric.as_deref(),
+                since_ms,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&points)?);
+            } else {
+                print!("{}", view::query_table(&points));
+            }
+            Ok(())
+        }
+        Command::Check { config } => {
+            let model = Model::load(&config)?;
+            for (name, host) in &model.hosts {
+                let services: Vec<String> = host
+                    .schedule
+                    .services
+                    .iter()
+                    .map(|s| format!("{} every {}ms", s.name, s.interval_ms))
+                    .collect();
+                println!("{name}: {}", services.join(", "));
+            }
+            println!("{}: OK, {} hosts", config.display(), model.hosts.len());
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
+    let model = Model::load(&config)?;
+    let address = listen.unwrap_or(model.settings.listen);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+        // The first line on stdout says where, for scripts and tests that
+        // asked for port 0.
+        println!("listening on {}", listener.local_addr()?);
+        let reload = Arc::new(tokio::sync::Notify::new());
+        let shutdown = sandglass::daemon::signals(reload.clone())?;
+        server::serve(&config, listener, reload, shutdown).await
+    })
+}

@@ -74,13 +74,13 @@ impl Decoder for FrameCodec {
     }
 }
 
-impl Encoder<&Message> for FrameCodec {
+impl Encoder<Message> for FrameCodec {
     type Error = ProtocolError;
 
-    fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+    fn encode(&mut self, message: Message, dst: &mut BytesMut) -> Result<(), ProtocolError> {
         let start = dst.len();
         dst.put_u32(0);
-        rmp_serde::encode::write(&mut dst.writer(), message)
+        rmp_serde::encode::write(&mut dst.writer(), &message)
             .map_err(|e| ProtocolError::Malformed(format!("cannot encode: {e}")))?;
         let len = dst.len() - start - 4;
         if len > self.max_frame {
@@ -92,14 +92,6 @@ impl Encoder<&Message> for FrameCodec {
         }
         dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
-    }
-}
-
-impl Encoder<Message> for FrameCodec {
-    type Error = ProtocolError;
-
-    fn encode(&mut self, message: Message, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        self.encode(&message, dst)
     }
 }
 
@@ -132,7 +124,7 @@ mod tests {
     fn encode(message: &Message) -> BytesMut {
         let mut buf = BytesMut::new();
         FrameCodec::new(DEFAULT_MAX_FRAME)
-            .encode(message, &mut buf)
+            .encode(message.clone(), &mut buf)
             .unwrap();
         buf
     }
@@ -169,7 +161,10 @@ mod tests {
             matches!(err, ProtocolError::TooLarge { len, max: 1024 } if len == u32::MAX as usize),
             "{err}"
         );
-        assert!(buf.capacity() < 1024, "nothing reserved for the claimed size");
+        assert!(
+            buf.capacity() < 1024,
+            "nothing reserved for the claimed size"
+        );
     }
 
     #[test]
@@ -179,7 +174,7 @@ mod tests {
             text: "x".repeat(2000),
         });
         let mut buf = BytesMut::from(&b"keep"[..]);
-        let err = FrameCodec::new(1000).encode(&big, &mut buf).unwrap_err();
+        let err = FrameCodec::new(1000).encode(big, &mut buf).unwrap_err();
         assert!(matches!(err, ProtocolError::TooLarge { .. }), "{err}");
         assert_eq!(&buf[..], b"keep");
     }
@@ -213,8 +208,8 @@ mod tests {
         assert_eq!(
             &encode(&fault)[..],
             &[
-                0, 0, 0, 16, 0x81, 0xa5, b'E', b'r', b'r', b'o', b'r', 0x92, 0xa4, b'A', b'u', b't',
-                b'h', 0xa2, b'n', b'o'
+                0, 0, 0, 16, 0x81, 0xa5, b'E', b'r', b'r', b'o', b'r', 0x92, 0xa4, b'A', b'u',
+                b't', b'h', 0xa2, b'n', b'o'
             ]
         );
     }
@@ -230,7 +225,10 @@ mod tests {
         let err = read_preamble(&mut &b"GET / HTTP/1.1\r\n"[..])
             .await
             .unwrap_err();
-        assert!(matches!(err, ProtocolError::NotSandglass(m) if &m == b"GET "), "{err}");
+        assert!(
+            matches!(err, ProtocolError::NotSandglass(m) if &m == b"GET "),
+            "{err}"
+        );
     }
 
     fn text() -> impl Strategy<Value = String> {
@@ -286,7 +284,13 @@ mod tests {
 
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (text(), text(), any::<u64>(), any::<u64>(), proptest::collection::vec((text(), text()), 0..3))
+            (
+                text(),
+                text(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec((text(), text()), 0..3)
+            )
                 .prop_map(|(host_id, token, time_ms, schedule_revision, plugins)| {
                     Message::Hello(Hello {
                         host_id,
@@ -303,7 +307,13 @@ mod tests {
                 }),
             (any::<u64>(), proptest::collection::vec(report(), 0..4))
                 .prop_map(|(seq, reports)| Message::Reports(ReportBatch { seq, reports })),
-            (any::<u64>(), text(), any::<u64>(), proptest::option::of(any::<u64>()), proptest::option::of(text()))
+            (
+                any::<u64>(),
+                text(),
+                any::<u64>(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(text())
+            )
                 .prop_map(|(revision, name, interval_ms, fuel, sha256)| {
                     Message::Schedule(Schedule {
                         revision,
@@ -338,7 +348,7 @@ mod tests {
             let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
             let mut buf = BytesMut::new();
             for m in &messages {
-                codec.encode(m, &mut buf).unwrap();
+                codec.encode(m.clone(), &mut buf).unwrap();
             }
             for m in &messages {
                 let decoded = codec.decode(&mut buf).unwrap();

@@ -20,19 +20,29 @@ pub enum Message {
     /// and as the answer to a `ScheduleRequest` for another revision.
     Schedule(Schedule),
     /// Agent -> receiver: "I run revision N; send the schedule if it changed".
-    ScheduleRequest { revision: u64 },
+    ScheduleRequest {
+        revision: u64,
+    },
     /// Receiver -> agent: the agent's revision is current.
-    Unchanged { revision: u64 },
+    Unchanged {
+        revision: u64,
+    },
     /// Agent -> receiver: reports, numbered per agent.
     Reports(ReportBatch),
     /// Receiver -> agent: the batch `seq` is durably stored.
-    Ack { seq: u64 },
+    Ack {
+        seq: u64,
+    },
     /// Either side: something is wrong; the sender closes the connection
     /// after it unless the code says otherwise.
     Error(Fault),
     /// Either side: are you there? Answered with `Pong` carrying the nonce.
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
 }
 
 /// The agent's introduction.

@@ -1,0 +1,166 @@
+//! One timer per service. The first run happens at once (data within
+//! milliseconds of a start); later runs sit on the service's interval grid
+//! shifted by a per-host splay, so a fleet does not fire in the same
+//! millisecond. A service's runs never overlap, and stopping a service lets
+//! its running plugin finish.
+
+use super::services::{ServiceRunner, now_ms};
+use crate::config::Service;
+use crate::report::Report;
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+struct Timer {
+    service: Service,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The running set of service timers.
+pub struct Scheduler {
+    runner: Arc<ServiceRunner>,
+    host_id: String,
+    reports: mpsc::Sender<Report>,
+    timers: HashMap<String, Timer>,
+}
+
+impl Scheduler {
+    pub fn new(runner: Arc<ServiceRunner>, host_id: String, reports: mpsc::Sender<Report>) -> Self {
+        Scheduler {
+            runner,
+            host_id,
+            reports,
+            timers: HashMap::new(),
+        }
+    }
+
+    /// Run exactly `services` from now on: unchanged ones keep their timer,
+    /// changed ones restart, removed ones stop.
+    pub fn apply(&mut self, services: Vec<Service>) {
+        let wanted: HashMap<String, Service> =
+            services.into_iter().map(|s| (s.name.clone(), s)).collect();
+        self.timers.retain(|name, timer| {
+            let keep = wanted.get(name) == Some(&timer.service);
+            if !keep {
+                timer.cancel.cancel();
+            }
+            keep
+        });
+        for (name, service) in wanted {
+            if self.timers.contains_key(&name) {
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            let splay = splay(&self.host_id, &name, service.interval);
+            let task = tokio::spawn(service_timer(
+                self.runner.clone(),
+                service.clone(),
+                splay,
+                self.reports.clone(),
+                cancel.clone(),
+            ));
+            self.timers.insert(
+                name,
+                Timer {
+                    service,
+                    cancel,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Names and intervals of the services running now.
+    pub fn running(&self) -> Vec<(String, Duration)> {
+        let mut names: Vec<_> = self
+            .timers
+            .values()
+            .map(|t| (t.service.name.clone(), t.service.interval))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Stop every timer and wait for running plugins to finish.
+    pub async fn stop(self) {
+        for timer in self.timers.values() {
+            timer.cancel.cancel();
+        }
+        for (_, timer) in self.timers {
+            let _ = timer.task.await;
+        }
+    }
+}
+
+/// Where in its interval this host runs this service: stable per host and
+/// service, spread evenly across hosts.
+fn splay(host_id: &str, service: &str, interval: Duration) -> u64 {
+    let mut h = DefaultHasher::new();
+    (host_id, service).hash(&mut h);
+    h.finish() % (interval.as_millis() as u64).max(1)
+}
+
+/// Milliseconds from `now_ms` to the next point of the grid
+/// `k * interval + splay` (Unix ms).
+fn until_next(now_ms: u64, interval_ms: u64, splay_ms: u64) -> u64 {
+    let phase = (now_ms + interval_ms - splay_ms % interval_ms) % interval_ms;
+    interval_ms - phase
+}
+
+async fn service_timer(
+    runner: Arc<ServiceRunner>,
+    service: Service,
+    splay_ms: u64,
+    reports: mpsc::Sender<Report>,
+    cancel: CancellationToken,
+) {
+    let interval_ms = service.interval.as_millis() as u64;
+    let service = Arc::new(service);
+    loop {
+        let (runner, s) = (runner.clone(), service.clone());
+        let report = match tokio::task::spawn_blocking(move || runner.run(&s)).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(service = service.name, "run task failed: {e}");
+                return;
+            }
+        };
+        if reports.send(report).await.is_err() {
+            return;
+        }
+        let wait = until_next(now_ms(), interval_ms, splay_ms);
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_is_shifted_by_the_splay() {
+        assert_eq!(until_next(10_000, 1_000, 0), 1_000);
+        assert_eq!(until_next(10_250, 1_000, 300), 50);
+        assert_eq!(until_next(10_300, 1_000, 300), 1_000);
+        assert_eq!(until_next(10_301, 1_000, 300), 999);
+        let a = splay("web-01", "cpu", Duration::from_secs(10));
+        assert!(a < 10_000);
+        assert_eq!(a, splay("web-01", "cpu", Duration::from_secs(10)));
+        let spread: std::collections::HashSet<u64> = (0..50)
+            .map(|i| splay(&format!("host-{i}"), "cpu", Duration::from_secs(10)) / 1000)
+            .collect();
+        assert!(
+            spread.len() >= 6,
+            "50 hosts fall in {} of 10 seconds",
+            spread.len()
+        );
+    }
+}

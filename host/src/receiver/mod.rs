@@ -1,0 +1,14 @@
+//! The receiver: accepts agents, hands out schedules, stores reports, judges
+//! liveness and answers `status` and `query`.
+//!
+//! - [`config`]: `receiver.toml` and the host/group/template/service model;
+//! - [`server`]: connections, handshake, acks, schedule pushes, reloads;
+//! - [`store`]: the SQLite store and its group-committing writer;
+//! - [`liveness`]: the late/UNREACHABLE/PROBLEM rule;
+//! - [`view`]: what `receiver status` and `receiver query` print.
+
+pub mod config;
+pub mod liveness;
+pub mod server;
+pub mod store;
+pub mod view;

@@ -1,0 +1,559 @@
+//! The receiver's network side: accept agents (up to a connection cap),
+//! handshake and authenticate them, hand their batches to the store and
+//! acknowledge each after commit, push schedules when the configuration
+//! changes, and run the liveness clock.
+
+use super::config::{Model, token_matches};
+use super::liveness::Tracker;
+use super::store::{self, Op, Store};
+use crate::agent::services::now_ms;
+use crate::config::check_name;
+use crate::protocol::{
+    Fault, FaultCode, FrameCodec, HANDSHAKE_MAX_FRAME, Hello, Message, PROTOCOL_VERSION,
+    ProtocolError, ReportBatch, Welcome, read_preamble, write_preamble,
+};
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// Most reports one batch may carry.
+pub const MAX_REPORTS_PER_BATCH: usize = 10_000;
+/// How often liveness is judged.
+const LIVENESS_TICK: Duration = Duration::from_millis(500);
+/// How often the configuration file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// A connected, authenticated agent.
+struct Peer {
+    id: u64,
+    outbound: mpsc::UnboundedSender<Message>,
+    cancel: CancellationToken,
+}
+
+struct Shared {
+    config_path: PathBuf,
+    model: RwLock<Arc<Model>>,
+    tracker: Arc<Mutex<Tracker>>,
+    store: Store,
+    peers: Mutex<HashMap<String, Peer>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn model(&self) -> Arc<Model> {
+        self.model.read().expect("model lock").clone()
+    }
+}
+
+/// Serve agents on `listener` until `shutdown` resolves. `reload` asks for
+/// the configuration to be read again (SIGHUP); file changes are noticed by
+/// themselves.
+pub async fn serve(
+    config_path: &Path,
+    listener: TcpListener,
+    reload: Arc<Notify>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let model = Model::load(config_path)?;
+    let conn = store::open(&model.settings.database)?;
+    let (hosts, services) = store::remembered(&conn).context("cannot read the store")?;
+    let mut tracker = Tracker::default();
+    tracker.remember(hosts, services);
+    tracker.apply_model(&model, now_ms());
+    let tracker = Arc::new(Mutex::new(tracker));
+    let (store, writer) = Store::start(conn, tracker.clone());
+    store.send(scheduled_op(&model, &tracker)).await;
+    let cap = Arc::new(Semaphore::new(model.settings.max_connections));
+    let shared = Arc::new(Shared {
+        config_path: config_path.to_owned(),
+        model: RwLock::new(Arc::new(model)),
+        tracker,
+        store,
+        peers: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+    });
+    let cancel = CancellationToken::new();
+    let mut background = JoinSet::new();
+    background.spawn(liveness_clock(shared.clone(), cancel.clone()));
+    background.spawn(config_watch(shared.clone(), reload, cancel.clone()));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    tracing::info!(address = %listener.local_addr()?, "receiver listening");
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                match cap.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = shared.clone();
+                        let cancel = cancel.child_token();
+                        connections.spawn(async move {
+                            if let Err(e) = connection(&shared, stream, addr, cancel).await {
+                                tracing::info!(peer = %addr, "connection closed: {e:#}");
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(peer = %addr, "connection refused: at max_connections");
+                        connections.spawn(refuse_busy(stream));
+                    }
+                }
+                while connections.try_join_next().is_some() {}
+            }
+        }
+    }
+    tracing::info!("receiver shutting down");
+    cancel.cancel();
+    let drain = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    background.shutdown().await;
+    drop(shared);
+    // The writer ends once every Store handle is gone, after committing
+    // what was queued.
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .ok();
+    Ok(())
+}
+
+/// The store op recording the configured services and hosts.
+fn scheduled_op(model: &Model, tracker: &Mutex<Tracker>) -> Op {
+    let tracker = tracker.lock().expect("tracker lock");
+    let mut services = Vec::new();
+    let mut hosts = Vec::new();
+    for (name, host) in &model.hosts {
+        for s in &host.schedule.services {
+            services.push((
+                name.clone(),
+                s.name.clone(),
+                s.plugin.clone(),
+                s.interval_ms,
+            ));
+        }
+        if let Some((status, since, reason)) = tracker.host(name) {
+            hosts.push((name.clone(), status, since, reason.to_owned()));
+        }
+    }
+    Op::Scheduled {
+        services,
+        hosts,
+        time_ms: now_ms(),
+    }
+}
+
+async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(LIVENESS_TICK);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let tolerance = shared.model().settings.late_tolerance.as_millis() as u64;
+        let changes = shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .evaluate(now_ms(), tolerance);
+        for c in changes.iter().filter(|c| c.service.is_none()) {
+            tracing::warn!(host = c.host, "{} -> {}: {}", c.old, c.new, c.reason);
+        }
+        if !changes.is_empty() {
+            shared.store.send(Op::Changes { changes }).await;
+        }
+    }
+}
+
+/// Reload on SIGHUP or when the file changes (checked every second).
+async fn config_watch(shared: Arc<Shared>, reload: Arc<Notify>, cancel: CancellationToken) {
+    let stamp = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&shared.config_path);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = reload.notified() => {}
+            () = tokio::time::sleep(CONFIG_POLL) => {
+                let now = stamp(&shared.config_path);
+                if now == last {
+                    continue;
+                }
+            }
+        }
+        last = stamp(&shared.config_path);
+        apply_reload(&shared).await;
+    }
+}
+
+async fn apply_reload(shared: &Shared) {
+    let new = match Model::load(&shared.config_path) {
+        Ok(model) => Arc::new(model),
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e:#}");
+            return;
+        }
+    };
+    let old = shared.model();
+    for (what, changed) in [
+        ("listen", old.settings.listen != new.settings.listen),
+        ("database", old.settings.database != new.settings.database),
+    ] {
+        if changed {
+            tracing::warn!("{what} changed in the configuration; it applies after a restart");
+        }
+    }
+    *shared.model.write().expect("model lock") = new.clone();
+    shared
+        .tracker
+        .lock()
+        .expect("tracker lock")
+        .apply_model(&new, now_ms());
+    shared.store.send(scheduled_op(&new, &shared.tracker)).await;
+    let mut pushed = 0;
+    for (host, peer) in shared.peers.lock().expect("peers lock").iter() {
+        let before = old.hosts.get(host).map(|h| h.schedule.revision);
+        match new.hosts.get(host) {
+            None => {
+                let _ = peer.outbound.send(fault(
+                    FaultCode::Auth,
+                    format!("host {host} was removed from the receiver's configuration"),
+                ));
+                peer.cancel.cancel();
+            }
+            Some(h) if Some(h.schedule.revision) != before => {
+                let _ = peer.outbound.send(Message::Schedule(h.schedule.clone()));
+                pushed += 1;
+            }
+            Some(_) => {}
+        }
+    }
+    tracing::info!(
+        hosts = new.hosts.len(),
+        pushed,
+        "configuration reloaded; new schedules pushed to {pushed} connected agents"
+    );
+}
+
+fn fault(code: FaultCode, text: impl Into<String>) -> Message {
+    Message::Error(Fault {
+        code,
+        text: text.into(),
+    })
+}
+
+async fn refuse_busy(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        write_preamble(&mut stream).await?;
+        let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
+        framed
+            .send(fault(
+                FaultCode::Busy,
+                "the receiver is at its connection limit (max_connections); retrying later",
+            ))
+            .await
+    })
+    .await;
+}
+
+type Conn = Framed<TcpStream, FrameCodec>;
+
+/// Send an error frame, then fail with the same text.
+async fn refuse(framed: &mut Conn, code: FaultCode, text: String) -> anyhow::Error {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        framed.send(fault(code, text.clone())),
+    )
+    .await;
+    anyhow::anyhow!("{text}")
+}
+
+/// The fault to answer a broken frame with.
+fn frame_fault(e: &ProtocolError) -> FaultCode {
+    match e {
+        ProtocolError::TooLarge { .. } => FaultCode::TooLarge,
+        _ => FaultCode::Malformed,
+    }
+}
+
+/// Preamble and Hello, within the handshake timeout.
+async fn handshake(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<(Conn, Hello)> {
+    let version = read_preamble(&mut stream).await?;
+    write_preamble(&mut stream).await?;
+    let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
+    if version != PROTOCOL_VERSION {
+        return Err(refuse(
+            &mut framed,
+            FaultCode::Version,
+            format!("the agent speaks protocol version {version}, this receiver speaks {PROTOCOL_VERSION}: upgrade the older side"),
+        )
+        .await);
+    }
+    let hello = match framed.next().await {
+        Some(Ok(Message::Hello(hello))) => hello,
+        Some(Ok(other)) => {
+            let text = format!("expected Hello as the first message, got {}", name(&other));
+            return Err(refuse(&mut framed, FaultCode::Protocol, text).await);
+        }
+        Some(Err(e)) => return Err(refuse(&mut framed, frame_fault(&e), e.to_string()).await),
+        None => bail!("closed before Hello"),
+    };
+    let model = shared.model();
+    let refusal = match model.hosts.get(&hello.host_id) {
+        None => Some(format!(
+            "host {:?} is not known to this receiver: add [hosts.{}] to its configuration",
+            hello.host_id, hello.host_id
+        )),
+        Some(host) if !token_matches(&host.token_hash, &hello.token) => Some(format!(
+            "wrong token for host {}: the agent's token must equal [hosts.{}] token in the receiver's configuration",
+            hello.host_id, hello.host_id
+        )),
+        Some(_) => None,
+    };
+    if let Some(text) = refusal {
+        return Err(refuse(&mut framed, FaultCode::Auth, text).await);
+    }
+    Ok((framed, hello))
+}
+
+fn name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "Hello",
+        Message::Welcome(_) => "Welcome",
+        Message::Schedule(_) => "Schedule",
+        Message::ScheduleRequest { .. } => "ScheduleRequest",
+        Message::Unchanged { .. } => "Unchanged",
+        Message::Reports(_) => "Reports",
+        Message::Ack { .. } => "Ack",
+        Message::Error(_) => "Error",
+        Message::Ping { .. } => "Ping",
+        Message::Pong { .. } => "Pong",
+    }
+}
+
+async fn connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = shared.model().settings.clone();
+    let (mut framed, hello) =
+        match tokio::time::timeout(settings.handshake_timeout, handshake(stream, shared)).await {
+            Ok(result) => result.map_err(|e| {
+                tracing::warn!(peer = %addr, "agent refused: {e:#}");
+                e
+            })?,
+            Err(_) => bail!("no Hello within handshake_timeout"),
+        };
+    let host = hello.host_id.clone();
+    framed.codec_mut().set_max_frame(settings.max_frame);
+    let now = now_ms();
+    let skew = now as i64 - hello.time_ms as i64;
+    // Below a second the difference is mostly network delay, not skew.
+    let offset_ms = if skew.abs() < 1000 { 0 } else { skew };
+    if offset_ms != 0 {
+        tracing::warn!(
+            host,
+            "agent clock is off by {offset_ms} ms; correcting its report times"
+        );
+    }
+    let (outbound, mut queue) = mpsc::unbounded_channel();
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let previous = shared.peers.lock().expect("peers lock").insert(
+        host.clone(),
+        Peer {
+            id,
+            outbound: outbound.clone(),
+            cancel: cancel.clone(),
+        },
+    );
+    if let Some(previous) = previous {
+        let _ = previous.outbound.send(fault(
+            FaultCode::Replaced,
+            format!("another connection authenticated as host {host}"),
+        ));
+        previous.cancel.cancel();
+    }
+    tracing::info!(host, peer = %addr, version = hello.agent_version, "agent connected");
+    let plugins = serde_json::to_string(
+        &hello
+            .plugins
+            .iter()
+            .map(|p| (&p.name, &p.sha256))
+            .collect::<Vec<_>>(),
+    )?;
+    shared
+        .store
+        .send(Op::Connected {
+            host: host.clone(),
+            peer: addr.to_string(),
+            agent_version: hello.agent_version.clone(),
+            plugins,
+            time_ms: now,
+        })
+        .await;
+    let model = shared.model();
+    let schedule = &model.hosts.get(&host).context("host removed")?.schedule;
+    let _ = outbound.send(Message::Welcome(Welcome {
+        receiver_version: env!("CARGO_PKG_VERSION").into(),
+        time_ms: now,
+        refresh_ms: settings.schedule_refresh.as_millis() as u64,
+    }));
+    if hello.schedule_revision != schedule.revision {
+        let _ = outbound.send(Message::Schedule(schedule.clone()));
+    }
+    let (mut sink, mut stream) = framed.split();
+    let writer = tokio::spawn(async move {
+        while let Some(message) = queue.recv().await {
+            let last = matches!(message, Message::Error(_));
+            if sink.send(message).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    let result = loop {
+        let next = tokio::select! {
+            () = cancel.cancelled() => break Ok(()),
+            next = tokio::time::timeout(settings.idle_timeout, stream.next()) => next,
+        };
+        let message = match next {
+            Err(_) => {
+                let _ = outbound.send(fault(
+                    FaultCode::Timeout,
+                    "nothing received within idle_timeout",
+                ));
+                break Err(anyhow::anyhow!("idle for longer than idle_timeout"));
+            }
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(host, peer = %addr, "bad frame: {e}");
+                let _ = outbound.send(fault(frame_fault(&e), e.to_string()));
+                break Err(e.into());
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        match message {
+            Message::Reports(batch) => {
+                if let Err(text) = check_batch(&batch) {
+                    tracing::warn!(host, peer = %addr, "bad batch: {text}");
+                    let _ = outbound.send(fault(FaultCode::Protocol, text.clone()));
+                    break Err(anyhow::anyhow!(text));
+                }
+                store_batch(shared, &host, batch, offset_ms, &outbound).await;
+            }
+            Message::ScheduleRequest { revision } => {
+                let model = shared.model();
+                let Some(h) = model.hosts.get(&host) else {
+                    break Ok(());
+                };
+                let answer = if h.schedule.revision == revision {
+                    Message::Unchanged { revision }
+                } else {
+                    Message::Schedule(h.schedule.clone())
+                };
+                let _ = outbound.send(answer);
+            }
+            Message::Ping { nonce } => {
+                let _ = outbound.send(Message::Pong { nonce });
+            }
+            Message::Pong { .. } => {}
+            Message::Error(f) => {
+                tracing::warn!(host, "agent reports an error: {f}");
+                break Ok(());
+            }
+            other => {
+                let text = format!("unexpected {} from an agent", name(&other));
+                let _ = outbound.send(fault(FaultCode::Protocol, text.clone()));
+                break Err(anyhow::anyhow!(text));
+            }
+        }
+    };
+    drop(outbound);
+    // Let queued acks and the error frame go out, then close.
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    {
+        let mut peers = shared.peers.lock().expect("peers lock");
+        if peers.get(&host).is_some_and(|p| p.id == id) {
+            peers.remove(&host);
+        }
+    }
+    shared
+        .store
+        .send(Op::Disconnected { host: host.clone() })
+        .await;
+    tracing::info!(host, peer = %addr, "agent disconnected");
+    result
+}
+
+/// Limits a well-behaved agent never reaches; past them the batch is refused.
+fn check_batch(batch: &ReportBatch) -> Result<(), String> {
+    if batch.reports.len() > MAX_REPORTS_PER_BATCH {
+        return Err(format!(
+            "batch {} holds {} reports, over the limit of {MAX_REPORTS_PER_BATCH}",
+            batch.seq,
+            batch.reports.len()
+        ));
+    }
+    for r in &batch.reports {
+        check_name(&r.service).map_err(|e| format!("batch {}: service {e}", batch.seq))?;
+    }
+    Ok(())
+}
+
+/// Queue the batch for the store; the Ack (or an Internal error) follows
+/// when it has been committed.
+async fn store_batch(
+    shared: &Shared,
+    host: &str,
+    batch: ReportBatch,
+    offset_ms: i64,
+    outbound: &mpsc::UnboundedSender<Message>,
+) {
+    let (done, stored) = oneshot::channel();
+    shared
+        .store
+        .send(Op::Batch {
+            host: host.to_owned(),
+            batch,
+            offset_ms,
+            received_ms: now_ms(),
+            done,
+        })
+        .await;
+    let outbound = outbound.clone();
+    tokio::spawn(async move {
+        let answer = match stored.await {
+            Ok(Ok(seq)) => Message::Ack { seq },
+            Ok(Err(text)) => fault(FaultCode::Internal, text),
+            Err(_) => fault(
+                FaultCode::Internal,
+                "the receiver is shutting down; send again",
+            ),
+        };
+        let _ = outbound.send(answer);
+    });
+}

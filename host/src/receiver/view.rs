@@ -1,0 +1,195 @@
+//! What `receiver status` and `receiver query` print, read from the store of
+//! the running receiver (SQLite in WAL mode lets readers in while it writes).
+
+use super::store::{self, StoredReport};
+use crate::agent::render;
+use crate::report::Sample;
+use rusqlite::Connection;
+use serde::Serialize;
+use std::fmt::Write;
+
+/// How many latest values `status` shows per service.
+const VALUES_SHOWN: usize = 3;
+
+#[derive(Debug, Serialize)]
+pub struct HostView {
+    pub name: String,
+    pub status: String,
+    pub since_ms: u64,
+    pub reason: String,
+    pub connected: bool,
+    pub peer: Option<String>,
+    pub agent_version: Option<String>,
+    pub services: Vec<ServiceView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub plugin: String,
+    pub interval_ms: u64,
+    pub last_ms: Option<u64>,
+    pub level: Option<String>,
+    pub text: Option<String>,
+    /// Why the service is late, if it is.
+    pub late: Option<String>,
+    /// The first samples of the newest report.
+    pub values: Vec<Sample>,
+}
+
+/// Every host and its scheduled services.
+pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
+    let mut hosts: Vec<HostView> = conn
+        .prepare(
+            "SELECT name, status, since_ms, reason, connected, peer, agent_version FROM hosts ORDER BY name",
+        )?
+        .query_map([], |r| {
+            Ok(HostView {
+                name: r.get(0)?,
+                status: r.get(1)?,
+                since_ms: r.get(2)?,
+                reason: r.get(3)?,
+                connected: r.get(4)?,
+                peer: r.get(5)?,
+                agent_version: r.get(6)?,
+                services: Vec::new(),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT name, plugin, interval_ms, last_ms, level, text, late FROM services
+         WHERE host = ?1 AND scheduled = 1 ORDER BY name",
+    )?;
+    for host in &mut hosts {
+        host.services = stmt
+            .query_map([&host.name], |r| {
+                Ok(ServiceView {
+                    name: r.get(0)?,
+                    plugin: r.get(1)?,
+                    interval_ms: r.get(2)?,
+                    last_ms: r.get(3)?,
+                    level: r.get(4)?,
+                    text: r.get(5)?,
+                    late: r.get(6)?,
+                    values: Vec::new(),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        for service in &mut host.services {
+            if let Some(latest) = store::latest(conn, &host.name, &service.name)? {
+                service.values = latest.samples.into_iter().take(VALUES_SHOWN).collect();
+            }
+        }
+    }
+    Ok(hosts)
+}
+
+fn age(now_ms: u64, then_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..120 => format!("{s}s ago"),
+        120..7200 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+/// The human form of `status`.
+pub fn status_table(hosts: &[HostView], now_ms: u64) -> String {
+    let mut out = String::new();
+    if hosts.is_empty() {
+        out.push_str("no hosts configured\n");
+    }
+    for h in hosts {
+        let link = match (&h.connected, &h.peer) {
+            (true, Some(peer)) => format!("connected from {peer}"),
+            _ => "not connected".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{} {} since {} ({link}): {}",
+            h.name,
+            h.status,
+            age(now_ms, h.since_ms),
+            h.reason
+        );
+        for s in &h.services {
+            let last = s.last_ms.map_or("never".into(), |t| age(now_ms, t));
+            let level = s.level.as_deref().unwrap_or("-");
+            let values: Vec<String> = s.values.iter().map(render::sample).collect();
+            let _ = writeln!(
+                out,
+                "  {:<12} every {:<6} last {:<9} {:<7} {}{}",
+                s.name,
+                crate::units::HumanDuration(std::time::Duration::from_millis(s.interval_ms))
+                    .to_string(),
+                last,
+                level,
+                s.text.as_deref().unwrap_or(""),
+                if values.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", values.join(", "))
+                }
+            );
+            if let Some(late) = &s.late {
+                let _ = writeln!(out, "  {:<12} LATE: {late}", "");
+            }
+        }
+    }
+    out
+}
+
+/// One stored value.
+#[derive(Debug, Serialize)]
+pub struct Point {
+    pub time_ms: u64,
+    pub service: String,
+    #[serde(flatten)]
+    pub sample: Sample,
+}
+
+/// Values of `host` since `since_ms`, optionally one service and metric.
+pub fn query(
+    conn: &Connection,
+    host: &str,
+    service: Option<&str>,
+    metric: Option<&str>,
+    since_ms: u64,
+) -> anyhow::Result<Vec<Point>> {
+    let reports = store::reports(conn, host, service, since_ms)?;
+    Ok(reports
+        .into_iter()
+        .flat_map(
+            |StoredReport {
+                 service,
+                 time_ms,
+                 samples,
+                 ..
+             }| {
+                samples
+                    .into_iter()
+                    .filter(|s| metric.is_none_or(|m| s.name == m))
+                    .map(move |sample| Point {
+                        time_ms,
+                        service: service.clone(),
+                        sample,
+                    })
+            },
+        )
+        .collect())
+}
+
+/// The human form of `query`: one line per value.
+pub fn query_table(points: &[Point]) -> String {
+    let mut out = String::new();
+    for p in points {
+        let _ = writeln!(
+            out,
+            "{} {:<12} {}",
+            p.time_ms,
+            p.service,
+            render::sample(&p.sample)
+        );
+    }
+    out
+}
