@@ -126,8 +126,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
-    let model = Model::load(&config)?;
-    let address = listen.unwrap_or(model.settings.listen);
+    let server = server::Server::open(&config)?;
+    let address = listen.unwrap_or_else(|| server.listen().to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -136,10 +136,10 @@ fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
         // The first line on stdout says where, for scripts and tests that
-        // asked for port 0.
+        // asked for port 0. The store is open by now.
         println!("listening on {}", listener.local_addr()?);
         let reload = Arc::new(tokio::sync::Notify::new());
         let shutdown = sandglass::daemon::signals(reload.clone())?;
-        server::serve(&config, listener, reload, shutdown).await
+        server.serve(listener, reload, shutdown).await
     })
 }

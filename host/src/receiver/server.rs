@@ -56,27 +56,83 @@ impl Shared {
     }
 }
 
-/// Serve agents on `listener` until `shutdown` resolves. `reload` asks for
-/// the configuration to be read again (SIGHUP); file changes are noticed by
-/// themselves.
-pub async fn serve(
-    config_path: &Path,
+/// A receiver with its configuration loaded and its store open, ready to
+/// serve.
+pub struct Server {
+    config_path: PathBuf,
+    model: Model,
+    tracker: Arc<Mutex<Tracker>>,
+    conn: rusqlite::Connection,
+}
+
+impl Server {
+    /// Load the configuration, open (or create) the store and restore what
+    /// it remembers for liveness.
+    pub fn open(config_path: &Path) -> anyhow::Result<Server> {
+        let model = Model::load(config_path)?;
+        let conn = store::open(&model.settings.database)?;
+        let (hosts, services) = store::remembered(&conn).context("cannot read the store")?;
+        let mut tracker = Tracker::default();
+        tracker.remember(hosts, services);
+        tracker.apply_model(&model, now_ms());
+        Ok(Server {
+            config_path: config_path.to_owned(),
+            model,
+            tracker: Arc::new(Mutex::new(tracker)),
+            conn,
+        })
+    }
+
+    /// The configured listen address.
+    pub fn listen(&self) -> &str {
+        &self.model.settings.listen
+    }
+
+    /// Serve agents on `listener` until `shutdown` resolves. `reload` asks
+    /// for the configuration to be read again (SIGHUP); file changes are
+    /// noticed by themselves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        reload: Arc<Notify>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Server {
+            config_path,
+            model,
+            tracker,
+            conn,
+        } = self;
+        let (store, writer) = Store::start(conn, tracker.clone());
+        store.send(scheduled_op(&model, &tracker)).await;
+        serve(
+            config_path,
+            model,
+            tracker,
+            store,
+            writer,
+            listener,
+            reload,
+            shutdown,
+        )
+        .await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    config_path: PathBuf,
+    model: Model,
+    tracker: Arc<Mutex<Tracker>>,
+    store: Store,
+    writer: std::thread::JoinHandle<()>,
     listener: TcpListener,
     reload: Arc<Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let model = Model::load(config_path)?;
-    let conn = store::open(&model.settings.database)?;
-    let (hosts, services) = store::remembered(&conn).context("cannot read the store")?;
-    let mut tracker = Tracker::default();
-    tracker.remember(hosts, services);
-    tracker.apply_model(&model, now_ms());
-    let tracker = Arc::new(Mutex::new(tracker));
-    let (store, writer) = Store::start(conn, tracker.clone());
-    store.send(scheduled_op(&model, &tracker)).await;
     let cap = Arc::new(Semaphore::new(model.settings.max_connections));
     let shared = Arc::new(Shared {
-        config_path: config_path.to_owned(),
+        config_path,
         model: RwLock::new(Arc::new(model)),
         tracker,
         store,

@@ -1,0 +1,229 @@
+//! Running a real receiver and real agents on 127.0.0.1 for the fleet tests.
+
+use crate::common::{build_plugins, root};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Poll `check` every 100 ms until it holds or `limit` passes; returns
+/// whether it held. Bounded, so a broken build fails instead of hanging.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+/// A `receiver run` child process with its own config and database.
+pub struct Receiver {
+    child: Child,
+    pub config: PathBuf,
+    pub address: String,
+    pub log: PathBuf,
+}
+
+impl Receiver {
+    /// Start on `listen` (e.g. "127.0.0.1:0") with `model` (the services,
+    /// templates, groups and hosts part of receiver.toml).
+    pub fn start(dir: &Path, listen: &str, model: &str) -> Receiver {
+        let config = dir.join("receiver.toml");
+        std::fs::write(
+            &config,
+            format!("database = \"receiver.db\"\nlate_tolerance = \"2s\"\nschedule_refresh = \"60s\"\n{model}"),
+        )
+        .unwrap();
+        let log = dir.join("receiver.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_receiver"))
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                listen,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "receiver said {line:?}; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Receiver {
+            child,
+            config,
+            address,
+            log,
+        }
+    }
+
+    /// `receiver status --json`.
+    pub fn status(&self) -> Value {
+        self.json(&[
+            "status",
+            "--config",
+            self.config.to_str().unwrap(),
+            "--json",
+        ])
+    }
+
+    /// A host's status string.
+    pub fn host_status(&self, host: &str) -> String {
+        let status = self.status();
+        status
+            .as_array()
+            .and_then(|hosts| hosts.iter().find(|h| h["name"] == host))
+            .map(|h| h["status"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Report times (ms) of one service of one host, oldest first.
+    pub fn report_times(&self, host: &str, service: &str) -> Vec<u64> {
+        let points = self.json(&[
+            "query",
+            "--config",
+            self.config.to_str().unwrap(),
+            "--host",
+            host,
+            "--service",
+            service,
+            "--since",
+            "1h",
+            "--json",
+        ]);
+        let mut times: Vec<u64> = points
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["time_ms"].as_u64().unwrap())
+            .collect();
+        times.dedup();
+        times
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_receiver"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "receiver {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An `agent run` child process.
+pub struct Agent {
+    child: Child,
+    pub log: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, host: &str, token: &str, receiver: &str) -> Agent {
+        build_plugins();
+        let config = dir.join(format!("{host}.toml"));
+        let state_dir = dir.join(format!("{host}-state"));
+        std::fs::write(
+            &config,
+            format!(
+                "host_id = \"{host}\"\nreceiver = \"{receiver}\"\ntoken = \"{token}\"\n\
+                 plugin_dir = \"{}\"\nstate_dir = \"{}\"\n\
+                 [connection]\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\nbatch_delay = \"50ms\"\n",
+                root().join("target/plugins").display(),
+                state_dir.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("{host}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("start agent");
+        Agent {
+            child,
+            log,
+            state_dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        stop(&mut self.child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited within 15 s.
+fn stop(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait().unwrap()
+}
+
+/// Gaps between consecutive times, sorted.
+pub fn sorted_gaps(times: &[u64]) -> Vec<u64> {
+    let mut gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    gaps
+}
