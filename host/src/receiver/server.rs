@@ -233,7 +233,11 @@ async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToken) {
             .expect("tracker lock")
             .evaluate(now_ms(), tolerance);
         for c in changes.iter().filter(|c| c.service.is_none()) {
-            tracing::warn!(host = c.host, "{} -> {}: {}", c.old, c.new, c.reason);
+            if c.new == "OK" {
+                tracing::info!(host = c.host, "{} -> {}: {}", c.old, c.new, c.reason);
+            } else {
+                tracing::warn!(host = c.host, "{} -> {}: {}", c.old, c.new, c.reason);
+            }
         }
         if !changes.is_empty() {
             shared.store.send(Op::Changes { changes }).await;
