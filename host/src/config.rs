@@ -189,14 +189,21 @@ pub struct Agent {
 impl Agent {
     /// Read and validate `path`.
     pub fn load(path: &Path) -> anyhow::Result<Agent> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let raw: AgentConfig =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        raw.resolve(base)
-            .with_context(|| format!("invalid config {}", path.display()))
+        load_toml(path, AgentConfig::resolve)
     }
+}
+
+/// Read the TOML file `path` as `T` and `resolve` it against the file's
+/// directory; errors name the file (and, for syntax, line and key).
+pub fn load_toml<T: serde::de::DeserializeOwned, R>(
+    path: &Path,
+    resolve: impl FnOnce(T, &Path) -> anyhow::Result<R>,
+) -> anyhow::Result<R> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let raw: T = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    resolve(raw, base).with_context(|| format!("invalid config {}", path.display()))
 }
 
 impl AgentConfig {

@@ -3,7 +3,7 @@
 //! schedule per host. Unknown keys and dangling names are errors that say
 //! where and how to fix them.
 
-use crate::config::{GrantName, ParamValue, check_name};
+use crate::config::{GrantName, ParamValue, check_name, load_toml};
 use crate::protocol::{DEFAULT_MAX_FRAME, DEFAULT_PORT, Schedule, ScheduledService, ServiceLimits};
 use crate::runtime::{LimitOverrides, hex};
 use crate::units::{ByteSize, HumanDuration};
@@ -146,13 +146,7 @@ pub struct Model {
 impl Model {
     /// Read and validate `path`.
     pub fn load(path: &Path) -> anyhow::Result<Model> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let raw: RawConfig =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        raw.resolve(base)
-            .with_context(|| format!("invalid config {}", path.display()))
+        load_toml(path, RawConfig::resolve)
     }
 }
 
