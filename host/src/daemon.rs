@@ -1,5 +1,5 @@
-//! What both long-running commands (`agent run`, `receiver run`) share:
-//! logging set-up and signals.
+//! What both binaries share: logging set-up, error exit, and the signals of
+//! their long-running commands (`agent run`, `receiver run`).
 
 use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 
 /// Log to stderr, filtered by `SANDGLASS_LOG` (default `default`), with
 /// colours only for people: log files and tests get plain text.
-pub fn init_logging(default: &str) {
+fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -16,6 +16,17 @@ pub fn init_logging(default: &str) {
                 .unwrap_or_else(|_| default.into()),
         )
         .init();
+}
+
+/// A binary's `main`: log at `info` for the long-running command and at
+/// `warn` for one-shot ones (a daemon tells what it does; a command speaks
+/// only of problems), run, and exit 1 with `program: error` on failure.
+pub fn main(program: &str, long_running: bool, run: impl FnOnce() -> anyhow::Result<()>) {
+    init_logging(if long_running { "info" } else { "warn" });
+    if let Err(e) = run() {
+        eprintln!("{program}: {e:#}");
+        std::process::exit(1);
+    }
 }
 
 /// Install the handlers: SIGHUP wakes `reload`; the returned future

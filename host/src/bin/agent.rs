@@ -96,13 +96,8 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 
 fn main() {
     let cli = Cli::parse();
-    // A daemon tells what it does; one-shot commands speak only of problems.
-    let quiet = !matches!(cli.command, Command::Run { .. });
-    sandglass::daemon::init_logging(if quiet { "warn" } else { "info" });
-    if let Err(e) = run(cli) {
-        eprintln!("agent: {e:#}");
-        std::process::exit(1);
-    }
+    let long_running = matches!(cli.command, Command::Run { .. });
+    sandglass::daemon::main("agent", long_running, || run(cli));
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -61,12 +61,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let quiet = !matches!(cli.command, Command::Run { .. });
-    sandglass::daemon::init_logging(if quiet { "warn" } else { "info" });
-    if let Err(e) = run(cli) {
-        eprintln!("receiver: {e:#}");
-        std::process::exit(1);
-    }
+    let long_running = matches!(cli.command, Command::Run { .. });
+    sandglass::daemon::main("receiver", long_running, || run(cli));
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
