@@ -10,7 +10,8 @@
 
 use futures_util::{SinkExt, StreamExt};
 use sandglass::protocol::{
-    DEFAULT_MAX_FRAME, FrameCodec, Hello, Message, ReportBatch, read_preamble, write_preamble,
+    DEFAULT_MAX_FRAME, Entry, FrameCodec, Hello, Message, ReportBatch, read_preamble,
+    write_preamble,
 };
 use sandglass::report::{Cost, Level, MetricKind, Report, Sample, Status};
 use std::collections::HashMap;
@@ -58,7 +59,7 @@ fn proc_usage(pid: u32) -> (u64, u64, u64) {
 }
 
 fn batch(seq: u64, time_ms: u64) -> ReportBatch {
-    let reports = SERVICES
+    let reports: Vec<Report> = SERVICES
         .iter()
         .map(|service| Report {
             service: service.to_string(),
@@ -80,7 +81,10 @@ fn batch(seq: u64, time_ms: u64) -> ReportBatch {
             cost: Cost::default(),
         })
         .collect();
-    ReportBatch { seq, reports }
+    ReportBatch {
+        seq,
+        entries: reports.into_iter().map(Entry::Report).collect(),
+    }
 }
 
 #[derive(Default)]
@@ -114,11 +118,13 @@ async fn agent(
             time_ms: sandglass::agent::services::now_ms(),
             schedule_revision: 0,
             plugins: vec![],
+            stream: 1,
         }))
         .await?;
     // Report times in the past, one ms apart per batch: unique per service.
     let mut time_ms = sandglass::agent::services::now_ms() - 10 * 86_400_000;
-    let mut seq = 0;
+    // The next entry number: each batch numbers its entries on from here.
+    let mut seq = 1;
     let mut sent: HashMap<u64, Instant> = HashMap::new();
     let mut next_steady = start;
     loop {
@@ -129,10 +135,11 @@ async fn agent(
         let flooding = now >= steady_until;
         if now < flood_until && ((flooding && sent.len() < 8) || (!flooding && now >= next_steady))
         {
-            seq += 1;
             time_ms += 1;
-            framed.send(Message::Reports(batch(seq, time_ms))).await?;
-            sent.insert(seq, now);
+            let batch = batch(seq, time_ms);
+            seq = batch.last_seq() + 1;
+            sent.insert(batch.last_seq(), now);
+            framed.send(Message::Reports(batch)).await?;
             next_steady += Duration::from_secs(1);
             continue;
         }

@@ -3,7 +3,7 @@
 //! test loads it.
 
 use crate::runtime::{LimitOverrides, Limits};
-use crate::units::HumanDuration;
+use crate::units::{ByteSize, HumanDuration};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,8 +16,10 @@ use std::time::Duration;
 pub struct AgentConfig {
     /// This host's id. Default: the machine's hostname.
     pub host_id: Option<String>,
-    /// The receiver's address, `host:port`; needed by `agent run`.
-    pub receiver: Option<String>,
+    /// The receiver's address, `host:port`, or a list of them: the agent
+    /// uses the first that answers and returns to earlier ones by itself.
+    /// Needed by `agent run`.
+    pub receiver: Option<Receivers>,
     /// This host's credential at the receiver; needed by `agent run`.
     pub token: Option<String>,
     /// Directory holding the plugin `.wasm` files. Relative paths here and
@@ -35,6 +37,11 @@ pub struct AgentConfig {
     /// How `agent run` talks to the receiver.
     #[serde(default)]
     pub connection: ConnectionConfig,
+    /// The on-disk spool of reports not yet acknowledged.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// TLS to the receiver (absent: plain TCP).
+    pub tls: Option<ClientTls>,
     /// Local services, run by `agent once` (in `agent run` the receiver's
     /// schedule decides what runs).
     #[serde(default)]
@@ -80,12 +87,53 @@ pub struct ConnectionConfig {
     pub batch_delay: HumanDuration,
     /// Most reports in one batch. Default 500.
     pub batch_max: usize,
-    /// Reports kept in memory while the receiver is away; the oldest are
-    /// dropped (and counted in the log) beyond this. Default 100000.
-    pub queue_max: usize,
     /// Time allowed to connect and be welcomed, and without any frame from
     /// the receiver before the connection is deemed dead. Default "30s".
     pub timeout: HumanDuration,
+    /// Connected to a later receiver of the list, try the earlier ones again
+    /// this often. Default "60s".
+    pub failback: HumanDuration,
+}
+
+/// One receiver address or several, in order of preference.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Receivers {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[spool]`: where reports wait for the receiver's acknowledgement.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Most bytes on disk; beyond it the oldest reports are dropped, and the
+    /// receiver is told how many. Default "64MiB".
+    pub max_size: ByteSize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_size: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// `[tls]` of the agent: how to check the receiver, and this host's
+/// certificate if the receiver asks for one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// CA certificate(s), PEM, that signed the receiver's certificate.
+    pub ca: PathBuf,
+    /// This host's certificate chain and key, PEM (for receivers that
+    /// require client certificates).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name the receiver's certificate must carry. Default: the host
+    /// part of each receiver address.
+    pub server_name: Option<String>,
 }
 
 impl Default for ConnectionConfig {
@@ -95,8 +143,8 @@ impl Default for ConnectionConfig {
             reconnect_max: HumanDuration(Duration::from_secs(30)),
             batch_delay: HumanDuration(Duration::from_millis(100)),
             batch_max: 500,
-            queue_max: 100_000,
             timeout: HumanDuration(Duration::from_secs(30)),
+            failback: HumanDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -175,7 +223,8 @@ pub struct Service {
 #[derive(Debug)]
 pub struct Agent {
     pub host_id: String,
-    pub receiver: Option<String>,
+    /// Receivers in order of preference; empty if none is configured.
+    pub receivers: Vec<String>,
     pub token: Option<String>,
     pub plugin_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -183,14 +232,37 @@ pub struct Agent {
     pub limits: Limits,
     pub allow: Allow,
     pub connection: ConnectionConfig,
+    pub spool: SpoolConfig,
+    pub tls: Option<ClientTls>,
     pub services: Vec<Service>,
 }
 
 impl Agent {
-    /// Read and validate `path`.
+    /// Read and validate `path`; warn when the file holds a token and others
+    /// may read it.
     pub fn load(path: &Path) -> anyhow::Result<Agent> {
-        load_toml(path, AgentConfig::resolve)
+        let agent = load_toml(path, AgentConfig::resolve)?;
+        if agent.token.is_some() {
+            if let Some(warning) = readable_by_others(path) {
+                tracing::warn!("{warning}");
+            }
+        }
+        Ok(agent)
     }
+}
+
+/// A warning if `path` (which holds a secret) is readable by group or others.
+pub fn readable_by_others(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} holds the token and is readable by other users (mode {:o}): run chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
 }
 
 /// Read the TOML file `path` as `T` and `resolve` it against the file's
@@ -262,8 +334,31 @@ impl AgentConfig {
         if host_id.is_empty() {
             bail!("host_id is empty: set host_id = \"NAME\" as the receiver knows this host");
         }
-        if self.connection.batch_max == 0 || self.connection.queue_max == 0 {
-            bail!("[connection]: batch_max and queue_max must be at least 1");
+        if self.connection.batch_max == 0 {
+            bail!("[connection]: batch_max must be at least 1");
+        }
+        if self.spool.max_size.0 < 64 << 10 {
+            bail!("[spool]: max_size must be at least 64KiB");
+        }
+        let receivers = match self.receiver {
+            None => Vec::new(),
+            Some(Receivers::One(r)) => vec![r],
+            Some(Receivers::Many(list)) => list,
+        };
+        if receivers.iter().any(|r| !r.contains(':')) {
+            bail!("receiver: every address is host:port, e.g. \"receiver.example:7531\"");
+        }
+        let tls = self.tls.map(|t| ClientTls {
+            ca: base.join(t.ca),
+            cert: t.cert.map(|c| base.join(c)),
+            key: t.key.map(|k| base.join(k)),
+            server_name: t.server_name,
+        });
+        if tls
+            .as_ref()
+            .is_some_and(|t| t.cert.is_some() != t.key.is_some())
+        {
+            bail!("[tls]: cert and key go together; set both or neither");
         }
         let allow = Allow {
             sys: self.allow.sys,
@@ -271,13 +366,15 @@ impl AgentConfig {
         };
         Ok(Agent {
             host_id,
-            receiver: self.receiver,
+            receivers,
             token: self.token,
             plugin_dir,
             state_dir: base.join(self.state_dir),
             limits: defaults,
             allow,
             connection: self.connection,
+            spool: self.spool,
+            tls,
             services,
         })
     }
@@ -347,6 +444,36 @@ mod tests {
             Limits::default(),
             "the example documents the defaults"
         );
+    }
+
+    #[test]
+    fn a_token_file_readable_by_others_is_named_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "token = \"x\"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = readable_by_others(&path).unwrap();
+        assert!(warning.contains("mode 644"), "{warning}");
+        assert!(warning.contains("chmod 600"), "{warning}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(readable_by_others(&path), None);
+    }
+
+    #[test]
+    fn receivers_one_or_many_and_spool_bounds() {
+        let base = "plugin_dir = \"p\"\nstate_dir = \"s\"\n";
+        let one = load_text(&format!("receiver = \"r:1\"\n{base}")).unwrap();
+        assert_eq!(one.receivers, ["r:1"]);
+        let many = load_text(&format!("receiver = [\"a:1\", \"b:2\"]\n{base}")).unwrap();
+        assert_eq!(many.receivers, ["a:1", "b:2"]);
+        let err = load_text(&format!("receiver = \"nohostport\"\n{base}")).unwrap_err();
+        assert!(format!("{err:#}").contains("host:port"), "{err:#}");
+        let err = load_text(&format!("{base}[spool]\nmax_size = \"1KiB\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("[spool]"), "{err:#}");
+        let err =
+            load_text(&format!("{base}[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("cert and key"), "{err:#}");
     }
 
     #[test]

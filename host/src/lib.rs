@@ -24,4 +24,5 @@ pub mod receiver;
 pub mod report;
 pub mod runtime;
 pub mod state_store;
+pub mod tls;
 pub mod units;

@@ -58,9 +58,10 @@ fn three_agents_report_at_their_cadence_and_liveness_follows_them() {
         wait_until(Duration::from_secs(20), || ["a", "b", "c"]
             .iter()
             .all(|h| receiver.host_status(h) == "OK")),
-        "all hosts OK: {:#}\n{}",
+        "all hosts OK: {:#}\n{}\nagent c: {}",
         receiver.status(),
-        receiver.log_text()
+        receiver.log_text(),
+        c.log_text()
     );
     // Enough reports to judge the cadence.
     assert!(wait_until(Duration::from_secs(20), || receiver

@@ -137,6 +137,44 @@ impl Receiver {
     pub fn stop(&mut self) {
         stop(&mut self.child);
     }
+
+    /// SIGKILL: whatever was not committed is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Every stored value of one metric of one service, oldest first.
+    pub fn values(&self, host: &str, service: &str, metric: &str) -> Vec<f64> {
+        self.json(&[
+            "query",
+            "--config",
+            self.config.to_str().unwrap(),
+            "--host",
+            host,
+            "--service",
+            service,
+            "--metric",
+            metric,
+            "--since",
+            "24h",
+            "--json",
+        ])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect()
+    }
+
+    /// Reports the host's agent said it lost (its gap records).
+    pub fn lost(&self, host: &str) -> u64 {
+        self.status()
+            .as_array()
+            .and_then(|hosts| hosts.iter().find(|h| h["name"] == host))
+            .and_then(|h| h["lost"]["reports"].as_u64())
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for Receiver {
@@ -156,15 +194,37 @@ pub struct Agent {
 impl Agent {
     pub fn start(dir: &Path, host: &str, token: &str, receiver: &str) -> Agent {
         build_plugins();
+        Agent::start_with(
+            dir,
+            host,
+            token,
+            &[receiver],
+            &root().join("target/plugins"),
+            "",
+        )
+    }
+
+    /// An agent of `host` for `receivers` (in order), running plugins from
+    /// `plugin_dir`. `extra` is appended to the config right after its
+    /// `[connection]` keys: plain keys land in `[connection]`, and it may
+    /// open tables of its own (`[spool]`, `[tls]`).
+    pub fn start_with(
+        dir: &Path,
+        host: &str,
+        token: &str,
+        receivers: &[&str],
+        plugin_dir: &Path,
+        extra: &str,
+    ) -> Agent {
         let config = dir.join(format!("{host}.toml"));
         let state_dir = dir.join(format!("{host}-state"));
         std::fs::write(
             &config,
             format!(
-                "host_id = \"{host}\"\nreceiver = \"{receiver}\"\ntoken = \"{token}\"\n\
+                "host_id = \"{host}\"\nreceiver = {receivers:?}\ntoken = \"{token}\"\n\
                  plugin_dir = \"{}\"\nstate_dir = \"{}\"\n\
-                 [connection]\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\nbatch_delay = \"50ms\"\n",
-                root().join("target/plugins").display(),
+                 [connection]\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\nbatch_delay = \"50ms\"\n{extra}",
+                plugin_dir.display(),
                 state_dir.display()
             ),
         )
@@ -186,6 +246,22 @@ impl Agent {
             log,
             state_dir,
         }
+    }
+
+    /// The plugin state kept for `service`, as text.
+    pub fn state(&self, service: &str) -> Option<String> {
+        std::fs::read_to_string(self.state_dir.join(format!("state/{service}.state"))).ok()
+    }
+
+    /// Resident memory of the agent process, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn log_text(&self) -> String {
@@ -228,4 +304,14 @@ pub fn sorted_gaps(times: &[u64]) -> Vec<u64> {
     let mut gaps: Vec<u64> = times.windows(2).skip(1).map(|w| w[1] - w[0]).collect();
     gaps.sort();
     gaps
+}
+
+/// Resident memory of process `pid`, KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

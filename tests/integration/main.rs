@@ -4,11 +4,16 @@
 //! - [`sandbox`]: each misbehaving fixture is stopped with the right reason;
 //! - [`secrets`]: the `/proc` view hides secrets and links out of `/proc`;
 //! - [`once`]: `agent once` with core plugins and misbehaving ones side by side;
-//! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`).
+//! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
+//! - [`faults`]: kill -9 of either side, connections cut mid-frame, a full
+//!   spool, failover — every run counted end to end;
+//! - [`tls`]: TLS with client certificates from the test CA script.
 
 mod common;
+mod faults;
 mod fleet;
 mod fleet_support;
 mod once;
 mod sandbox;
 mod secrets;
+mod tls;

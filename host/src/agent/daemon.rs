@@ -8,8 +8,10 @@ use super::link::{self, LinkConfig};
 use super::schedule::{ScheduleCache, services};
 use super::scheduler::Scheduler;
 use super::services::ServiceRunner;
+use super::spool::Spool;
 use crate::config::Agent;
 use crate::protocol::Schedule;
+use crate::tls;
 use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,13 +28,42 @@ fn link_config(agent: &Agent, config: &Path) -> anyhow::Result<LinkConfig> {
             config.display()
         )
     };
+    if agent.receivers.is_empty() {
+        return Err(missing("receiver"));
+    }
+    let tls = agent
+        .tls
+        .as_ref()
+        .map(|t| {
+            let identity = t.cert.as_deref().zip(t.key.as_deref());
+            tls::Client::new(&t.ca, identity, t.server_name.clone())
+        })
+        .transpose()
+        .with_context(|| format!("{}: [tls]", config.display()))?;
     Ok(LinkConfig {
-        receiver: agent.receiver.clone().ok_or_else(|| missing("receiver"))?,
+        receivers: agent.receivers.clone(),
         host_id: agent.host_id.clone(),
         token: agent.token.clone().ok_or_else(|| missing("token"))?,
         plugin_dir: agent.plugin_dir.clone(),
         connection: agent.connection.clone(),
+        tls,
     })
+}
+
+/// What the running link was started with; a reload that changes it needs
+/// a restart. (Compared, never logged: it holds the token.)
+fn link_settings(agent: &Agent) -> String {
+    format!(
+        "{:?}",
+        (
+            &agent.receivers,
+            &agent.host_id,
+            &agent.token,
+            &agent.connection,
+            &agent.spool,
+            &agent.tls
+        )
+    )
 }
 
 /// Run until `shutdown` resolves.
@@ -42,7 +73,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut agent = Agent::load(config)?;
-    let mut link_settings = link_config(&agent, config)?;
+    let link_setup = link_config(&agent, config)?;
+    let started_with = link_settings(&agent);
+    let spool_dir = agent.state_dir.join("spool");
+    let (spool, recovery) = Spool::open(&spool_dir, agent.spool.max_size.0)?;
+    if recovery.pending > 0 {
+        tracing::info!(
+            pending = recovery.pending,
+            "the spool holds entries from before the restart; sending them first"
+        );
+    }
     let runner = Arc::new(
         ServiceRunner::new(&agent.state_dir)
             .with_context(|| format!("cannot use state_dir {}", agent.state_dir.display()))?,
@@ -63,7 +103,8 @@ pub async fn run(
     }
     let (schedule_tx, mut schedule_rx) = watch::channel(None);
     let link = tokio::spawn(link::run(
-        link_settings.clone(),
+        link_setup,
+        spool,
         report_rx,
         schedule_tx,
         revision,
@@ -83,20 +124,15 @@ pub async fn run(
                 current = Some(schedule);
             }
             () = reload.notified() => {
-                match Agent::load(config).and_then(|a| Ok((link_config(&a, config)?, a))) {
+                match Agent::load(config) {
                     Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
-                    Ok((settings, reloaded)) => {
+                    Ok(reloaded) => {
+                        if link_settings(&reloaded) != started_with {
+                            tracing::warn!("receiver, host_id, token, [connection], [spool] and [tls] changes apply after a restart");
+                        }
                         agent = reloaded;
                         if let Some(schedule) = &current {
                             scheduler.apply(services(schedule, &agent));
-                        }
-                        if settings.receiver != link_settings.receiver
-                            || settings.host_id != link_settings.host_id
-                            || settings.token != link_settings.token
-                        {
-                            tracing::warn!("receiver, host_id and token changes apply after a restart");
-                        } else {
-                            link_settings = settings;
                         }
                         tracing::info!("configuration reloaded");
                     }

@@ -1,12 +1,17 @@
-//! The agent's connection to its receiver: connect with exponential backoff
-//! and jitter, introduce itself, receive schedules, send reports in numbered
-//! batches and keep each batch until the receiver acknowledges it; resend
-//! what was not acknowledged after a reconnect.
+//! The agent's connection to its receivers: every report goes into the
+//! on-disk spool first; the link connects (exponential backoff with jitter,
+//! the first receiver of the list that answers), introduces itself, receives
+//! schedules, sends the spool's entries in numbered batches and forgets them
+//! when the receiver acknowledges. After a reconnect, a failover or a
+//! restart it sends again from the oldest unacknowledged entry; the receiver
+//! stores each (stream, number) once.
 //!
-//! Reports wait in memory (bounded by `queue_max`; the oldest are dropped
-//! and counted beyond it). Issue 4's on-disk spool replaces this queue.
+//! Connected to a later receiver of the list, it tries the earlier ones every
+//! `failback` and moves back once the batches in flight are acknowledged, so
+//! an entry is stored by one receiver, not two.
 
 use super::services::now_ms;
+use super::spool::Spool;
 use crate::config::ConnectionConfig;
 use crate::protocol::{
     DEFAULT_MAX_FRAME, FrameCodec, Hello, InstalledPlugin, Message, PROTOCOL_VERSION, ReportBatch,
@@ -14,14 +19,17 @@ use crate::protocol::{
 };
 use crate::report::Report;
 use crate::runtime::{abi::ABI_VERSION, hex};
+use crate::tls;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
@@ -31,136 +39,150 @@ const MAX_IN_FLIGHT: usize = 64;
 const PING_EVERY: Duration = Duration::from_secs(10);
 /// How long a stopping agent waits for the last acknowledgements.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
+/// How long a failback waits for the batches in flight on the old receiver.
+const SWITCH_WAIT: Duration = Duration::from_secs(5);
 
-/// Who the agent is and where its receiver is.
-#[derive(Clone, Debug)]
+/// Who the agent is and where its receivers are.
+#[derive(Clone)]
 pub struct LinkConfig {
-    pub receiver: String,
+    /// In order of preference; never empty.
+    pub receivers: Vec<String>,
     pub host_id: String,
     pub token: String,
     pub plugin_dir: PathBuf,
     pub connection: ConnectionConfig,
+    pub tls: Option<tls::Client>,
 }
 
-/// Reports waiting to be sent or acknowledged.
-struct Outbox {
-    queue: VecDeque<Report>,
-    unacked: BTreeMap<u64, ReportBatch>,
-    next_seq: u64,
-    limit: usize,
-    dropped: u64,
+type Conn = Framed<tls::Stream, FrameCodec>;
+
+/// A connection that was welcomed.
+struct Established {
+    framed: Conn,
+    refresh: Duration,
+    /// Position of its receiver in the list.
+    index: usize,
 }
 
-impl Outbox {
-    /// Reports not yet acknowledged.
-    fn held(&self) -> usize {
-        self.queue.len()
-            + self
-                .unacked
-                .values()
-                .map(|b| b.reports.len())
-                .sum::<usize>()
+/// The link's own state, apart from the (shared, read-only) configuration.
+struct State {
+    spool: Spool,
+    reports: mpsc::Receiver<Report>,
+    schedules: watch::Sender<Option<Schedule>>,
+    revision: u64,
+    stopping: bool,
+}
+
+impl State {
+    /// Put a new report into the spool (or note that the agent is stopping).
+    fn take(&mut self, report: Option<Report>) {
+        let Some(report) = report else {
+            self.stopping = true;
+            return;
+        };
+        if let Err(e) = self.spool.append_report(&report) {
+            tracing::error!(
+                service = report.service,
+                "{e:#}: this report is lost (free disk space for the spool)"
+            );
+        }
     }
 
-    fn push(&mut self, report: Report) {
-        self.queue.push_back(report);
-        if self.held() > self.limit && self.queue.pop_front().is_some() {
-            self.dropped += 1;
-            if self.dropped.is_power_of_two() {
-                tracing::warn!(
-                    dropped = self.dropped,
-                    "the receiver is away and {} reports are held: dropping the oldest (raise [connection] queue_max to hold more)",
-                    self.limit
-                );
+    /// Drive `work` to its end while spooling the reports that arrive.
+    async fn spooling<T>(&mut self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                report = self.reports.recv(), if !self.stopping => self.take(report),
             }
         }
     }
 
-    fn next_batch(&mut self, max: usize) -> Option<ReportBatch> {
-        if self.queue.is_empty() || self.unacked.len() >= MAX_IN_FLIGHT {
-            return None;
+    fn hello(&self, config: &LinkConfig) -> Hello {
+        Hello {
+            host_id: config.host_id.clone(),
+            token: config.token.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            abi_version: ABI_VERSION.into(),
+            time_ms: now_ms(),
+            schedule_revision: self.revision,
+            plugins: installed(&config.plugin_dir),
+            stream: self.spool.stream(),
         }
-        let take = self.queue.len().min(max);
-        let batch = ReportBatch {
-            seq: self.next_seq,
-            reports: self.queue.drain(..take).collect(),
-        };
-        self.next_seq += 1;
-        self.unacked.insert(batch.seq, batch.clone());
-        Some(batch)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.unacked.is_empty()
     }
 }
 
-/// Keep a connection to the receiver until `reports` closes (the agent is
-/// stopping) and what it held is flushed. New schedules go to `schedules`.
+/// How a session ended.
+enum Ended {
+    /// The agent is stopping and the spool is flushed (or the wait ran out).
+    Stopped,
+    /// An earlier receiver answers again: continue there.
+    Switch(Established),
+    Failed(anyhow::Error),
+}
+
+/// Keep a connection to a receiver until `reports` closes (the agent is
+/// stopping) and what is spooled is flushed, or the flush wait runs out.
+/// New schedules go to `schedules`.
 pub async fn run(
     config: LinkConfig,
-    mut reports: mpsc::Receiver<Report>,
+    spool: Spool,
+    reports: mpsc::Receiver<Report>,
     schedules: watch::Sender<Option<Schedule>>,
-    mut revision: u64,
+    revision: u64,
 ) {
-    let mut outbox = Outbox {
-        queue: VecDeque::new(),
-        unacked: BTreeMap::new(),
-        next_seq: 1,
-        limit: config.connection.queue_max,
-        dropped: 0,
+    let config = Arc::new(config);
+    let mut state = State {
+        spool,
+        reports,
+        schedules,
+        revision,
+        stopping: false,
     };
     let min = config.connection.reconnect_min.0;
     let mut backoff = min;
-    let mut stopping = false;
+    let mut next: Option<Established> = None;
     loop {
-        let mut welcomed = false;
-        let result = session(
-            &config,
-            &mut reports,
-            &schedules,
-            &mut revision,
-            &mut outbox,
-            &mut welcomed,
-            &mut stopping,
-        )
-        .await;
-        // Ok: the agent is stopping and everything was flushed (or the
-        // flush wait ran out).
-        let Err(e) = result else { return };
-        if welcomed {
-            backoff = min;
-        }
-        if stopping {
+        let established = match next.take() {
+            Some(e) => Ok(e),
+            None => {
+                let hello = state.hello(&config);
+                let all = config.receivers.len();
+                state.spooling(connect_any(&config, hello, all)).await
+            }
+        };
+        let failure = match established {
+            Ok(e) => {
+                backoff = min;
+                match session(&config, &mut state, e).await {
+                    Ended::Stopped => return,
+                    Ended::Switch(e) => {
+                        next = Some(e);
+                        continue;
+                    }
+                    Ended::Failed(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if state.stopping {
             tracing::warn!(
-                receiver = config.receiver,
-                "{e:#}; stopping with {} reports the receiver has not acknowledged",
-                outbox.held()
+                "{failure:#}; stopping with {} entries in the spool, sent at the next start",
+                state.spool.pending()
             );
             return;
         }
         tracing::warn!(
-            receiver = config.receiver,
-            "{e:#}; reconnecting in about {} ms",
+            "{failure:#}; reconnecting in about {} ms",
             backoff.as_millis()
         );
         // Jitter of ±25% so a fleet does not reconnect in lockstep.
         let wake = Instant::now() + backoff.mul_f64(0.75 + fastrand::f64() * 0.5);
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(wake) => break,
-                report = reports.recv() => match report {
-                    Some(r) => outbox.push(r),
-                    // Stopping: one last attempt to deliver what is held.
-                    None => { stopping = true; break; }
-                },
-            }
-        }
+        state.spooling(tokio::time::sleep_until(wake)).await;
         backoff = (backoff * 2).min(config.connection.reconnect_max.0);
     }
 }
-
-type Conn = Framed<TcpStream, FrameCodec>;
 
 /// The plugins in `plugin_dir`, for the Hello.
 fn installed(dir: &PathBuf) -> Vec<InstalledPlugin> {
@@ -183,112 +205,175 @@ fn installed(dir: &PathBuf) -> Vec<InstalledPlugin> {
     plugins
 }
 
-async fn connect(config: &LinkConfig, revision: u64) -> anyhow::Result<(Conn, Message)> {
+/// The first of the first `upto` receivers that welcomes this agent.
+async fn connect_any(
+    config: &LinkConfig,
+    hello: Hello,
+    upto: usize,
+) -> anyhow::Result<Established> {
+    let mut failures = Vec::new();
+    for (index, address) in config.receivers.iter().take(upto).enumerate() {
+        match connect(config, address, hello.clone()).await {
+            Ok((framed, refresh)) => {
+                return Ok(Established {
+                    framed,
+                    refresh,
+                    index,
+                });
+            }
+            Err(e) => failures.push(format!("{address}: {e:#}")),
+        }
+    }
+    bail!("{}", failures.join("; "))
+}
+
+async fn connect(
+    config: &LinkConfig,
+    address: &str,
+    hello: Hello,
+) -> anyhow::Result<(Conn, Duration)> {
     let timeout = config.connection.timeout.0;
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(&config.receiver))
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .context("connect timed out")?
         .context("cannot connect")?;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let mut stream: tls::Stream = match &config.tls {
+        None => Box::new(tcp),
+        Some(client) => tokio::time::timeout(timeout, client.connect(tcp, address))
+            .await
+            .context("TLS handshake timed out")??,
+    };
     write_preamble(&mut stream).await?;
-    let hello = Message::Hello(Hello {
-        host_id: config.host_id.clone(),
-        token: config.token.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        abi_version: ABI_VERSION.into(),
-        time_ms: now_ms(),
-        schedule_revision: revision,
-        plugins: installed(&config.plugin_dir),
-    });
     let version = tokio::time::timeout(timeout, read_preamble(&mut stream))
         .await
-        .context("no answer from the receiver")??;
+        .context("no answer from the receiver")?
+        .with_context(|| match config.tls {
+            Some(_) => "the receiver ended the TLS session (if it requires client certificates, set [tls] cert and key)",
+            None => "the receiver ended the connection",
+        })?;
     let mut framed = Framed::new(stream, FrameCodec::new(DEFAULT_MAX_FRAME));
     if version == PROTOCOL_VERSION {
-        framed.send(hello).await?;
+        framed.send(Message::Hello(hello)).await?;
     }
     let first = tokio::time::timeout(timeout, framed.next())
         .await
         .context("no Welcome from the receiver")?
         .context("the receiver closed the connection")??;
-    if version != PROTOCOL_VERSION && !matches!(first, Message::Error(_)) {
-        bail!("the receiver speaks protocol version {version}, this agent {PROTOCOL_VERSION}");
-    }
-    Ok((framed, first))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    config: &LinkConfig,
-    reports: &mut mpsc::Receiver<Report>,
-    schedules: &watch::Sender<Option<Schedule>>,
-    revision: &mut u64,
-    outbox: &mut Outbox,
-    welcomed: &mut bool,
-    stopping: &mut bool,
-) -> anyhow::Result<()> {
-    let (mut framed, first) = connect(config, *revision).await?;
-    let refresh = match first {
-        Message::Welcome(w) => Duration::from_millis(w.refresh_ms.max(1000)),
+    match first {
+        Message::Welcome(w) if version == PROTOCOL_VERSION => {
+            Ok((framed, Duration::from_millis(w.refresh_ms.max(1000))))
+        }
         Message::Error(f) => {
             tracing::error!(
-                receiver = config.receiver,
+                receiver = address,
                 "the receiver refused this agent: {}",
                 f.text
             );
-            bail!("refused by the receiver: {f}");
+            bail!("refused by the receiver: {f}")
+        }
+        _ if version != PROTOCOL_VERSION => {
+            bail!("the receiver speaks protocol version {version}, this agent {PROTOCOL_VERSION}")
         }
         other => bail!("expected Welcome, got {other:?}"),
-    };
-    *welcomed = true;
+    }
+}
+
+async fn session(config: &Arc<LinkConfig>, state: &mut State, established: Established) -> Ended {
+    let address = &config.receivers[established.index];
     tracing::info!(
-        receiver = config.receiver,
+        receiver = address,
         host = config.host_id,
+        pending = state.spool.pending(),
         "connected"
     );
-    // What was sent before and not acknowledged goes again, in order.
-    for batch in outbox.unacked.values() {
-        framed.feed(Message::Reports(batch.clone())).await?;
+    match exchange(config, state, established).await {
+        Ok(ended) => ended,
+        Err(e) => Ended::Failed(e.context(address.clone())),
     }
-    framed.flush().await?;
+}
+
+/// Send what the spool holds and handle what the receiver says, until the
+/// connection fails, the agent stops or an earlier receiver takes over.
+async fn exchange(
+    config: &Arc<LinkConfig>,
+    state: &mut State,
+    established: Established,
+) -> anyhow::Result<Ended> {
+    let Established {
+        mut framed,
+        refresh,
+        index,
+    } = established;
+    let batch_max = config.connection.batch_max;
+    let batch_delay = config.connection.batch_delay.0;
     let dead_after = config.connection.timeout.0;
-    let mut last_heard = Instant::now();
-    let mut next_refresh = Instant::now() + refresh;
-    let mut next_ping = Instant::now() + PING_EVERY;
-    let mut batch_due: Option<Instant> = None;
+    // Everything not acknowledged goes (again), oldest first.
+    let mut sent = state.spool.acked();
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    let now = Instant::now();
+    let mut last_heard = now;
+    let mut next_refresh = now + refresh;
+    let mut next_ping = now + PING_EVERY;
+    let mut batch_due = (state.spool.last_seq() > sent).then_some(now);
     let mut flush_deadline: Option<Instant> = None;
+    let failback = config.connection.failback.0;
+    let mut next_failback = (index > 0).then(|| now + failback);
+    let mut probe: Option<JoinHandle<anyhow::Result<Established>>> = None;
+    let mut switch: Option<(Established, Instant)> = None;
     loop {
-        // Send what is due.
-        let full = outbox.queue.len() >= config.connection.batch_max;
-        if full || *stopping || batch_due.is_some_and(|t| t <= Instant::now()) {
-            while let Some(batch) = outbox.next_batch(config.connection.batch_max) {
-                framed.feed(Message::Reports(batch)).await?;
-                if outbox.queue.len() < config.connection.batch_max && !*stopping {
-                    break;
-                }
-            }
-            framed.flush().await?;
-            batch_due = (!outbox.queue.is_empty())
-                .then(|| Instant::now() + config.connection.batch_delay.0);
-        }
-        if *stopping {
-            if outbox.is_empty() {
-                return Ok(());
-            }
-            let deadline = *flush_deadline.get_or_insert_with(|| Instant::now() + FLUSH_WAIT);
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    "stopping with {} reports the receiver has not acknowledged",
-                    outbox.held()
+        let now = Instant::now();
+        if let Some((_, deadline)) = &switch {
+            if in_flight.is_empty() || now >= *deadline {
+                let (next, _) = switch.take().expect("checked");
+                tracing::info!(
+                    receiver = config.receivers[next.index],
+                    "an earlier receiver answers again: moving back to it"
                 );
-                return Ok(());
+                return Ok(Ended::Switch(next));
+            }
+        } else {
+            let unsent = state.spool.last_seq().saturating_sub(sent);
+            let due =
+                state.stopping || unsent >= batch_max as u64 || batch_due.is_some_and(|t| t <= now);
+            if unsent > 0 && due {
+                while in_flight.len() < MAX_IN_FLIGHT {
+                    let Some((seq, entries)) = state.spool.read(sent + 1, batch_max)? else {
+                        break;
+                    };
+                    let batch = ReportBatch { seq, entries };
+                    sent = batch.last_seq();
+                    in_flight.push_back(sent);
+                    framed.feed(Message::Reports(batch)).await?;
+                }
+                framed.flush().await?;
+                // Still unsent: the window is full; send on when acks come.
+                batch_due = (state.spool.last_seq() > sent).then_some(now);
+            }
+            if state.spool.last_seq() <= sent {
+                batch_due = None;
+            }
+        }
+        if state.stopping {
+            if state.spool.pending() == 0 {
+                return Ok(Ended::Stopped);
+            }
+            let deadline = *flush_deadline.get_or_insert(now + FLUSH_WAIT);
+            if now >= deadline {
+                tracing::warn!(
+                    "stopping with {} entries the receiver has not acknowledged; they stay in the spool for the next start",
+                    state.spool.pending()
+                );
+                return Ok(Ended::Stopped);
             }
         }
         let wake = [
             Some(next_refresh),
             Some(next_ping),
-            batch_due,
+            batch_due.filter(|_| in_flight.len() < MAX_IN_FLIGHT && switch.is_none()),
             flush_deadline,
+            switch.as_ref().map(|(_, deadline)| *deadline),
+            next_failback.filter(|_| probe.is_none() && switch.is_none()),
             Some(last_heard + dead_after),
         ]
         .into_iter()
@@ -305,12 +390,17 @@ async fn session(
                 last_heard = Instant::now();
                 match message {
                     Message::Ack { seq } => {
-                        outbox.unacked.remove(&seq);
+                        if let Err(e) = state.spool.ack(seq) {
+                            tracing::error!("{e:#}");
+                        }
+                        while in_flight.front().is_some_and(|last| *last <= seq) {
+                            in_flight.pop_front();
+                        }
                     }
                     Message::Schedule(schedule) => {
                         tracing::info!(revision = schedule.revision, services = schedule.services.len(), "new schedule");
-                        *revision = schedule.revision;
-                        schedules.send_replace(Some(schedule));
+                        state.revision = schedule.revision;
+                        state.schedules.send_replace(Some(schedule));
                     }
                     Message::Unchanged { .. } | Message::Pong { .. } => {}
                     Message::Ping { nonce } => framed.send(Message::Pong { nonce }).await?,
@@ -318,25 +408,45 @@ async fn session(
                     other => bail!("unexpected message from the receiver: {other:?}"),
                 }
             }
-            report = reports.recv(), if !*stopping => match report {
-                Some(r) => {
-                    outbox.push(r);
-                    batch_due.get_or_insert_with(|| Instant::now() + config.connection.batch_delay.0);
+            report = state.reports.recv(), if !state.stopping => {
+                let was_empty = state.spool.last_seq() == sent;
+                state.take(report);
+                if was_empty && batch_due.is_none() {
+                    batch_due = Some(Instant::now() + batch_delay);
                 }
-                None => *stopping = true,
-            },
+            }
+            probed = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                probe = None;
+                match probed {
+                    Ok(Ok(earlier)) => switch = Some((earlier, Instant::now() + SWITCH_WAIT)),
+                    Ok(Err(e)) => {
+                        tracing::debug!("earlier receivers still away: {e:#}");
+                        next_failback = Some(Instant::now() + failback);
+                    }
+                    Err(e) => {
+                        tracing::error!("failback probe failed: {e}");
+                        next_failback = Some(Instant::now() + failback);
+                    }
+                }
+            }
             () = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 if now >= last_heard + dead_after {
                     bail!("nothing heard from the receiver for {} s", dead_after.as_secs());
                 }
                 if now >= next_refresh {
-                    framed.send(Message::ScheduleRequest { revision: *revision }).await?;
+                    framed.send(Message::ScheduleRequest { revision: state.revision }).await?;
                     next_refresh = now + refresh;
                 }
                 if now >= next_ping {
                     framed.send(Message::Ping { nonce: now_ms() }).await?;
                     next_ping = now + PING_EVERY;
+                }
+                if next_failback.is_some_and(|t| t <= now) && probe.is_none() && switch.is_none() {
+                    next_failback = None;
+                    let config = config.clone();
+                    let hello = state.hello(&config);
+                    probe = Some(tokio::spawn(async move { connect_any(&config, hello, index).await }));
                 }
             }
         }

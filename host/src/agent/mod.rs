@@ -14,3 +14,4 @@ pub mod render;
 pub mod schedule;
 pub mod scheduler;
 pub mod services;
+pub mod spool;

@@ -123,6 +123,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
     let server = server::Server::open(&config)?;
+    let files = sandglass::daemon::raise_open_files_limit();
+    let wanted = server.max_connections() as u64 + 64;
+    if files < wanted {
+        tracing::warn!(
+            "the open-files limit is {files}, below max_connections + 64 = {wanted}: raise it (ulimit -n, LimitNOFILE=) or lower max_connections"
+        );
+    }
     let address = listen.unwrap_or_else(|| server.listen().to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

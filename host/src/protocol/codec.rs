@@ -10,8 +10,10 @@ use tokio_util::codec::{Decoder, Encoder};
 /// What can go wrong on the wire.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
+    // Not `#[from]`: that would make the io::Error the source too, and
+    // chained error messages would say it twice.
     #[error("connection error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("frame of {len} bytes is over the {max}-byte limit")]
     TooLarge { len: usize, max: usize },
     #[error("malformed frame: {0}")]
@@ -20,6 +22,12 @@ pub enum ProtocolError {
     Incomplete(usize),
     #[error("the peer is not a Sandglass agent or receiver (first bytes {0:02x?})")]
     NotSandglass([u8; 4]),
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::Io(e)
+    }
 }
 
 /// Encodes and decodes [`Message`] frames.
@@ -282,6 +290,20 @@ mod tests {
             })
     }
 
+    fn entry() -> impl Strategy<Value = Entry> {
+        prop_oneof![
+            report().prop_map(Entry::Report),
+            (any::<u64>(), any::<u64>(), any::<u64>(), text()).prop_map(
+                |(reports, first_ms, last_ms, reason)| Entry::Gap(Gap {
+                    reports,
+                    first_ms,
+                    last_ms,
+                    reason
+                })
+            ),
+        ]
+    }
+
     fn message() -> impl Strategy<Value = Message> {
         prop_oneof![
             (
@@ -289,24 +311,28 @@ mod tests {
                 text(),
                 any::<u64>(),
                 any::<u64>(),
-                proptest::collection::vec((text(), text()), 0..3)
+                proptest::collection::vec((text(), text()), 0..3),
+                any::<u64>(),
             )
-                .prop_map(|(host_id, token, time_ms, schedule_revision, plugins)| {
-                    Message::Hello(Hello {
-                        host_id,
-                        token,
-                        agent_version: "0.1.0".into(),
-                        abi_version: "1.0.0".into(),
-                        time_ms,
-                        schedule_revision,
-                        plugins: plugins
-                            .into_iter()
-                            .map(|(name, sha256)| InstalledPlugin { name, sha256 })
-                            .collect(),
-                    })
-                }),
-            (any::<u64>(), proptest::collection::vec(report(), 0..4))
-                .prop_map(|(seq, reports)| Message::Reports(ReportBatch { seq, reports })),
+                .prop_map(
+                    |(host_id, token, time_ms, schedule_revision, plugins, stream)| {
+                        Message::Hello(Hello {
+                            host_id,
+                            token,
+                            agent_version: "0.1.0".into(),
+                            abi_version: "1.0.0".into(),
+                            time_ms,
+                            schedule_revision,
+                            plugins: plugins
+                                .into_iter()
+                                .map(|(name, sha256)| InstalledPlugin { name, sha256 })
+                                .collect(),
+                            stream,
+                        })
+                    }
+                ),
+            (any::<u64>(), proptest::collection::vec(entry(), 0..4))
+                .prop_map(|(seq, entries)| Message::Reports(ReportBatch { seq, entries })),
             (
                 any::<u64>(),
                 text(),

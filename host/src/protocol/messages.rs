@@ -27,9 +27,10 @@ pub enum Message {
     Unchanged {
         revision: u64,
     },
-    /// Agent -> receiver: reports, numbered per agent.
+    /// Agent -> receiver: spool entries, numbered per agent stream.
     Reports(ReportBatch),
-    /// Receiver -> agent: the batch `seq` is durably stored.
+    /// Receiver -> agent: every entry of the stream up to and including
+    /// `seq` is durably stored (a cumulative acknowledgement).
     Ack {
         seq: u64,
     },
@@ -62,6 +63,9 @@ pub struct Hello {
     pub schedule_revision: u64,
     /// Plugins installed on the host.
     pub plugins: Vec<InstalledPlugin>,
+    /// The agent's spool identity: entry numbers are unique within it. A
+    /// new spool (state directory wiped) starts a new stream at 1.
+    pub stream: u64,
 }
 
 /// Hello without the token: the token must never reach a log.
@@ -75,6 +79,7 @@ impl fmt::Debug for Hello {
             .field("time_ms", &self.time_ms)
             .field("schedule_revision", &self.schedule_revision)
             .field("plugins", &self.plugins.len())
+            .field("stream", &self.stream)
             .finish()
     }
 }
@@ -137,12 +142,40 @@ pub struct ServiceLimits {
     pub max_state_bytes: Option<u64>,
 }
 
-/// A numbered batch of reports.
+/// Consecutive entries of the agent's spool: the first is number `seq`,
+/// the next `seq + 1`, and so on. The receiver stores each (stream, number)
+/// once and acknowledges the batch with its last number.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReportBatch {
-    /// Per-agent sequence number; the receiver acknowledges it.
     pub seq: u64,
-    pub reports: Vec<Report>,
+    pub entries: Vec<Entry>,
+}
+
+impl ReportBatch {
+    /// The number of the batch's last entry (what the Ack carries).
+    pub fn last_seq(&self) -> u64 {
+        self.seq + (self.entries.len() as u64).saturating_sub(1)
+    }
+}
+
+/// One spool entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Entry {
+    /// A plugin run's report.
+    Report(Report),
+    /// Reports the agent had to drop: counted, so nothing vanishes silently.
+    Gap(Gap),
+}
+
+/// Reports the agent dropped before they could be delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    pub reports: u64,
+    /// Times of the oldest and newest dropped report (agent clock, Unix ms).
+    pub first_ms: u64,
+    pub last_ms: u64,
+    /// Why, for the operator: e.g. the spool was full.
+    pub reason: String,
 }
 
 /// An error sent to the peer.

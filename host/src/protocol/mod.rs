@@ -12,8 +12,8 @@ mod messages;
 
 pub use codec::{FrameCodec, ProtocolError, read_preamble, write_preamble};
 pub use messages::{
-    Fault, FaultCode, Hello, InstalledPlugin, Message, ReportBatch, Schedule, ScheduledService,
-    ServiceLimits, Welcome,
+    Entry, Fault, FaultCode, Gap, Hello, InstalledPlugin, Message, ReportBatch, Schedule,
+    ScheduledService, ServiceLimits, Welcome,
 };
 
 /// First four bytes of every Sandglass connection, in both directions.

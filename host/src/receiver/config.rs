@@ -36,6 +36,9 @@ struct RawConfig {
     idle_timeout: HumanDuration,
     #[serde(default = "default_max_frame")]
     max_frame: ByteSize,
+    #[serde(default = "default_max_handshakes")]
+    max_handshakes: usize,
+    tls: Option<ServerTls>,
     #[serde(default)]
     services: BTreeMap<String, RawService>,
     #[serde(default)]
@@ -66,6 +69,9 @@ fn default_handshake_timeout() -> HumanDuration {
 }
 fn default_idle_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(90))
+}
+fn default_max_handshakes() -> usize {
+    1_000
 }
 fn default_max_frame() -> ByteSize {
     ByteSize(DEFAULT_MAX_FRAME as u64)
@@ -124,6 +130,22 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_frame: usize,
+    /// Connections still in their handshake at once; past it the oldest of
+    /// them is dropped, so idle or slow connections cannot keep agents out.
+    pub max_handshakes: usize,
+    pub tls: Option<ServerTls>,
+}
+
+/// `[tls]` of the receiver.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The receiver's certificate chain and key, PEM.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// If set, every agent must present a certificate signed by this CA
+    /// (in addition to its token).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One host as the receiver knows it.
@@ -165,6 +187,13 @@ impl RawConfig {
     fn resolve(self, base: &Path) -> anyhow::Result<Model> {
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
+        }
+        if self.max_handshakes == 0 || self.max_handshakes >= self.max_connections {
+            bail!(
+                "max_handshakes ({}) must be at least 1 and below max_connections ({}), so agents that finished their handshake always find room",
+                self.max_handshakes,
+                self.max_connections
+            );
         }
         if self.max_frame.0 < 64 << 10 || self.max_frame.0 > 1 << 30 {
             bail!(
@@ -218,6 +247,12 @@ impl RawConfig {
                 handshake_timeout: self.handshake_timeout.0,
                 idle_timeout: self.idle_timeout.0,
                 max_frame: self.max_frame.0 as usize,
+                max_handshakes: self.max_handshakes,
+                tls: self.tls.map(|t| ServerTls {
+                    cert: base.join(t.cert),
+                    key: base.join(t.key),
+                    client_ca: t.client_ca.map(|c| base.join(c)),
+                }),
             },
             hosts,
         })

@@ -9,12 +9,13 @@ use super::store::{self, Op, Store};
 use crate::agent::services::now_ms;
 use crate::config::check_name;
 use crate::protocol::{
-    Fault, FaultCode, FrameCodec, HANDSHAKE_MAX_FRAME, Hello, Message, PROTOCOL_VERSION,
+    Entry, Fault, FaultCode, FrameCodec, HANDSHAKE_MAX_FRAME, Hello, Message, PROTOCOL_VERSION,
     ProtocolError, ReportBatch, Welcome, read_preamble, write_preamble,
 };
+use crate::tls;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +50,53 @@ struct Shared {
     store: Store,
     peers: Mutex<HashMap<String, Peer>>,
     next_id: AtomicU64,
+    tls: Option<TlsAcceptor>,
+    handshakes: Arc<Handshakes>,
+}
+
+/// Connections in their handshake, oldest first. Past `max_handshakes` the
+/// oldest is told to go: a real agent finishes its handshake in
+/// milliseconds, so the ones that linger are the idle and the slow.
+#[derive(Default)]
+struct Handshakes {
+    pending: Mutex<BTreeMap<u64, CancellationToken>>,
+}
+
+/// Removes a connection from [`Handshakes`] when its handshake ends.
+struct InHandshake {
+    handshakes: Arc<Handshakes>,
+    id: u64,
+}
+
+impl Handshakes {
+    /// Register connection `id`; the token is cancelled if it is evicted.
+    fn enter(self: &Arc<Self>, id: u64, max: usize) -> (InHandshake, CancellationToken) {
+        let token = CancellationToken::new();
+        let mut pending = self.pending.lock().expect("handshakes lock");
+        pending.insert(id, token.clone());
+        while pending.len() > max {
+            if let Some((_, oldest)) = pending.pop_first() {
+                oldest.cancel();
+            }
+        }
+        (
+            InHandshake {
+                handshakes: self.clone(),
+                id,
+            },
+            token,
+        )
+    }
+}
+
+impl Drop for InHandshake {
+    fn drop(&mut self) {
+        self.handshakes
+            .pending
+            .lock()
+            .expect("handshakes lock")
+            .remove(&self.id);
+    }
 }
 
 impl Shared {
@@ -63,6 +112,7 @@ pub struct Server {
     model: Model,
     tracker: Arc<Mutex<Tracker>>,
     conn: rusqlite::Connection,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
@@ -70,6 +120,13 @@ impl Server {
     /// it remembers for liveness.
     pub fn open(config_path: &Path) -> anyhow::Result<Server> {
         let model = Model::load(config_path)?;
+        let tls = model
+            .settings
+            .tls
+            .as_ref()
+            .map(|t| tls::acceptor(&t.cert, &t.key, t.client_ca.as_deref()))
+            .transpose()
+            .with_context(|| format!("{}: [tls]", config_path.display()))?;
         let conn = store::open(&model.settings.database)?;
         let (hosts, services) = store::remembered(&conn).context("cannot read the store")?;
         let mut tracker = Tracker::default();
@@ -80,12 +137,18 @@ impl Server {
             model,
             tracker: Arc::new(Mutex::new(tracker)),
             conn,
+            tls,
         })
     }
 
     /// The configured listen address.
     pub fn listen(&self) -> &str {
         &self.model.settings.listen
+    }
+
+    /// The configured connection cap.
+    pub fn max_connections(&self) -> usize {
+        self.model.settings.max_connections
     }
 
     /// Serve agents on `listener` until `shutdown` resolves. `reload` asks
@@ -102,43 +165,33 @@ impl Server {
             model,
             tracker,
             conn,
+            tls,
         } = self;
         let (store, writer) = Store::start(conn, tracker.clone());
         store.send(scheduled_op(&model, &tracker)).await;
-        serve(
+        let cap = Arc::new(Semaphore::new(model.settings.max_connections));
+        let shared = Arc::new(Shared {
             config_path,
-            model,
+            model: RwLock::new(Arc::new(model)),
             tracker,
             store,
-            writer,
-            listener,
-            reload,
-            shutdown,
-        )
-        .await
+            peers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            tls,
+            handshakes: Arc::default(),
+        });
+        serve(shared, cap, writer, listener, reload, shutdown).await
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
-    config_path: PathBuf,
-    model: Model,
-    tracker: Arc<Mutex<Tracker>>,
-    store: Store,
+    shared: Arc<Shared>,
+    cap: Arc<Semaphore>,
     writer: std::thread::JoinHandle<()>,
     listener: TcpListener,
     reload: Arc<Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let cap = Arc::new(Semaphore::new(model.settings.max_connections));
-    let shared = Arc::new(Shared {
-        config_path,
-        model: RwLock::new(Arc::new(model)),
-        tracker,
-        store,
-        peers: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(1),
-    });
     let cancel = CancellationToken::new();
     let mut background = JoinSet::new();
     background.spawn(liveness_clock(shared.clone(), cancel.clone()));
@@ -173,7 +226,7 @@ async fn serve(
                     }
                     Err(_) => {
                         tracing::warn!(peer = %addr, "connection refused: at max_connections");
-                        connections.spawn(refuse_busy(stream));
+                        connections.spawn(refuse_busy(stream, shared.tls.clone()));
                     }
                 }
                 while connections.try_join_next().is_some() {}
@@ -281,6 +334,7 @@ async fn apply_reload(shared: &Shared) {
     for (what, changed) in [
         ("listen", old.settings.listen != new.settings.listen),
         ("database", old.settings.database != new.settings.database),
+        ("[tls]", old.settings.tls != new.settings.tls),
     ] {
         if changed {
             tracing::warn!("{what} changed in the configuration; it applies after a restart");
@@ -325,8 +379,9 @@ fn fault(code: FaultCode, text: impl Into<String>) -> Message {
     })
 }
 
-async fn refuse_busy(mut stream: TcpStream) {
+async fn refuse_busy(tcp: TcpStream, tls: Option<TlsAcceptor>) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut stream = accept_tls(tcp, tls.as_ref()).await?;
         write_preamble(&mut stream).await?;
         let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
         framed
@@ -334,12 +389,21 @@ async fn refuse_busy(mut stream: TcpStream) {
                 FaultCode::Busy,
                 "the receiver is at its connection limit (max_connections); retrying later",
             ))
-            .await
+            .await?;
+        anyhow::Ok(())
     })
     .await;
 }
 
-type Conn = Framed<TcpStream, FrameCodec>;
+type Conn = Framed<tls::Stream, FrameCodec>;
+
+/// The connection as a stream: TLS if the receiver is configured for it.
+async fn accept_tls(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> anyhow::Result<tls::Stream> {
+    Ok(match tls {
+        None => Box::new(tcp),
+        Some(acceptor) => Box::new(acceptor.accept(tcp).await.context("TLS handshake failed")?),
+    })
+}
 
 /// Send an error frame, then fail with the same text.
 async fn refuse(framed: &mut Conn, code: FaultCode, text: String) -> anyhow::Error {
@@ -359,8 +423,9 @@ fn frame_fault(e: &ProtocolError) -> FaultCode {
     }
 }
 
-/// Preamble and Hello, within the handshake timeout.
-async fn handshake(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<(Conn, Hello)> {
+/// TLS, preamble and Hello, within the handshake timeout.
+async fn handshake(tcp: TcpStream, shared: &Shared) -> anyhow::Result<(Conn, Hello)> {
+    let mut stream = accept_tls(tcp, shared.tls.as_ref()).await?;
     let version = read_preamble(&mut stream).await?;
     write_preamble(&mut stream).await?;
     let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
@@ -421,14 +486,20 @@ async fn connection(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = shared.model().settings.clone();
-    let (mut framed, hello) =
-        match tokio::time::timeout(settings.handshake_timeout, handshake(stream, shared)).await {
-            Ok(result) => result.map_err(|e| {
-                tracing::warn!(peer = %addr, "agent refused: {e:#}");
-                e
-            })?,
-            Err(_) => bail!("no Hello within handshake_timeout"),
-        };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let (in_handshake, evicted) = shared.handshakes.enter(id, settings.max_handshakes);
+    let attempt = tokio::select! {
+        () = evicted.cancelled() => bail!("dropped in its handshake to make room for newer connections (max_handshakes)"),
+        attempt = tokio::time::timeout(settings.handshake_timeout, handshake(stream, shared)) => attempt,
+    };
+    drop(in_handshake);
+    let (mut framed, hello) = match attempt {
+        Ok(result) => result.map_err(|e| {
+            tracing::warn!(peer = %addr, "agent refused: {e:#}");
+            e
+        })?,
+        Err(_) => bail!("no Hello within handshake_timeout"),
+    };
     let host = hello.host_id.clone();
     framed.codec_mut().set_max_frame(settings.max_frame);
     let now = now_ms();
@@ -442,7 +513,6 @@ async fn connection(
         );
     }
     let (outbound, mut queue) = mpsc::unbounded_channel();
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let previous = shared.peers.lock().expect("peers lock").insert(
         host.clone(),
         Peer {
@@ -523,7 +593,7 @@ async fn connection(
                     let _ = outbound.send(fault(FaultCode::Protocol, text.clone()));
                     break Err(anyhow::anyhow!(text));
                 }
-                store_batch(shared, &host, batch, offset_ms, &outbound).await;
+                store_batch(shared, &host, hello.stream, batch, offset_ms, &outbound).await;
             }
             Message::ScheduleRequest { revision } => {
                 let model = shared.model();
@@ -571,15 +641,34 @@ async fn connection(
 
 /// Limits a well-behaved agent never reaches; past them the batch is refused.
 fn check_batch(batch: &ReportBatch) -> Result<(), String> {
-    if batch.reports.len() > MAX_REPORTS_PER_BATCH {
+    if batch.entries.is_empty() || batch.entries.len() > MAX_REPORTS_PER_BATCH {
         return Err(format!(
-            "batch {} holds {} reports, over the limit of {MAX_REPORTS_PER_BATCH}",
+            "batch {} holds {} entries; a batch holds 1 to {MAX_REPORTS_PER_BATCH}",
             batch.seq,
-            batch.reports.len()
+            batch.entries.len()
         ));
     }
-    for r in &batch.reports {
-        check_name(&r.service).map_err(|e| format!("batch {}: service {e}", batch.seq))?;
+    // Numbers and counts are stored as SQLite's signed 64-bit integers.
+    const MAX: u64 = i64::MAX as u64;
+    if batch.seq == 0 || batch.seq > MAX - batch.entries.len() as u64 {
+        return Err(format!(
+            "batch number {} is out of range 1..2^63",
+            batch.seq
+        ));
+    }
+    for entry in &batch.entries {
+        match entry {
+            Entry::Report(r) => {
+                check_name(&r.service).map_err(|e| format!("batch {}: service {e}", batch.seq))?
+            }
+            Entry::Gap(g) if g.reports.max(g.first_ms).max(g.last_ms) > MAX => {
+                return Err(format!(
+                    "batch {}: a gap record's numbers are out of range",
+                    batch.seq
+                ));
+            }
+            Entry::Gap(_) => {}
+        }
     }
     Ok(())
 }
@@ -589,6 +678,7 @@ fn check_batch(batch: &ReportBatch) -> Result<(), String> {
 async fn store_batch(
     shared: &Shared,
     host: &str,
+    stream: u64,
     batch: ReportBatch,
     offset_ms: i64,
     outbound: &mpsc::UnboundedSender<Message>,
@@ -598,6 +688,7 @@ async fn store_batch(
         .store
         .send(Op::Batch {
             host: host.to_owned(),
+            stream,
             batch,
             offset_ms,
             received_ms: now_ms(),

@@ -7,9 +7,16 @@
 //! Samples are stored per report as one MessagePack blob (the report's
 //! samples array), indexed by (service, time): one row per report instead of
 //! one per sample is what lets a single SQLite writer keep up with a fleet.
+//!
+//! Every agent numbers its spool entries per stream; `streams` keeps the
+//! highest number stored per (host, stream), updated in the same transaction
+//! as the reports, so an entry sent twice (after a lost Ack, a reconnect or
+//! a restart of either side) is acknowledged again but stored once. The
+//! agent sends a stream's entries in order, so "at or below the highest" is
+//! exactly "already stored".
 
 use super::liveness::{Change, HostStatus, Remembered, RememberedHost, Tracker};
-use crate::protocol::ReportBatch;
+use crate::protocol::{Entry, ReportBatch};
 use crate::report::Sample;
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -53,7 +60,24 @@ CREATE TABLE IF NOT EXISTS reports (
     text TEXT NOT NULL,
     samples BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS reports_by_time ON reports (service_id, time_ms);
+DROP INDEX IF EXISTS reports_by_time;
+CREATE INDEX IF NOT EXISTS reports_by_service_time ON reports (service_id, time_ms);
+CREATE TABLE IF NOT EXISTS streams (
+    host TEXT NOT NULL,
+    -- The agent's u64 stream id, stored bit for bit as SQLite's i64.
+    stream INTEGER NOT NULL,
+    high_seq INTEGER NOT NULL,
+    PRIMARY KEY (host, stream)
+);
+CREATE TABLE IF NOT EXISTS gaps (
+    id INTEGER PRIMARY KEY,
+    host TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    reports INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     time_ms INTEGER NOT NULL,
@@ -73,6 +97,8 @@ pub enum Op {
     /// Store a batch; `done` hears back after commit (or the error).
     Batch {
         host: String,
+        /// The agent's spool stream the entries are numbered in.
+        stream: u64,
         batch: ReportBatch,
         /// Added to report times to correct the agent's clock.
         offset_ms: i64,
@@ -198,6 +224,8 @@ struct Writer {
     conn: Connection,
     tracker: Arc<Mutex<Tracker>>,
     service_ids: HashMap<(String, String), i64>,
+    /// Highest stored entry per (host, stream), as in the `streams` table.
+    high_seqs: HashMap<(String, u64), u64>,
 }
 
 impl Writer {
@@ -206,6 +234,7 @@ impl Writer {
             conn,
             tracker,
             service_ids: HashMap::new(),
+            high_seqs: HashMap::new(),
         }
     }
 
@@ -224,151 +253,227 @@ impl Writer {
     }
 
     /// Apply `group` in one transaction, then answer every batch in it.
+    /// Each op runs in its own savepoint: one that fails (a bug, or input
+    /// the checks missed) is rolled back and refused alone, and the rest of
+    /// the group still commits.
     fn commit(&mut self, group: &mut Vec<Op>) {
         let mut seen = Vec::new();
-        let result = self.apply(group, &mut seen);
+        let mut failed: Vec<Option<String>> = vec![None; group.len()];
+        let result = self.apply(group, &mut seen, &mut failed);
         if let Err(e) = &result {
             tracing::error!("store write failed, batches not acknowledged: {e:#}");
+            // The caches may hold what the rolled-back transaction wrote.
             self.service_ids.clear();
+            self.high_seqs.clear();
         } else {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for (host, service, time_ms) in &seen {
                 tracker.seen(host, service, *time_ms);
             }
         }
-        for op in group.drain(..) {
+        for (op, op_failure) in group.drain(..).zip(failed) {
             if let Op::Batch { batch, done, .. } = op {
-                let answer = match &result {
-                    Ok(()) => Ok(batch.seq),
-                    Err(e) => Err(format!("the receiver could not store the batch: {e:#}")),
+                let answer = match (&result, op_failure) {
+                    (Err(e), _) => Err(format!("the receiver could not store the batch: {e:#}")),
+                    (Ok(()), Some(e)) => Err(format!(
+                        "the receiver could not store batch {}: {e}",
+                        batch.seq
+                    )),
+                    (Ok(()), None) => Ok(batch.last_seq()),
                 };
                 let _ = done.send(answer);
             }
         }
     }
 
-    fn apply(&mut self, group: &[Op], seen: &mut Vec<(String, String, u64)>) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
-        for op in group {
-            match op {
-                Op::Batch {
-                    host,
-                    batch,
-                    offset_ms,
-                    received_ms,
-                    ..
-                } => {
-                    let mut insert = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO reports (service_id, time_ms, received_ms, seq, level, text, samples)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?;
-                    let mut latest: HashMap<i64, (u64, &str, &str, &str)> = HashMap::new();
-                    for report in &batch.reports {
-                        let id = service_id(
-                            &tx,
-                            &mut self.service_ids,
-                            host,
-                            &report.service,
-                            &report.plugin,
-                        )?;
-                        let time_ms = corrected(report.time_ms, *offset_ms, *received_ms);
-                        let samples = rmp_serde::to_vec(&report.samples)?;
-                        insert.execute(params![
-                            id,
-                            time_ms,
-                            received_ms,
-                            batch.seq,
-                            report.status.level.as_str(),
-                            report.status.text,
-                            samples
-                        ])?;
-                        let entry = latest.entry(id).or_insert((0, &report.service, "", ""));
-                        if time_ms >= entry.0 {
-                            *entry = (
-                                time_ms,
-                                &report.service,
-                                report.status.level.as_str(),
-                                &report.status.text,
-                            );
-                        }
-                    }
-                    let mut update = tx.prepare_cached(
-                        "UPDATE services SET last_ms = ?2, level = ?3, text = ?4
-                         WHERE id = ?1 AND (last_ms IS NULL OR last_ms <= ?2)",
-                    )?;
-                    for (id, (time_ms, service, level, text)) in latest {
-                        update.execute(params![id, time_ms, level, text])?;
-                        seen.push((host.clone(), service.to_owned(), time_ms));
-                    }
+    fn apply(
+        &mut self,
+        group: &[Op],
+        seen: &mut Vec<(String, String, u64)>,
+        failed: &mut [Option<String>],
+    ) -> anyhow::Result<()> {
+        let mut tx = self.conn.transaction()?;
+        for (op, failure) in group.iter().zip(failed.iter_mut()) {
+            let savepoint = tx.savepoint()?;
+            let mut op_seen = Vec::new();
+            match apply_op(
+                &savepoint,
+                &mut self.service_ids,
+                &mut self.high_seqs,
+                op,
+                &mut op_seen,
+            ) {
+                Ok(()) => {
+                    savepoint.commit()?;
+                    seen.extend(op_seen);
                 }
-                Op::Connected {
-                    host,
-                    peer,
-                    agent_version,
-                    plugins,
-                    time_ms,
-                } => {
-                    tx.execute(
-                        "UPDATE hosts SET connected = 1, peer = ?2, agent_version = ?3, plugins = ?4, connected_ms = ?5
-                         WHERE name = ?1",
-                        params![host, peer, agent_version, plugins, time_ms],
-                    )?;
-                }
-                Op::Disconnected { host } => {
-                    tx.execute("UPDATE hosts SET connected = 0 WHERE name = ?1", [host])?;
-                }
-                Op::Scheduled {
-                    services,
-                    hosts,
-                    time_ms,
-                } => {
-                    for (host, status, since_ms, reason) in hosts {
-                        tx.execute(
-                            "INSERT INTO hosts (name, status, since_ms, reason) VALUES (?1, ?2, ?3, ?4)
-                             ON CONFLICT (name) DO NOTHING",
-                            params![host, status.as_str(), since_ms, reason],
-                        )?;
-                    }
-                    tx.execute("UPDATE services SET scheduled = 0", [])?;
-                    for (host, service, plugin, interval_ms) in services {
-                        tx.execute(
-                            "INSERT INTO services (host, name, plugin, interval_ms, scheduled, scheduled_since_ms)
-                             VALUES (?1, ?2, ?3, ?4, 1, ?5)
-                             ON CONFLICT (host, name) DO UPDATE SET
-                                plugin = excluded.plugin,
-                                scheduled = 1,
-                                scheduled_since_ms = CASE
-                                    WHEN services.interval_ms = excluded.interval_ms
-                                         AND services.scheduled_since_ms IS NOT NULL
-                                    THEN services.scheduled_since_ms ELSE excluded.scheduled_since_ms END,
-                                interval_ms = excluded.interval_ms",
-                            params![host, service, plugin, interval_ms, time_ms],
-                        )?;
-                    }
-                }
-                Op::Changes { changes } => {
-                    for c in changes {
-                        tx.execute(
-                            "INSERT INTO events (time_ms, host, service, old, new, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            params![c.time_ms, c.host, c.service, c.old, c.new, c.reason],
-                        )?;
-                        match &c.service {
-                            Some(service) => tx.execute(
-                                "UPDATE services SET late = ?3 WHERE host = ?1 AND name = ?2",
-                                params![c.host, service, (c.new == "LATE").then_some(&c.reason)],
-                            )?,
-                            None => tx.execute(
-                                "UPDATE hosts SET status = ?2, since_ms = ?3, reason = ?4 WHERE name = ?1",
-                                params![c.host, c.new, c.time_ms, c.reason],
-                            )?,
-                        };
-                    }
+                Err(e) => {
+                    drop(savepoint);
+                    tracing::error!("a store write was refused and rolled back: {e:#}");
+                    *failure = Some(format!("{e:#}"));
+                    // The caches may hold what the savepoint wrote.
+                    self.service_ids.clear();
+                    self.high_seqs.clear();
                 }
             }
         }
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Write one op (inside its savepoint).
+fn apply_op(
+    tx: &Connection,
+    service_ids: &mut HashMap<(String, String), i64>,
+    high_seqs: &mut HashMap<(String, u64), u64>,
+    op: &Op,
+    seen: &mut Vec<(String, String, u64)>,
+) -> anyhow::Result<()> {
+    match op {
+        Op::Batch {
+            host,
+            stream,
+            batch,
+            offset_ms,
+            received_ms,
+            ..
+        } => {
+            let high = high_seq(&tx, high_seqs, host, *stream)?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO reports (service_id, time_ms, received_ms, seq, level, text, samples)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut latest: HashMap<i64, (u64, &str, &str, &str)> = HashMap::new();
+            // Entries at or below `high` were stored before: skip them.
+            let fresh = batch
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| (batch.seq + i as u64, entry))
+                .filter(|(seq, _)| *seq > high);
+            for (seq, entry) in fresh {
+                let report = match entry {
+                    Entry::Report(report) => report,
+                    Entry::Gap(gap) => {
+                        tx.execute(
+                            "INSERT INTO gaps (host, received_ms, reports, first_ms, last_ms, reason)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![host, received_ms, gap.reports, gap.first_ms, gap.last_ms, gap.reason],
+                        )?;
+                        tracing::warn!(
+                            host,
+                            reports = gap.reports,
+                            "the agent lost reports: {}",
+                            gap.reason
+                        );
+                        continue;
+                    }
+                };
+                let id = service_id(&tx, service_ids, host, &report.service, &report.plugin)?;
+                let time_ms = corrected(report.time_ms, *offset_ms, *received_ms);
+                let samples = rmp_serde::to_vec(&report.samples)?;
+                insert.execute(params![
+                    id,
+                    time_ms,
+                    received_ms,
+                    seq,
+                    report.status.level.as_str(),
+                    report.status.text,
+                    samples
+                ])?;
+                let entry = latest.entry(id).or_insert((0, &report.service, "", ""));
+                if time_ms >= entry.0 {
+                    *entry = (
+                        time_ms,
+                        &report.service,
+                        report.status.level.as_str(),
+                        &report.status.text,
+                    );
+                }
+            }
+            if batch.last_seq() > high {
+                tx.prepare_cached(
+                    "INSERT INTO streams (host, stream, high_seq) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (host, stream) DO UPDATE SET high_seq = excluded.high_seq",
+                )?
+                .execute(params![host, *stream as i64, batch.last_seq()])?;
+                high_seqs.insert((host.clone(), *stream), batch.last_seq());
+            }
+            let mut update = tx.prepare_cached(
+                "UPDATE services SET last_ms = ?2, level = ?3, text = ?4
+                 WHERE id = ?1 AND (last_ms IS NULL OR last_ms <= ?2)",
+            )?;
+            for (id, (time_ms, service, level, text)) in latest {
+                update.execute(params![id, time_ms, level, text])?;
+                seen.push((host.clone(), service.to_owned(), time_ms));
+            }
+        }
+        Op::Connected {
+            host,
+            peer,
+            agent_version,
+            plugins,
+            time_ms,
+        } => {
+            tx.execute(
+                "UPDATE hosts SET connected = 1, peer = ?2, agent_version = ?3, plugins = ?4, connected_ms = ?5
+                 WHERE name = ?1",
+                params![host, peer, agent_version, plugins, time_ms],
+            )?;
+        }
+        Op::Disconnected { host } => {
+            tx.execute("UPDATE hosts SET connected = 0 WHERE name = ?1", [host])?;
+        }
+        Op::Scheduled {
+            services,
+            hosts,
+            time_ms,
+        } => {
+            for (host, status, since_ms, reason) in hosts {
+                tx.execute(
+                    "INSERT INTO hosts (name, status, since_ms, reason) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (name) DO NOTHING",
+                    params![host, status.as_str(), since_ms, reason],
+                )?;
+            }
+            tx.execute("UPDATE services SET scheduled = 0", [])?;
+            for (host, service, plugin, interval_ms) in services {
+                tx.execute(
+                    "INSERT INTO services (host, name, plugin, interval_ms, scheduled, scheduled_since_ms)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5)
+                     ON CONFLICT (host, name) DO UPDATE SET
+                        plugin = excluded.plugin,
+                        scheduled = 1,
+                        scheduled_since_ms = CASE
+                            WHEN services.interval_ms = excluded.interval_ms
+                                 AND services.scheduled_since_ms IS NOT NULL
+                            THEN services.scheduled_since_ms ELSE excluded.scheduled_since_ms END,
+                        interval_ms = excluded.interval_ms",
+                    params![host, service, plugin, interval_ms, time_ms],
+                )?;
+            }
+        }
+        Op::Changes { changes } => {
+            for c in changes {
+                tx.execute(
+                    "INSERT INTO events (time_ms, host, service, old, new, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![c.time_ms, c.host, c.service, c.old, c.new, c.reason],
+                )?;
+                match &c.service {
+                    Some(service) => tx.execute(
+                        "UPDATE services SET late = ?3 WHERE host = ?1 AND name = ?2",
+                        params![c.host, service, (c.new == "LATE").then_some(&c.reason)],
+                    )?,
+                    None => tx.execute(
+                        "UPDATE hosts SET status = ?2, since_ms = ?3, reason = ?4 WHERE name = ?1",
+                        params![c.host, c.new, c.time_ms, c.reason],
+                    )?,
+                };
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A report's time on the receiver's clock: the agent's time corrected by
@@ -379,8 +484,31 @@ fn corrected(time_ms: u64, offset_ms: i64, received_ms: u64) -> u64 {
         .clamp(0, received_ms as i64) as u64
 }
 
+/// The highest entry of (host, stream) stored so far (0: none).
+fn high_seq(
+    tx: &Connection,
+    cache: &mut HashMap<(String, u64), u64>,
+    host: &str,
+    stream: u64,
+) -> anyhow::Result<u64> {
+    let key = (host.to_owned(), stream);
+    if let Some(high) = cache.get(&key) {
+        return Ok(*high);
+    }
+    let high = tx
+        .query_row(
+            "SELECT high_seq FROM streams WHERE host = ?1 AND stream = ?2",
+            params![host, stream as i64],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    cache.insert(key, high);
+    Ok(high)
+}
+
 fn service_id(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     ids: &mut HashMap<(String, String), i64>,
     host: &str,
     service: &str,
@@ -480,4 +608,101 @@ pub fn latest(
         })
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Gap;
+    use crate::report::{Cost, Report, Status};
+
+    fn batch(seq: u64, runs: std::ops::RangeInclusive<u64>) -> ReportBatch {
+        ReportBatch {
+            seq,
+            entries: runs
+                .map(|n| {
+                    Entry::Report(Report {
+                        service: "svc".into(),
+                        plugin: "p".into(),
+                        time_ms: 1_000 + n,
+                        status: Status::unknown(format!("run {n}")),
+                        samples: Vec::new(),
+                        cost: Cost::default(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Store `batch` for host h in `stream`; the answer (acked number).
+    fn send(store: &Store, stream: u64, batch: ReportBatch) -> u64 {
+        let (done, answer) = oneshot::channel();
+        store
+            .tx
+            .blocking_send(Op::Batch {
+                host: "h".into(),
+                stream,
+                batch,
+                offset_ms: 0,
+                received_ms: u64::MAX >> 2,
+                done,
+            })
+            .ok()
+            .unwrap();
+        answer.blocking_recv().unwrap().unwrap()
+    }
+
+    fn texts(path: &Path) -> Vec<String> {
+        let conn = open_existing(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT text FROM reports ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_entry_sent_twice_is_acknowledged_twice_and_stored_once_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let stream = u64::MAX - 7; // beyond i64: stored bit for bit
+        let (store, writer) = Store::start(open(&path).unwrap(), tracker.clone());
+        assert_eq!(send(&store, stream, batch(1, 1..=3)), 3);
+        assert_eq!(send(&store, stream, batch(1, 1..=3)), 3, "acked again");
+        assert_eq!(send(&store, stream, batch(2, 2..=5)), 5, "overlap");
+        drop(store);
+        writer.join().unwrap();
+        // A restarted receiver remembers what it stored.
+        let (store, writer) = Store::start(open(&path).unwrap(), tracker);
+        assert_eq!(send(&store, stream, batch(4, 4..=6)), 6);
+        // Another stream of the same host (its spool was wiped) counts anew.
+        assert_eq!(send(&store, 9, batch(1, 101..=101)), 1);
+        let gap = ReportBatch {
+            seq: 2,
+            entries: vec![Entry::Gap(Gap {
+                reports: 42,
+                first_ms: 5,
+                last_ms: 6,
+                reason: "spool full".into(),
+            })],
+        };
+        assert_eq!(send(&store, 9, gap.clone()), 2);
+        assert_eq!(send(&store, 9, gap), 2, "a gap is recorded once too");
+        drop(store);
+        writer.join().unwrap();
+        let runs: Vec<String> = (1..=6).chain([101]).map(|n| format!("run {n}")).collect();
+        let mut stored = texts(&path);
+        stored.sort_by_key(|t| t[4..].parse::<u64>().unwrap());
+        assert_eq!(stored, runs);
+        let conn = open_existing(&path).unwrap();
+        let lost: u64 = conn
+            .query_row("SELECT SUM(reports) FROM gaps WHERE host = 'h'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(lost, 42);
+    }
 }

@@ -4,7 +4,7 @@
 use super::store::{self, StoredReport};
 use crate::agent::render;
 use crate::report::Sample;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -20,7 +20,18 @@ pub struct HostView {
     pub connected: bool,
     pub peer: Option<String>,
     pub agent_version: Option<String>,
+    /// Reports the agent had to drop (spool full or damaged), as it told us.
+    pub lost: Option<LostView>,
     pub services: Vec<ServiceView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LostView {
+    pub reports: u64,
+    /// When the newest gap record arrived.
+    pub last_ms: u64,
+    /// The newest gap record's reason.
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +63,7 @@ pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
                 connected: r.get(4)?,
                 peer: r.get(5)?,
                 agent_version: r.get(6)?,
+                lost: None,
                 services: Vec::new(),
             })
         })?
@@ -60,7 +72,21 @@ pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
         "SELECT name, plugin, interval_ms, last_ms, level, text, late FROM services
          WHERE host = ?1 AND scheduled = 1 ORDER BY name",
     )?;
+    let mut lost = conn.prepare(
+        "SELECT SUM(reports), MAX(received_ms),
+                (SELECT reason FROM gaps g2 WHERE g2.host = ?1 ORDER BY id DESC LIMIT 1)
+         FROM gaps WHERE host = ?1 HAVING COUNT(*) > 0",
+    )?;
     for host in &mut hosts {
+        host.lost = lost
+            .query_row([&host.name], |r| {
+                Ok(LostView {
+                    reports: r.get(0)?,
+                    last_ms: r.get(1)?,
+                    reason: r.get(2)?,
+                })
+            })
+            .optional()?;
         host.services = stmt
             .query_map([&host.name], |r| {
                 Ok(ServiceView {
@@ -112,6 +138,15 @@ pub fn status_table(hosts: &[HostView], now_ms: u64) -> String {
             age(now_ms, h.since_ms),
             h.reason
         );
+        if let Some(lost) = &h.lost {
+            let _ = writeln!(
+                out,
+                "  LOST {} reports the agent could not keep (newest {}): {}",
+                lost.reports,
+                age(now_ms, lost.last_ms),
+                lost.reason
+            );
+        }
         for s in &h.services {
             let last = s.last_ms.map_or("never".into(), |t| age(now_ms, t));
             let level = s.level.as_deref().unwrap_or("-");
