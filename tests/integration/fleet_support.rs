@@ -138,6 +138,10 @@ impl Receiver {
         stop(&mut self.child);
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: whatever was not committed is gone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -7,12 +7,14 @@
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
 //! - [`faults`]: kill -9 of either side, connections cut mid-frame, a full
 //!   spool, failover — every run counted end to end;
+//! - [`hostile`]: slow and idle connections at the receiver;
 //! - [`tls`]: TLS with client certificates from the test CA script.
 
 mod common;
 mod faults;
 mod fleet;
 mod fleet_support;
+mod hostile;
 mod once;
 mod sandbox;
 mod secrets;
