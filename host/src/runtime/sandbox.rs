@@ -7,15 +7,21 @@ use super::limits::Limits;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut};
+use wasmtime_wasi::clocks::WasiClocksView;
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p2::DynPollable;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::p2::bindings::sync::filesystem::types as wasi_fs;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// The instance name wasmtime-wasi registers `wasi:filesystem/types` under.
 const WASI_FS_TYPES: &str = "wasi:filesystem/types@0.2.12";
+/// And `wasi:clocks/monotonic-clock`.
+const WASI_MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
 /// Log lines a plugin may send through the `log` import per run, in bytes.
 const LOG_BYTES_PER_RUN: usize = 16 << 10;
@@ -97,6 +103,21 @@ pub struct SandboxState {
     plugin: String,
     service: String,
     log_budget: usize,
+    /// When the run's deadline passes: no sleep lasts beyond it.
+    deadline_at: Instant,
+}
+
+impl SandboxState {
+    /// A sleep of `nanos`, cut to end at the run's deadline. The epoch
+    /// interruption that enforces the deadline cannot stop a thread blocked
+    /// in a host call; with every timer ending by the deadline, a plugin that
+    /// sleeps gets back into wasm in time to be stopped there, instead of
+    /// leaving its thread stuck.
+    fn sleep_within_deadline(&mut self, nanos: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        let left = self.deadline_at.saturating_duration_since(Instant::now());
+        let nanos = nanos.min(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX));
+        monotonic_clock::Host::subscribe_duration(&mut self.clocks(), nanos)
+    }
 }
 
 impl WasiView for SandboxState {
@@ -236,7 +257,8 @@ fn check_fd(policy: &FsPolicy, raw: std::os::fd::RawFd) -> Result<(), Denied> {
 }
 
 /// The linker every plugin is instantiated with: WASI p2 (sync, no network),
-/// the `log` import, and the policy hooks shadowing `open-at` and `readlink-at`.
+/// the `log` import, the policy hooks shadowing `open-at` and `readlink-at`,
+/// and monotonic-clock timers cut at the run's deadline.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -267,6 +289,21 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<SandboxState>> {
         |mut store: StoreContextMut<'_, SandboxState>,
          (fd, path): (Resource<Descriptor>, String)| {
             Ok((store.data_mut().readlink_at_checked(fd, path)?,))
+        },
+    )?;
+    let mut clock = linker.instance(WASI_MONOTONIC_CLOCK)?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, SandboxState>, (nanos,): (u64,)| {
+            Ok((store.data_mut().sleep_within_deadline(nanos)?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, SandboxState>, (when,): (u64,)| {
+            let state = store.data_mut();
+            let now = monotonic_clock::Host::now(&mut state.clocks())?;
+            Ok((state.sleep_within_deadline(when.saturating_sub(now))?,))
         },
     )?;
     linker.allow_shadowing(false);
@@ -317,6 +354,7 @@ pub fn new_sandbox(
         plugin: plugin.to_owned(),
         service: service.to_owned(),
         log_budget: LOG_BYTES_PER_RUN,
+        deadline_at: Instant::now() + limits.deadline(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
