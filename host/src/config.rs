@@ -242,10 +242,10 @@ impl Agent {
     /// may read it.
     pub fn load(path: &Path) -> anyhow::Result<Agent> {
         let agent = load_toml(path, AgentConfig::resolve)?;
-        if agent.token.is_some() {
-            if let Some(warning) = readable_by_others(path) {
-                tracing::warn!("{warning}");
-            }
+        if agent.token.is_some()
+            && let Some(warning) = readable_by_others(path)
+        {
+            tracing::warn!("{warning}");
         }
         Ok(agent)
     }

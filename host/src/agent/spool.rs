@@ -124,11 +124,11 @@ impl Spool {
         for (first_seq, path) in names {
             let (segment, torn) = read_segment(&path, first_seq)?;
             recovery.torn += torn;
-            if let Some(expected) = spool.segments.back().map(Segment::next_seq) {
-                if first_seq > expected {
-                    // Records lost inside the spool (damage, not a torn end).
-                    damaged = Some((expected, first_seq - 1));
-                }
+            if let Some(expected) = spool.segments.back().map(Segment::next_seq)
+                && first_seq > expected
+            {
+                // Records lost inside the spool (damage, not a torn end).
+                damaged = Some((expected, first_seq - 1));
             }
             spool.bytes += segment.bytes;
             spool.segments.push_back(segment);
@@ -584,6 +584,34 @@ mod tests {
                 torn: 1
             }
         );
+    }
+
+    #[test]
+    fn a_lost_middle_segment_becomes_a_gap_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        for n in 1..=600 {
+            spool.append_report(&report(n)).unwrap();
+        }
+        assert!(spool.segments.len() >= 3);
+        let middle = &spool.segments[1];
+        let lost = middle.records.len() as u64;
+        std::fs::remove_file(&middle.path).unwrap();
+        drop(spool);
+        let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let mut gaps = 0;
+        let mut reports = 0;
+        let mut from = 1;
+        while let Some((first, entries)) = spool.read(from, 1000).unwrap() {
+            from = first + entries.len() as u64;
+            for e in entries {
+                match e {
+                    Entry::Report(_) => reports += 1,
+                    Entry::Gap(g) => gaps += g.reports,
+                }
+            }
+        }
+        assert_eq!((reports, gaps), (600 - lost, lost));
     }
 
     #[test]
