@@ -10,14 +10,13 @@
 //! `failback` and moves back once the batches in flight are acknowledged, so
 //! an entry is stored by one receiver, not two.
 
-use super::services::now_ms;
+use super::services::{Collected, now_ms};
 use super::spool::Spool;
 use crate::config::ConnectionConfig;
 use crate::protocol::{
     DEFAULT_MAX_FRAME, FrameCodec, Hello, InstalledPlugin, Message, PROTOCOL_VERSION, ReportBatch,
     Schedule, read_preamble, write_preamble,
 };
-use crate::report::Report;
 use crate::runtime::{abi::ABI_VERSION, hex};
 use crate::tls;
 use anyhow::{Context, bail};
@@ -67,24 +66,28 @@ struct Established {
 /// The link's own state, apart from the (shared, read-only) configuration.
 struct State {
     spool: Spool,
-    reports: mpsc::Receiver<Report>,
+    reports: mpsc::Receiver<Collected>,
     schedules: watch::Sender<Option<Schedule>>,
     revision: u64,
     stopping: bool,
 }
 
 impl State {
-    /// Put a new report into the spool (or note that the agent is stopping).
-    fn take(&mut self, report: Option<Report>) {
-        let Some(report) = report else {
+    /// Put a new report into the spool, then keep its plugin state (or note
+    /// that the agent is stopping).
+    fn take(&mut self, collected: Option<Collected>) {
+        let Some(collected) = collected else {
             self.stopping = true;
             return;
         };
-        if let Err(e) = self.spool.append_report(&report) {
-            tracing::error!(
-                service = report.service,
+        match self.spool.append_report(&collected.report) {
+            // Right after the append, in the same thread: the state advances
+            // only with a report that is safe.
+            Ok(_) => drop(collected.keep_state()),
+            Err(e) => tracing::error!(
+                service = collected.report.service,
                 "{e:#}: this report is lost (free disk space for the spool)"
-            );
+            ),
         }
     }
 
@@ -128,7 +131,7 @@ enum Ended {
 pub async fn run(
     config: LinkConfig,
     spool: Spool,
-    reports: mpsc::Receiver<Report>,
+    reports: mpsc::Receiver<Collected>,
     schedules: watch::Sender<Option<Schedule>>,
     revision: u64,
 ) {

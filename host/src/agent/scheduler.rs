@@ -4,9 +4,8 @@
 //! millisecond. A service's runs never overlap, and stopping a service lets
 //! its running plugin finish.
 
-use super::services::{ServiceRunner, now_ms};
+use super::services::{Collected, ServiceRunner, now_ms};
 use crate::config::Service;
-use crate::report::Report;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -25,12 +24,16 @@ struct Timer {
 pub struct Scheduler {
     runner: Arc<ServiceRunner>,
     host_id: String,
-    reports: mpsc::Sender<Report>,
+    reports: mpsc::Sender<Collected>,
     timers: HashMap<String, Timer>,
 }
 
 impl Scheduler {
-    pub fn new(runner: Arc<ServiceRunner>, host_id: String, reports: mpsc::Sender<Report>) -> Self {
+    pub fn new(
+        runner: Arc<ServiceRunner>,
+        host_id: String,
+        reports: mpsc::Sender<Collected>,
+    ) -> Self {
         Scheduler {
             runner,
             host_id,
@@ -116,7 +119,7 @@ async fn service_timer(
     runner: Arc<ServiceRunner>,
     service: Service,
     splay_ms: u64,
-    reports: mpsc::Sender<Report>,
+    reports: mpsc::Sender<Collected>,
     cancel: CancellationToken,
 ) {
     let interval_ms = service.interval.as_millis() as u64;

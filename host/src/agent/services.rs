@@ -20,7 +20,7 @@ struct Loaded {
 /// Runs services; safe to share between threads.
 pub struct ServiceRunner {
     runtime: Runtime,
-    states: StateStore,
+    states: Arc<StateStore>,
     plugins: Mutex<HashMap<PathBuf, Loaded>>,
     /// Filesystem views by grant, built once: a view opens its directories.
     views: Mutex<HashMap<(bool, Vec<PathBuf>), Arc<View>>>,
@@ -30,6 +30,36 @@ pub struct ServiceRunner {
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
+}
+
+/// A run's report, and the plugin state it leaves for the next run. The
+/// state is kept only by [`Collected::keep_state`], which `agent run` calls
+/// once the report is in the spool: if the agent dies in between, the run is
+/// made again from the old state rather than lost (at least once, never
+/// skipped).
+pub struct Collected {
+    pub report: Report,
+    /// `None`: the run failed, the old state stays.
+    next_state: Option<PendingState>,
+}
+
+struct PendingState {
+    store: Arc<StateStore>,
+    state: Option<Vec<u8>>,
+}
+
+impl Collected {
+    /// Keep the run's state for the next run; the report.
+    pub fn keep_state(self) -> Report {
+        if let Some(pending) = self.next_state
+            && let Err(e) = pending
+                .store
+                .save(&self.report.service, pending.state.as_deref())
+        {
+            tracing::warn!(service = self.report.service, "{e:#}");
+        }
+        self.report
+    }
 }
 
 /// Unix time in milliseconds.
@@ -45,7 +75,7 @@ impl ServiceRunner {
     pub fn new(state_dir: &Path) -> anyhow::Result<ServiceRunner> {
         Ok(ServiceRunner {
             runtime: Runtime::new(Some(state_dir.join("cache")))?,
-            states: StateStore::open(state_dir.join("state"))?,
+            states: Arc::new(StateStore::open(state_dir.join("state"))?),
             plugins: Mutex::new(HashMap::new()),
             views: Mutex::new(HashMap::new()),
         })
@@ -99,15 +129,18 @@ impl ServiceRunner {
 
     /// Run `service` once and report. Never fails: whatever goes wrong
     /// becomes an UNKNOWN status that says why.
-    pub fn run(&self, service: &Service) -> Report {
+    pub fn run(&self, service: &Service) -> Collected {
         let time_ms = now_ms();
-        let unknown = |text: String| Report {
-            service: service.name.clone(),
-            plugin: service.plugin.clone(),
-            time_ms,
-            status: Status::unknown(text),
-            samples: Vec::new(),
-            cost: Default::default(),
+        let unknown = |text: String| Collected {
+            report: Report {
+                service: service.name.clone(),
+                plugin: service.plugin.clone(),
+                time_ms,
+                status: Status::unknown(text),
+                samples: Vec::new(),
+                cost: Default::default(),
+            },
+            next_state: None,
         };
         if let Some(refused) = &service.refused {
             return unknown(refused.clone());
@@ -153,13 +186,12 @@ impl ServiceRunner {
         plugin: &Plugin,
         time_ms: u64,
         outcome: RunOutcome,
-    ) -> Report {
+    ) -> Collected {
         let status = outcome.status();
-        if let Ok(output) = &outcome.result
-            && let Err(e) = self.states.save(&service.name, output.state.as_deref())
-        {
-            tracing::warn!(service = service.name, "{e:#}");
-        }
+        let next_state = outcome.result.as_ref().ok().map(|output| PendingState {
+            store: self.states.clone(),
+            state: output.state.clone(),
+        });
         if let Err(failure) = &outcome.result {
             tracing::warn!(
                 service = service.name,
@@ -167,13 +199,16 @@ impl ServiceRunner {
                 "run failed: {failure}"
             );
         }
-        Report {
-            service: service.name.clone(),
-            plugin: plugin.description.name.clone(),
-            time_ms,
-            status,
-            samples: outcome.result.map(|o| o.samples).unwrap_or_default(),
-            cost: outcome.cost,
+        Collected {
+            report: Report {
+                service: service.name.clone(),
+                plugin: plugin.description.name.clone(),
+                time_ms,
+                status,
+                samples: outcome.result.map(|o| o.samples).unwrap_or_default(),
+                cost: outcome.cost,
+            },
+            next_state,
         }
     }
 }

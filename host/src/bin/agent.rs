@@ -161,7 +161,7 @@ fn once(config: &std::path::Path, format: Format, only: &[String]) -> anyhow::Re
         .services
         .iter()
         .filter(|s| only.is_empty() || only.contains(&s.name))
-        .map(|s| runner.run(s))
+        .map(|s| runner.run(s).keep_state())
         .collect();
     print_reports(&reports, format)
 }
