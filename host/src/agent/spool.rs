@@ -494,14 +494,36 @@ mod tests {
             .collect()
     }
 
+    /// A spool of at most `max` bytes in `dir` holding reports 1..=`n`.
+    fn filled(dir: &Path, max: u64, n: u64) -> Spool {
+        let (mut spool, recovery) = Spool::open(dir, max).unwrap();
+        assert_eq!(recovery, Recovery::default(), "a new spool is empty");
+        for i in 1..=n {
+            assert_eq!(spool.append_report(&report(i)).unwrap(), i);
+        }
+        spool
+    }
+
+    /// Everything the spool would send: report numbers, and reports counted
+    /// by gap entries.
+    fn drain(spool: &Spool) -> (Vec<u64>, u64) {
+        let (mut reports, mut gaps, mut from) = (Vec::new(), 0, 1);
+        while let Some((first, entries)) = spool.read(from, 100).unwrap() {
+            from = first + entries.len() as u64;
+            for e in entries {
+                match e {
+                    Entry::Report(r) => reports.push(r.time_ms - 1000),
+                    Entry::Gap(g) => gaps += g.reports,
+                }
+            }
+        }
+        (reports, gaps)
+    }
+
     #[test]
     fn entries_survive_a_reopen_until_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, recovery) = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(recovery, Recovery::default());
-        for n in 1..=5 {
-            assert_eq!(spool.append_report(&report(n)).unwrap(), n);
-        }
+        let mut spool = filled(dir.path(), 1 << 20, 5);
         spool.ack(2).unwrap();
         let stream = spool.stream();
         drop(spool);
@@ -519,10 +541,7 @@ mod tests {
     #[test]
     fn acknowledged_segments_are_removed_and_numbers_continue() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
-        for n in 1..=400 {
-            spool.append_report(&report(n)).unwrap();
-        }
+        let mut spool = filled(dir.path(), 1 << 20, 400);
         spool.ack(400).unwrap();
         assert_eq!(spool.pending(), 0);
         let files = std::fs::read_dir(dir.path()).unwrap().count();
@@ -536,12 +555,7 @@ mod tests {
     #[test]
     fn a_torn_last_record_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
-        for n in 1..=3 {
-            spool.append_report(&report(n)).unwrap();
-        }
-        let path = spool.segments[0].path.clone();
-        drop(spool);
+        let path = filled(dir.path(), 1 << 20, 3).segments[0].path.clone();
         let len = std::fs::metadata(&path).unwrap().len();
         // A kill in the middle of the third record's write.
         OpenOptions::new()
@@ -566,12 +580,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_fails_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
-        for n in 1..=3 {
-            spool.append_report(&report(n)).unwrap();
-        }
-        let path = spool.segments[0].path.clone();
-        drop(spool);
+        let path = filled(dir.path(), 1 << 20, 3).segments[0].path.clone();
         let mut data = std::fs::read(&path).unwrap();
         let last = data.len() - 5;
         data[last] ^= 0x40;
@@ -589,29 +598,15 @@ mod tests {
     #[test]
     fn a_lost_middle_segment_becomes_a_gap_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
-        for n in 1..=600 {
-            spool.append_report(&report(n)).unwrap();
-        }
+        let spool = filled(dir.path(), 1 << 20, 600);
         assert!(spool.segments.len() >= 3);
         let middle = &spool.segments[1];
         let lost = middle.records.len() as u64;
         std::fs::remove_file(&middle.path).unwrap();
         drop(spool);
         let (spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
-        let mut gaps = 0;
-        let mut reports = 0;
-        let mut from = 1;
-        while let Some((first, entries)) = spool.read(from, 1000).unwrap() {
-            from = first + entries.len() as u64;
-            for e in entries {
-                match e {
-                    Entry::Report(_) => reports += 1,
-                    Entry::Gap(g) => gaps += g.reports,
-                }
-            }
-        }
-        assert_eq!((reports, gaps), (600 - lost, lost));
+        let (reports, gaps) = drain(&spool);
+        assert_eq!((reports.len() as u64, gaps), (600 - lost, lost));
     }
 
     #[test]
@@ -624,18 +619,7 @@ mod tests {
             spool.append_report(&report(n)).unwrap();
             assert!(spool.bytes() <= max + spool.segment_bytes);
         }
-        let mut held = Vec::new();
-        let mut gaps = 0;
-        let mut from = 1;
-        while let Some((first, entries)) = spool.read(from, 100).unwrap() {
-            from = first + entries.len() as u64;
-            for e in entries {
-                match e {
-                    Entry::Report(r) => held.push(r.time_ms - 1000),
-                    Entry::Gap(g) => gaps += g.reports,
-                }
-            }
-        }
+        let (held, gaps) = drain(&spool);
         // What is held is the newest reports, in order, and the gaps count
         // every report that is not.
         assert!(held.len() < total as usize / 2, "{} held", held.len());
