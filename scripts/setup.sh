@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine: the wasm targets the plugins build for.
+# Prepare a fresh machine: the wasm targets the Rust plugins build for, and
+# clang + wasi-libc (Debian) for the C example plugin.
 # Idempotent; run by scripts/test.sh and scripts/demo.sh.
 set -euo pipefail
 installed=$(rustup target list --installed)
 for target in wasm32-wasip2 wasm32-wasip1; do
   grep -qx "$target" <<<"$installed" || rustup target add "$target"
 done
+
+# C plugins: clang's wasm32 backend, lld, wasi-libc and compiler-rt for wasm32.
+c_packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32)
+missing=()
+for p in "${c_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

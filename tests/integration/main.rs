@@ -3,6 +3,7 @@
 //!
 //! - [`sandbox`]: each misbehaving fixture is stopped with the right reason;
 //! - [`secrets`]: the `/proc` view hides secrets and links out of `/proc`;
+//! - [`command`]: plugins in C (wasip1 commands) and Python (componentize-py);
 //! - [`once`]: `agent once` with core plugins and misbehaving ones side by side;
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
 //! - [`faults`]: kill -9 of either side, connections cut mid-frame, a full
@@ -10,6 +11,7 @@
 //! - [`hostile`]: slow and idle connections at the receiver;
 //! - [`tls`]: TLS with client certificates from the test CA script.
 
+mod command;
 mod common;
 mod faults;
 mod fleet;

@@ -2,6 +2,8 @@
 //!
 //! - [`abi`]: host bindings of `wit/collector.wit` and the ABI version check;
 //! - [`cache`]: precompiled components on disk;
+//! - [`command`]: plugins that are plain WASI commands, and [`exposition`],
+//!   the text they print;
 //! - [`sandbox`]: the store a run gets, its imports, and the filesystem hooks;
 //! - [`fs_policy`]: which resolved paths a plugin may open;
 //! - [`limits`]: fuel, deadline, memory and output limits;
@@ -11,7 +13,9 @@
 
 pub mod abi;
 pub mod cache;
+pub mod command;
 pub mod epoch;
+pub mod exposition;
 pub mod fs_policy;
 pub mod limits;
 pub mod run;
@@ -37,8 +41,20 @@ pub struct Plugin {
     pub sha256: String,
     pub description: Description,
     pub cache: CacheOutcome,
-    pre: abi::CollectorPre<sandbox::SandboxState>,
+    entry: Entry,
 }
+
+/// How a plugin is called.
+enum Entry {
+    /// A `plugin-sdk` component: `collect` returns samples.
+    Collector(abi::CollectorPre<sandbox::SandboxState>),
+    /// A WASI command printing exposition text.
+    Command(wasmtime_wasi::p2::bindings::sync::CommandPre<sandbox::SandboxState>),
+}
+
+/// Plugin files above this size are refused: compiling one would take the
+/// agent seconds and tens of MiB.
+pub const MAX_PLUGIN_BYTES: usize = 128 << 20;
 
 /// What a plugin says about itself (`describe`).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -117,33 +133,70 @@ impl Runtime {
 
     fn load_bytes(&self, path: &Path, wasm: &[u8]) -> anyhow::Result<Arc<Plugin>> {
         let inner = &self.inner;
-        if wasm.starts_with(b"\0asm\x01\0\0\0") {
+        if wasm.len() > MAX_PLUGIN_BYTES {
             anyhow::bail!(
-                "this is a core wasm module, not a component: build the plugin for wasm32-wasip2"
+                "the file is {} bytes, above the {MAX_PLUGIN_BYTES}-byte limit for a plugin",
+                wasm.len()
             );
         }
+        // The hash (what a schedule pins) is of the file as shipped.
         let sha256 = hex(&Sha256::digest(wasm));
-        let (component, cache) = inner.cache.load(&inner.engine, wasm, &sha256)?;
+        let wrapped;
+        let component_bytes = if command::is_core_module(wasm) {
+            wrapped = command::componentize(wasm)?;
+            &wrapped[..]
+        } else {
+            wasm
+        };
+        let (component, cache) = inner.cache.load(&inner.engine, component_bytes, &sha256)?;
         let ty = component.component_type();
-        abi::check_exports(ty.exports(&inner.engine).map(|(name, _)| name))
+        let exported = abi::check_exports(ty.exports(&inner.engine).map(|(name, _)| name))
             .map_err(anyhow::Error::msg)?;
         let pre = inner.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("the plugin imports something the sandbox does not provide: {e:#}")
         })?;
-        let pre = abi::CollectorPre::new(pre)?;
-        let description = run::describe(self, &pre, path)?;
+        let (entry, description) = match exported {
+            abi::Exported::Collector => {
+                let pre = abi::CollectorPre::new(pre)?;
+                let description = run::describe(self, &pre, path)?;
+                (Entry::Collector(pre), description)
+            }
+            abi::Exported::Command => {
+                let pre = wasmtime_wasi::p2::bindings::sync::CommandPre::new(pre)?;
+                (Entry::Command(pre), command::description(file_stem(path)))
+            }
+        };
         Ok(Arc::new(Plugin {
             path: path.to_owned(),
             sha256,
             description,
             cache,
-            pre,
+            entry,
         }))
+    }
+
+    /// The names a component imports, for `agent plugin check`.
+    pub fn imports(&self, plugin: &Plugin) -> Vec<String> {
+        let ty = match &plugin.entry {
+            Entry::Collector(pre) => pre.instance_pre().component(),
+            Entry::Command(pre) => pre.instance_pre().component(),
+        }
+        .component_type();
+        ty.imports(&self.inner.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect()
     }
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.inner.engine
     }
+}
+
+/// A file's name without its extension: a command plugin's name.
+pub fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Lower-case hex of `bytes`.

@@ -2,8 +2,8 @@
 //! it goes wrong.
 
 use super::abi::{self, wit};
-use super::sandbox::{Sandbox, View, new_sandbox, truncate};
-use super::{Description, Grant, Limits, MetricInfo, Plugin, Runtime};
+use super::sandbox::{CommandIo, Sandbox, View, new_sandbox, truncate};
+use super::{Description, Entry, Grant, Limits, MetricInfo, Plugin, Runtime, command};
 use crate::report::{Cost, Level, MetricKind, Sample, Status};
 use crate::units::{ByteSize, HumanDuration};
 use std::path::Path;
@@ -65,6 +65,11 @@ pub enum RunFailure {
     Trap(String),
     #[error("plugin error: {0}")]
     Plugin(String),
+    /// The text is the command's last stderr line, if any.
+    #[error("command exited with a failure status{0}")]
+    Exit(String),
+    #[error("unreadable output: {0}")]
+    Output(String),
     #[error("not run: {0}")]
     Refused(String),
 }
@@ -115,12 +120,9 @@ pub(super) fn describe(
 ) -> anyhow::Result<Description> {
     let limits = Limits::default();
     let view = Arc::new(View::new(false, &[])?);
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = super::file_stem(path);
     let _active = runtime.inner.ticker.activate();
-    let mut sandbox = new_sandbox(runtime.engine(), &view, &limits, &name, "describe")?;
+    let mut sandbox = new_sandbox(runtime.engine(), &view, &limits, &name, "describe", None)?;
     let result = pre.instantiate(&mut sandbox.store).and_then(|instance| {
         instance
             .sandglass_collector_plugin()
@@ -162,12 +164,21 @@ impl Runtime {
         let _active = self.inner.ticker.activate();
         let start = Instant::now();
         let limits = &request.limits;
+        let name = &plugin.description.name;
+        let command_io = match &plugin.entry {
+            Entry::Collector(_) => None,
+            Entry::Command(_) => Some(CommandIo {
+                args: command::args(name, &request.params),
+                stdin: request.state.clone().unwrap_or_default(),
+            }),
+        };
         let mut sandbox = match new_sandbox(
             self.engine(),
             &request.view,
             limits,
-            &plugin.description.name,
+            name,
             &request.service,
+            command_io,
         ) {
             Ok(sandbox) => sandbox,
             Err(e) => {
@@ -176,21 +187,24 @@ impl Runtime {
                 )));
             }
         };
-        let called = plugin
-            .pre
-            .instantiate(&mut sandbox.store)
-            .and_then(|instance| {
-                instance.sandglass_collector_plugin().call_collect(
-                    &mut sandbox.store,
-                    &request.params,
-                    request.state.as_deref(),
-                )
-            });
-        let result = match called {
-            Err(e) => Err(classify(e, &sandbox, limits)),
-            Ok(Err(message)) => Err(RunFailure::Plugin(message)),
-            Ok(Ok(collection)) => check_output(collection, limits),
+        let collection = match &plugin.entry {
+            Entry::Collector(pre) => {
+                let called = pre.instantiate(&mut sandbox.store).and_then(|instance| {
+                    instance.sandglass_collector_plugin().call_collect(
+                        &mut sandbox.store,
+                        &request.params,
+                        request.state.as_deref(),
+                    )
+                });
+                match called {
+                    Err(e) => Err(classify(e, &sandbox, limits)),
+                    Ok(Err(message)) => Err(RunFailure::Plugin(message)),
+                    Ok(Ok(collection)) => Ok(collection),
+                }
+            }
+            Entry::Command(pre) => command::call(pre, &mut sandbox, limits),
         };
+        let result = collection.and_then(|c| check_output(c, limits));
         log_stderr(&sandbox, &plugin.description.name, &request.service);
         let state = sandbox.store.data();
         let cost = Cost {
@@ -269,7 +283,7 @@ enum Slot {
 }
 
 /// Name the limit behind a failed call, or the trap.
-fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFailure {
+pub(super) fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFailure {
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => return RunFailure::Fuel(limits.fuel),
         Some(Trap::Interrupt) => return RunFailure::Deadline(limits.deadline),
@@ -278,8 +292,10 @@ fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFail
     if sandbox.store.data().limiter.hit {
         return RunFailure::Memory(limits.memory);
     }
-    let cap = limits.max_stdio_bytes.0 as usize;
-    if sandbox.stdout.contents().len() >= cap || sandbox.stderr.contents().len() >= cap {
+    if sandbox.stdout.contents().len() >= sandbox.stdout_cap {
+        return RunFailure::Stdio(ByteSize(sandbox.stdout_cap as u64));
+    }
+    if sandbox.stderr.contents().len() >= limits.max_stdio_bytes.0 as usize {
         return RunFailure::Stdio(limits.max_stdio_bytes);
     }
     let mut message = match err.downcast_ref::<Trap>() {
@@ -290,18 +306,21 @@ fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFail
             .unwrap_or_default()
             .to_owned(),
     };
+    if let Some(last) = last_stderr_line(sandbox) {
+        message.push_str(&format!("; plugin stderr: {last}"));
+    }
+    RunFailure::Trap(message)
+}
+
+/// The last useful line the plugin wrote to stderr, cut to a readable size.
+pub(super) fn last_stderr_line(sandbox: &Sandbox) -> Option<String> {
     let stderr = sandbox.stderr.contents();
     let stderr = String::from_utf8_lossy(&stderr);
     // Rust panics end with a hint about RUST_BACKTRACE; the message is above it.
     let useful =
         |l: &&str| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE");
-    if let Some(last) = stderr.lines().rev().find(useful) {
-        message.push_str(&format!(
-            "; plugin stderr: {}",
-            truncate(last, STDERR_IN_MESSAGE)
-        ));
-    }
-    RunFailure::Trap(message)
+    let last = stderr.lines().rev().find(useful)?;
+    Some(truncate(last, STDERR_IN_MESSAGE).to_owned())
 }
 
 /// Check a collection against the output and state caps and convert it.

@@ -4,6 +4,7 @@
 use super::abi;
 use super::fs_policy::{Denied, FsPolicy, resolved_path};
 use super::limits::Limits;
+use crate::units::ByteSize;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::p2::bindings::sync::filesystem::types as wasi_fs;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// The instance name wasmtime-wasi registers `wasi:filesystem/types` under.
@@ -315,6 +316,14 @@ pub struct Sandbox {
     pub store: Store<SandboxState>,
     pub stdout: MemoryOutputPipe,
     pub stderr: MemoryOutputPipe,
+    /// Bytes stdout holds at most: writes beyond fail.
+    pub stdout_cap: usize,
+}
+
+/// What a command plugin gets besides the filesystem: its argv and stdin.
+pub struct CommandIo {
+    pub args: Vec<String>,
+    pub stdin: Vec<u8>,
 }
 
 /// Build a fresh store for one run of `plugin` as `service` under `limits`.
@@ -324,11 +333,21 @@ pub fn new_sandbox(
     limits: &Limits,
     plugin: &str,
     service: &str,
+    command: Option<CommandIo>,
 ) -> anyhow::Result<Sandbox> {
-    let stdio_cap = usize::try_from(limits.max_stdio_bytes.0).unwrap_or(usize::MAX);
-    let stdout = MemoryOutputPipe::new(stdio_cap);
-    let stderr = MemoryOutputPipe::new(stdio_cap);
+    let cap = |bytes: ByteSize| usize::try_from(bytes.0).unwrap_or(usize::MAX);
+    // A command's samples come on stdout: it gets the output budget there.
+    let stdout_cap = match command {
+        Some(_) => cap(limits.max_output_bytes),
+        None => cap(limits.max_stdio_bytes),
+    };
+    let stdout = MemoryOutputPipe::new(stdout_cap);
+    let stderr = MemoryOutputPipe::new(cap(limits.max_stdio_bytes));
     let mut wasi = WasiCtxBuilder::new();
+    if let Some(command) = command {
+        wasi.args(&command.args)
+            .stdin(MemoryInputPipe::new(command.stdin));
+    }
     // Must come before the preopens: each captures the flag when added, and
     // without it every file operation is a tokio spawn_blocking (10x slower).
     wasi.allow_blocking_current_thread(true)
@@ -365,5 +384,6 @@ pub fn new_sandbox(
         store,
         stdout,
         stderr,
+        stdout_cap,
     })
 }

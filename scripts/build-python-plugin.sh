@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Build the Python example plugin (plugins/python/pressure) into
+# target/plugins/pressure.wasm with componentize-py from PyPI, installed into
+# a virtualenv under target/ (nothing outside the project is touched).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=target/python-venv
+version=0.25.1
+if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q "$version"; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$version"
+fi
+mkdir -p target/plugins
+# The plugin implements the same WIT world as the Rust plugins.
+"$venv/bin/componentize-py" -d wit -w collector componentize \
+  -p plugins/python/pressure app -o target/plugins/pressure.wasm >/dev/null
+echo "built target/plugins/pressure.wasm (Python, componentize-py $version)"
