@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-core=(cpu cpuinfo diskio loadavg lvs memory network processes uptime)
+core=(cpu cpuinfo diskio loadavg logwatch lvs memory network processes uptime)
 fixtures=(misbehave abi-mismatch)
 
 args=()

@@ -11,7 +11,12 @@ if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q "$version"; the
   "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$version"
 fi
 mkdir -p target/plugins
+out=target/plugins/pressure.wasm
+if [ -f "$out" ] && [ -z "$(find plugins/python/pressure wit -newer "$out" -type f)" ]; then
+  echo "target/plugins/pressure.wasm is up to date"
+  exit 0
+fi
 # The plugin implements the same WIT world as the Rust plugins.
 "$venv/bin/componentize-py" -d wit -w collector componentize \
-  -p plugins/python/pressure app -o target/plugins/pressure.wasm >/dev/null
+  -p plugins/python/pressure app -o "$out" >/dev/null
 echo "built target/plugins/pressure.wasm (Python, componentize-py $version)"

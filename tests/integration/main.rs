@@ -5,6 +5,7 @@
 //! - [`secrets`]: the `/proc` view hides secrets and links out of `/proc`;
 //! - [`command`]: plugins in C (wasip1 commands) and Python (componentize-py);
 //! - [`once`]: `agent once` with core plugins and misbehaving ones side by side;
+//! - [`logwatch`]: the log-watch collector on real files;
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
 //! - [`faults`]: kill -9 of either side, connections cut mid-frame, a full
 //!   spool, failover — every run counted end to end;
@@ -17,6 +18,7 @@ mod faults;
 mod fleet;
 mod fleet_support;
 mod hostile;
+mod logwatch;
 mod once;
 mod sandbox;
 mod secrets;
