@@ -10,6 +10,7 @@
 //! - [`faults`]: kill -9 of either side, connections cut mid-frame, a full
 //!   spool, failover — every run counted end to end;
 //! - [`hostile`]: slow and idle connections at the receiver;
+//! - [`template`]: `agent plugin new` and `agent plugin check`;
 //! - [`tls`]: TLS with client certificates from the test CA script.
 
 mod command;
@@ -22,4 +23,5 @@ mod logwatch;
 mod once;
 mod sandbox;
 mod secrets;
+mod template;
 mod tls;

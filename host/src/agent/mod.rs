@@ -6,8 +6,11 @@
 //! - [`scheduler`]: one timer per service, with splay;
 //! - [`link`]: the connection to the receiver (backoff, batches, acks);
 //! - [`daemon`]: `agent run`, tying them together with signals;
-//! - [`render`]: the human table and JSON output.
+//! - [`render`]: the human table and JSON output;
+//! - [`trial`], [`check`]: `agent plugin run` and `agent plugin check` on one file;
+//! - [`template`]: `agent plugin new`, a plugin crate from plugin-sdk/template.
 
+pub mod check;
 pub mod daemon;
 pub mod link;
 pub mod render;
@@ -15,3 +18,5 @@ pub mod schedule;
 pub mod scheduler;
 pub mod services;
 pub mod spool;
+pub mod template;
+pub mod trial;

@@ -1,12 +1,13 @@
 //! `agent`: the Sandglass host agent. Parses flags, reads config, calls the library.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sandglass::agent::render::{self, Format};
-use sandglass::agent::services::{ServiceRunner, missing_grant};
-use sandglass::config::{Agent, Service};
+use sandglass::agent::services::ServiceRunner;
+use sandglass::agent::trial::Trial;
+use sandglass::agent::{check, template};
+use sandglass::config::Agent;
 use sandglass::report::Report;
-use sandglass::runtime::{LimitOverrides, Limits, RunRequest, Runtime, View};
+use sandglass::runtime::{LimitOverrides, Limits, Runtime};
 use sandglass::units::{ByteSize, HumanDuration};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,32 +61,84 @@ enum PluginCommand {
     },
     /// Run a plugin once in the sandbox and print its output and what the run cost.
     Run {
-        /// The plugin component (`.wasm`).
+        /// The plugin (`.wasm`: a component, or a wasip1 command module).
         file: PathBuf,
-        /// A parameter for the plugin, `key=value` (repeatable).
-        #[arg(long = "param", value_parser = parse_param)]
-        params: Vec<(String, String)>,
-        /// Grant `sys` (read-only /sys) or `files` (with --files).
-        #[arg(long = "grant")]
-        grants: Vec<String>,
-        /// A directory to grant read-only with `--grant files` (repeatable).
-        #[arg(long = "files")]
-        files: Vec<PathBuf>,
-        /// Keep the plugin's state in this file between invocations.
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// Fuel limit (default 1000000000).
-        #[arg(long)]
-        fuel: Option<u64>,
-        /// Wall-clock deadline, e.g. `2s` (default 2s).
-        #[arg(long)]
-        deadline: Option<HumanDuration>,
-        /// Memory limit, e.g. `32MiB` (default 32MiB).
-        #[arg(long)]
-        memory: Option<ByteSize>,
+        #[command(flatten)]
+        trial: TrialArgs,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Validate a plugin (size, ABI, imports, grants), run it in the sandbox
+    /// against the real /proc, show its output and cost, and give a verdict.
+    /// Exits 1 when the plugin cannot be deployed.
+    Check {
+        /// The plugin (`.wasm`: a component, or a wasip1 command module).
+        file: PathBuf,
+        #[command(flatten)]
+        trial: TrialArgs,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Create a new plugin crate from the template in plugin-sdk/template.
+    New {
+        /// The plugin's name: lower-case letters, digits and '-'.
+        name: String,
+        /// Create the crate in DIR/NAME (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The plugin-sdk directory to depend on (default: the one beside
+        /// the source tree this agent was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+/// Grants, parameters, state and limits for trying a plugin.
+#[derive(clap::Args)]
+struct TrialArgs {
+    /// A parameter for the plugin, `key=value` (repeatable).
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// Grant `sys` (read-only /sys) or `files` (with --files).
+    #[arg(long = "grant")]
+    grants: Vec<String>,
+    /// A directory to grant read-only with `--grant files` (repeatable).
+    #[arg(long = "files")]
+    files: Vec<PathBuf>,
+    /// Keep the plugin's state in this file between invocations.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Fuel limit (default 1000000000).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock deadline, e.g. `2s` (default 2s).
+    #[arg(long)]
+    deadline: Option<HumanDuration>,
+    /// Memory limit, e.g. `32MiB` (default 32MiB).
+    #[arg(long)]
+    memory: Option<ByteSize>,
+}
+
+impl TrialArgs {
+    fn trial(self) -> anyhow::Result<Trial> {
+        let overrides = LimitOverrides {
+            fuel: self.fuel,
+            deadline: self.deadline,
+            memory: self.memory,
+            ..Default::default()
+        };
+        let mut trial = Trial {
+            params: self.params,
+            files: self.files,
+            state_file: self.state,
+            limits: Limits::default()
+                .with(&overrides)
+                .map_err(anyhow::Error::msg)?,
+            ..Default::default()
+        };
+        trial.grant(&self.grants)?;
+        Ok(trial)
+    }
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
@@ -125,26 +178,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command:
                 PluginCommand::Run {
                     file,
-                    params,
-                    grants,
-                    files,
-                    state,
-                    fuel,
-                    deadline,
-                    memory,
+                    trial,
                     format,
                 },
         } => {
-            let overrides = LimitOverrides {
-                fuel,
-                deadline,
-                memory,
-                ..Default::default()
-            };
-            let limits = Limits::default()
-                .with(&overrides)
-                .map_err(anyhow::Error::msg)?;
-            plugin_run(&file, params, &grants, files, state, limits, format)
+            let runtime = Runtime::new(None)?;
+            let plugin = runtime.load(&file)?;
+            let (report, _) = trial.trial()?.run(&runtime, &plugin)?;
+            print_reports(std::slice::from_ref(&report), format)
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Check {
+                    file,
+                    trial,
+                    format,
+                },
+        } => {
+            let checked = check::check(&Runtime::new(None)?, &file, &trial.trial()?);
+            match format {
+                Format::Table => print!("{}", check::table(&checked)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&checked)?),
+            }
+            if checked.verdict == check::Verdict::Fail {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::New { name, dir, sdk },
+        } => {
+            let sdk = sdk.or_else(template::default_sdk).ok_or_else(|| {
+                anyhow::anyhow!("cannot find plugin-sdk: pass --sdk DIR, the plugin-sdk directory of a Sandglass source tree")
+            })?;
+            let made = template::create(&name, &dir, &sdk, &std::env::current_exe()?)?;
+            let wasm = format!(
+                "target/wasm32-wasip2/release/{}.wasm",
+                name.replace('-', "_")
+            );
+            println!("created plugin {name} in {}", made.display());
+            println!("next:");
+            println!("  cd {}", made.display());
+            println!("  cargo build --release --target wasm32-wasip2");
+            println!("  cargo test --release");
+            println!("  agent plugin check {wasm}");
+            Ok(())
         }
     }
 }
@@ -214,72 +292,4 @@ fn info(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn plugin_run(
-    file: &std::path::Path,
-    params: Vec<(String, String)>,
-    grants: &[String],
-    files: Vec<PathBuf>,
-    state_file: Option<PathBuf>,
-    limits: Limits,
-    format: Format,
-) -> anyhow::Result<()> {
-    let mut sys = false;
-    for g in grants {
-        match g.as_str() {
-            "sys" => sys = true,
-            "files" if !files.is_empty() => {}
-            "files" => anyhow::bail!("--grant files needs at least one --files DIR"),
-            other => anyhow::bail!("unknown grant {other:?}: use sys or files"),
-        }
-    }
-    let runtime = Runtime::new(None)?;
-    let plugin = runtime.load(file)?;
-    let service = Service {
-        name: plugin.description.name.clone(),
-        plugin: plugin.description.name.clone(),
-        plugin_path: file.to_owned(),
-        params,
-        sys,
-        files,
-        limits,
-        sha256: None,
-        interval: std::time::Duration::from_secs(60),
-        refused: None,
-    };
-    if let Some(grant) = missing_grant(&plugin, &service) {
-        anyhow::bail!(
-            "plugin {} needs grant \"{grant}\": pass --grant {grant}",
-            plugin.description.name
-        );
-    }
-    let state = match &state_file {
-        Some(path) if path.exists() => {
-            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
-        }
-        _ => None,
-    };
-    let request = RunRequest {
-        service: service.name.clone(),
-        params: service.params.clone(),
-        state,
-        limits: service.limits.clone(),
-        view: Arc::new(View::new(service.sys, &service.files)?),
-    };
-    let outcome = runtime.run(&plugin, request);
-    if let (Some(path), Ok(output)) = (&state_file, &outcome.result)
-        && let Some(state) = &output.state
-    {
-        std::fs::write(path, state).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let report = Report {
-        service: service.name,
-        plugin: plugin.description.name.clone(),
-        time_ms: 0,
-        status: outcome.status(),
-        samples: outcome.result.map(|o| o.samples).unwrap_or_default(),
-        cost: outcome.cost,
-    };
-    print_reports(std::slice::from_ref(&report), format)
 }
