@@ -18,10 +18,17 @@ fn init_logging(default: &str) {
         .init();
 }
 
+/// When the process started (first call: from `main`).
+pub fn started() -> std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
 /// A binary's `main`: log at `info` for the long-running command and at
 /// `warn` for one-shot ones (a daemon tells what it does; a command speaks
 /// only of problems), run, and exit 1 with `program: error` on failure.
 pub fn main(program: &str, long_running: bool, run: impl FnOnce() -> anyhow::Result<()>) {
+    started();
     init_logging(if long_running { "info" } else { "warn" });
     if let Err(e) = run() {
         eprintln!("{program}: {e:#}");

@@ -70,6 +70,8 @@ struct State {
     schedules: watch::Sender<Option<Schedule>>,
     revision: u64,
     stopping: bool,
+    /// Until the first acknowledgement: when the agent started.
+    awaiting_first_ack: Option<std::time::Instant>,
 }
 
 impl State {
@@ -142,6 +144,7 @@ pub async fn run(
         schedules,
         revision,
         stopping: false,
+        awaiting_first_ack: Some(crate::daemon::started()),
     };
     let min = config.connection.reconnect_min.0;
     let mut backoff = min;
@@ -395,6 +398,10 @@ async fn exchange(
                     Message::Ack { seq } => {
                         if let Err(e) = state.spool.ack(seq) {
                             tracing::error!("{e:#}");
+                        }
+                        if let Some(started) = state.awaiting_first_ack.take() {
+                            // Start-up to first data, as operators and benchmarks see it.
+                            tracing::info!("first reports stored by the receiver {:.1} ms after the agent started", started.elapsed().as_secs_f64() * 1e3);
                         }
                         while in_flight.front().is_some_and(|last| *last <= seq) {
                             in_flight.pop_front();
