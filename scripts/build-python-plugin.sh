@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 venv=target/python-venv
 version=0.25.1
 if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q "$version"; then
+  # A venv holds absolute paths: one from a moved or copied tree is rebuilt.
+  rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$version"
 fi

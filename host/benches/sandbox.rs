@@ -10,6 +10,9 @@
 //!
 //! Means of many runs, after a warm-up; no assertions (machines are noisy).
 
+#[path = "support/natives.rs"]
+mod natives;
+
 use sandglass::runtime::{Limits, Plugin, RunRequest, Runtime, View};
 use sandglass_plugin_sdk::Context;
 use std::path::{Path, PathBuf};
@@ -59,8 +62,6 @@ fn rss_kib() -> u64 {
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
-
-type Native = fn(&str, &mut Context);
 
 fn main() {
     let rss_start = rss_kib();
@@ -140,26 +141,7 @@ fn main() {
     );
 
     // Each core collector vs its parser called natively on the same file.
-    let natives: [(&str, &str, Native); 6] = [
-        ("cpu", "/proc/stat", |t, c| {
-            sandglass_plugin_cpu::parse(t, 0.0, c).unwrap()
-        }),
-        ("memory", "/proc/meminfo", |t, c| {
-            sandglass_plugin_memory::parse(t, c).unwrap()
-        }),
-        ("loadavg", "/proc/loadavg", |t, c| {
-            sandglass_plugin_loadavg::parse(t, c).unwrap()
-        }),
-        ("uptime", "/proc/uptime", |t, c| {
-            sandglass_plugin_uptime::parse(t, c).unwrap()
-        }),
-        ("network", "/proc/net/dev", |t, c| {
-            sandglass_plugin_network::parse(t, 0.0, c).unwrap()
-        }),
-        ("diskio", "/proc/diskstats", |t, c| {
-            sandglass_plugin_diskio::parse(t, 0.0, c).unwrap()
-        }),
-    ];
+    let natives = natives::natives();
     println!(
         "{:<10} {:>12} {:>12} {:>14} {:>8}",
         "collector", "native us", "sandbox us", "minus entry", "ratio"

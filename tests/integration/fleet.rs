@@ -298,13 +298,17 @@ services = ["uptime", "cpu", "ghost", "pinned"]
     // Stop both; the agent alone starts from its cached schedule.
     assert!(agent.stop().success(), "agent exits cleanly on SIGTERM");
     receiver.stop();
-    // cpu keeps its counters in state: the file's return shows a run.
-    let state = agent.state_dir.join("state/cpu.state");
-    let _ = std::fs::remove_file(&state);
+    // cpu keeps its counters in state: the state's return shows a run.
+    let states = agent.state_dir.join("state");
+    for slot in 0..2 {
+        let _ = std::fs::remove_file(states.join(format!("cpu.state{slot}")));
+    }
     let seen = receiver.report_times("a", "uptime").len();
     let _agent = Agent::start(dir.path(), "a", TOKEN_A, &address);
     assert!(
-        wait_until(Duration::from_secs(10), || state.exists()),
+        wait_until(Duration::from_secs(10), || {
+            sandglass::state_store::peek(&states, "cpu").is_some()
+        }),
         "cpu ran from the cached schedule"
     );
     // The receiver comes back on the same address: what was collected

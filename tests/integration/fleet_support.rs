@@ -254,7 +254,8 @@ impl Agent {
 
     /// The plugin state kept for `service`, as text.
     pub fn state(&self, service: &str) -> Option<String> {
-        std::fs::read_to_string(self.state_dir.join(format!("state/{service}.state"))).ok()
+        let state = sandglass::state_store::peek(&self.state_dir.join("state"), service)?;
+        String::from_utf8(state).ok()
     }
 
     /// Resident memory of the agent process, KiB.

@@ -125,14 +125,7 @@ async fn service_timer(
     let interval_ms = service.interval.as_millis() as u64;
     let service = Arc::new(service);
     loop {
-        let (runner, s) = (runner.clone(), service.clone());
-        let report = match tokio::task::spawn_blocking(move || runner.run(&s)).await {
-            Ok(report) => report,
-            Err(e) => {
-                tracing::error!(service = service.name, "run task failed: {e}");
-                return;
-            }
-        };
+        let report = runner.run_async(&service).await;
         if reports.send(report).await.is_err() {
             return;
         }

@@ -131,28 +131,63 @@ impl ServiceRunner {
     /// becomes an UNKNOWN status that says why.
     pub fn run(&self, service: &Service) -> Collected {
         let time_ms = now_ms();
-        let unknown = |text: String| Collected {
-            report: Report {
-                service: service.name.clone(),
-                plugin: service.plugin.clone(),
-                time_ms,
-                status: Status::unknown(text),
-                samples: Vec::new(),
-                cost: Default::default(),
-            },
-            next_state: None,
+        match self.prepare(service, time_ms) {
+            Prepared::Ready(plugin, request) => {
+                let outcome = self.runtime.run(&plugin, request);
+                self.report(service, &plugin, time_ms, outcome)
+            }
+            Prepared::Refused(collected) => collected,
+        }
+    }
+
+    /// [`ServiceRunner::run`] for the scheduler's tasks: no thread is held
+    /// while the plugin runs, and loading (compiling) a plugin happens on a
+    /// blocking thread.
+    pub async fn run_async(self: &Arc<Self>, service: &Arc<Service>) -> Collected {
+        let time_ms = now_ms();
+        let prepared = if self.is_loaded(service) {
+            self.prepare(service, time_ms)
+        } else {
+            let (runner, s) = (self.clone(), service.clone());
+            match tokio::task::spawn_blocking(move || runner.prepare(&s, time_ms)).await {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    Prepared::Refused(unknown(service, time_ms, format!("loading failed: {e}")))
+                }
+            }
         };
+        match prepared {
+            Prepared::Ready(plugin, request) => {
+                let outcome = self.runtime.run_async(&plugin, request).await;
+                self.report(service, &plugin, time_ms, outcome)
+            }
+            Prepared::Refused(collected) => collected,
+        }
+    }
+
+    /// Whether the service's plugin is loaded and its file unchanged.
+    fn is_loaded(&self, service: &Service) -> bool {
+        let plugins = self.plugins.lock().expect("plugin cache lock");
+        plugins.get(&service.plugin_path).is_some_and(|loaded| {
+            loaded.stamp.is_some() && loaded.stamp == stamp(&service.plugin_path)
+        })
+    }
+
+    /// Everything before the run: the plugin (loaded if needed), the pin,
+    /// the grants, the view and the state.
+    fn prepare(&self, service: &Service, time_ms: u64) -> Prepared {
+        let refuse = |text: String| Prepared::Refused(unknown(service, time_ms, text));
         if let Some(refused) = &service.refused {
-            return unknown(refused.clone());
+            return refuse(refused.clone());
         }
         let plugin = match self.plugin(service) {
             Ok(plugin) => plugin,
-            Err(e) => return unknown(e),
+            Err(e) => return refuse(e),
         };
         if let Some(pinned) = &service.sha256
             && !pinned.eq_ignore_ascii_case(&plugin.sha256)
         {
-            return unknown(format!(
+            return refuse(format!(
                 "plugin {} at {} has sha256 {}, but the schedule pins {pinned}: install the pinned build or update the receiver's pin",
                 service.plugin,
                 service.plugin_path.display(),
@@ -160,14 +195,14 @@ impl ServiceRunner {
             ));
         }
         if let Some(grant) = missing_grant(&plugin, service) {
-            return unknown(format!(
+            return refuse(format!(
                 "plugin {} needs grant \"{grant}\": add grants = [\"{grant}\"] to service {}",
                 plugin.description.name, service.name
             ));
         }
         let view = match self.view(service) {
             Ok(view) => view,
-            Err(e) => return unknown(e),
+            Err(e) => return refuse(e),
         };
         let request = RunRequest {
             service: service.name.clone(),
@@ -176,8 +211,7 @@ impl ServiceRunner {
             limits: service.limits.clone(),
             view,
         };
-        let outcome = self.runtime.run(&plugin, request);
-        self.report(service, &plugin, time_ms, outcome)
+        Prepared::Ready(plugin, request)
     }
 
     fn report(
@@ -210,6 +244,27 @@ impl ServiceRunner {
             },
             next_state,
         }
+    }
+}
+
+/// A service ready to run, or the report of why it cannot.
+enum Prepared {
+    Ready(Arc<Plugin>, RunRequest),
+    Refused(Collected),
+}
+
+/// An UNKNOWN report for a run that could not happen; the state stays.
+fn unknown(service: &Service, time_ms: u64, text: String) -> Collected {
+    Collected {
+        report: Report {
+            service: service.name.clone(),
+            plugin: service.plugin.clone(),
+            time_ms,
+            status: Status::unknown(text),
+            samples: Vec::new(),
+            cost: Default::default(),
+        },
+        next_state: None,
     }
 }
 

@@ -19,6 +19,13 @@
 //! off with a log line. When the spool grows past its size, whole segments
 //! are dropped oldest first and the loss is appended as a `Gap` entry, which
 //! reaches the receiver like any report.
+//!
+//! `acked` holds the newest acknowledged number (`seq u64 | crc32 u32`,
+//! rewritten in place on every acknowledgement), so a restart does not send
+//! acknowledged entries again. Rewriting 12 bytes in place is cheap;
+//! replacing the active segment by an empty file on every acknowledgement
+//! (create one file, delete another) was a visible share of the agent's CPU,
+//! so that happens only once the segment holds [`ROLL_BYTES`].
 
 use crate::protocol::{Entry, Gap};
 use crate::report::Report;
@@ -35,6 +42,9 @@ const HEADER: usize = 25;
 const MAX_PAYLOAD: u32 = 64 << 20;
 const KIND_REPORT: u8 = 0;
 const KIND_GAP: u8 = 1;
+
+/// A fully acknowledged active segment this large is replaced by an empty one.
+const ROLL_BYTES: u64 = 64 << 10;
 
 /// Where a record is, and what the spool needs to know without reading it.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +93,8 @@ pub struct Spool {
     bytes: u64,
     /// Every entry up to this number is acknowledged.
     acked: u64,
+    /// Where `acked` is kept across restarts.
+    acked_file: File,
     /// Reports dropped since the agent started, for the log.
     dropped: u64,
 }
@@ -117,6 +129,7 @@ impl Spool {
             segments: VecDeque::new(),
             bytes: 0,
             acked: 0,
+            acked_file: open_acked(dir)?,
             dropped: 0,
         };
         let mut recovery = Recovery::default();
@@ -139,6 +152,10 @@ impl Spool {
             .map_or(0, |s| s.first_seq.saturating_sub(1));
         if spool.segments.is_empty() {
             spool.start_segment(1)?;
+        }
+        // A damaged or stale `acked` only means entries are sent again.
+        if let Some(acked) = read_acked(&spool.acked_file) {
+            spool.acked = spool.acked.max(acked.min(spool.last_seq()));
         }
         recovery.pending = spool.pending();
         if let Some((from, to)) = damaged {
@@ -352,6 +369,11 @@ impl Spool {
             return Ok(());
         }
         self.acked = seq;
+        let mut record = seq.to_le_bytes().to_vec();
+        record.extend_from_slice(&crc32fast::hash(&seq.to_le_bytes()).to_le_bytes());
+        self.acked_file
+            .write_all_at(&record, 0)
+            .with_context(|| format!("cannot write {}", self.dir.join(ACKED).display()))?;
         while self.segments.len() > 1
             && self.segments[0]
                 .last_seq()
@@ -361,11 +383,10 @@ impl Spool {
             self.bytes -= done.bytes;
             remove(&done.path);
         }
-        // A fully acknowledged active segment is replaced by an empty one
-        // (named by the next number, which it keeps across restarts), so a
-        // restart does not send acknowledged entries again.
+        // A large, fully acknowledged active segment is replaced by an empty
+        // one (named by the next number, which it keeps across restarts).
         let active = self.segments.back().expect("an active segment");
-        if active.last_seq() == Some(self.acked) {
+        if active.last_seq() == Some(self.acked) && active.bytes >= ROLL_BYTES {
             let next = active.next_seq();
             self.start_segment(next)?;
             let done = self.segments.pop_front().expect("two segments");
@@ -374,6 +395,29 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+/// The file holding the newest acknowledged number.
+const ACKED: &str = "acked";
+
+fn open_acked(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join(ACKED);
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// The number in `acked`, if it is whole.
+fn read_acked(file: &File) -> Option<u64> {
+    let mut bytes = [0u8; 12];
+    file.read_exact_at(&mut bytes, 0).ok()?;
+    let seq = u64::from_le_bytes(bytes[..8].try_into().ok()?);
+    let crc = u32::from_le_bytes(bytes[8..].try_into().ok()?);
+    (crc32fast::hash(&bytes[..8]) == crc).then_some(seq)
 }
 
 fn remove(path: &Path) {
@@ -529,10 +573,8 @@ mod tests {
         drop(spool);
         let (spool, recovery) = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(spool.stream(), stream, "the stream id is kept");
-        // Acknowledgements are not written down: a partly acknowledged
-        // segment is held whole again, and the receiver's dedup makes the
-        // re-sent 1 and 2 harmless.
-        assert_eq!(recovery.pending, 5);
+        // The acknowledgement was written down: 1 and 2 are not sent again.
+        assert_eq!(recovery.pending, 3);
         let (first, entries) = spool.read(3, 10).unwrap().unwrap();
         assert_eq!(first, 3);
         assert_eq!(numbers(&entries), [3, 4, 5]);
@@ -545,7 +587,7 @@ mod tests {
         spool.ack(400).unwrap();
         assert_eq!(spool.pending(), 0);
         let files = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(files, 2, "the stream id and one empty segment");
+        assert_eq!(files, 3, "the stream id, `acked` and one segment");
         drop(spool);
         let (mut spool, recovery) = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(recovery.pending, 0);

@@ -229,57 +229,117 @@ impl Runtime {
     /// abandoned and reported as such; at most [`MAX_STUCK_RUNS`] may be
     /// abandoned at once, further runs are refused until they return.
     pub fn run(&self, plugin: &Arc<Plugin>, request: RunRequest) -> RunOutcome {
+        let deadline = request.limits.deadline;
+        let dispatched = match self.dispatch(plugin, request, None) {
+            Ok(dispatched) => dispatched,
+            Err(refused) => return refused,
+        };
+        let (lock, done) = &dispatched.slot.cell;
+        let guard = lock.lock().expect("run slot");
+        let _ = done
+            .wait_timeout_while(guard, deadline.0 + HARD_TIMEOUT_GRACE, |s| {
+                matches!(s, Slot::Running)
+            })
+            .expect("run slot");
+        dispatched.finish()
+    }
+
+    /// [`Runtime::run`] for async callers: the calling task waits without
+    /// a thread of its own, so a run costs one thread hand-off, not two.
+    pub async fn run_async(&self, plugin: &Arc<Plugin>, request: RunRequest) -> RunOutcome {
+        let deadline = request.limits.deadline;
+        let (wake, woken) = tokio::sync::oneshot::channel();
+        let dispatched = match self.dispatch(plugin, request, Some(wake)) {
+            Ok(dispatched) => dispatched,
+            Err(refused) => return refused,
+        };
+        let _ = tokio::time::timeout(deadline.0 + HARD_TIMEOUT_GRACE, woken).await;
+        dispatched.finish()
+    }
+
+    /// Hand the run to a worker; its outcome lands in the returned slot
+    /// (and `wake` fires) unless the waiter abandoned it first.
+    fn dispatch(
+        &self,
+        plugin: &Arc<Plugin>,
+        request: RunRequest,
+        wake: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<Dispatched, RunOutcome> {
         let stuck = self.inner.stuck.load(Ordering::SeqCst);
         if stuck >= MAX_STUCK_RUNS {
-            return RunOutcome::refused(RunFailure::Refused(format!(
+            return Err(RunOutcome::refused(RunFailure::Refused(format!(
                 "{stuck} earlier runs are still blocked in host calls; no new run starts until they return"
-            )));
+            ))));
         }
+        let slot = Arc::new(SlotCell {
+            cell: (Mutex::new(Slot::Running), Condvar::new()),
+        });
         let deadline = request.limits.deadline;
-        let slot = Arc::new((Mutex::new(Slot::Running), Condvar::new()));
         let (runtime, plugin, worker_slot) = (self.clone(), plugin.clone(), slot.clone());
         let stuck_runtime = self.clone();
         let spawned = self.inner.workers.execute(
             move || runtime.run_here(&plugin, &request),
             move |outcome| {
-                let (lock, done) = &*worker_slot;
+                let (lock, done) = &worker_slot.cell;
                 let mut slot = lock.lock().expect("run slot");
                 if matches!(*slot, Slot::Abandoned) {
                     stuck_runtime.inner.stuck.fetch_sub(1, Ordering::SeqCst);
                 } else {
                     *slot = Slot::Done(Box::new(outcome));
                     done.notify_one();
+                    if let Some(wake) = wake {
+                        let _ = wake.send(());
+                    }
                 }
             },
         );
         if let Err(e) = spawned {
-            return RunOutcome::refused(RunFailure::Refused(format!(
+            return Err(RunOutcome::refused(RunFailure::Refused(format!(
                 "cannot start a worker thread: {e}"
-            )));
+            ))));
         }
-        let (lock, done) = &*slot;
-        let guard = lock.lock().expect("run slot");
-        let (mut slot, _) = done
-            .wait_timeout_while(guard, deadline.0 + HARD_TIMEOUT_GRACE, |s| {
-                matches!(s, Slot::Running)
-            })
-            .expect("run slot");
-        match std::mem::replace(&mut *slot, Slot::Abandoned) {
-            Slot::Done(outcome) => *outcome,
-            _ => {
-                self.inner.stuck.fetch_add(1, Ordering::SeqCst);
-                let mut outcome = RunOutcome::refused(RunFailure::Blocked(deadline));
-                outcome.cost.wall_micros = (deadline.0 + HARD_TIMEOUT_GRACE).as_micros() as u64;
-                outcome
-            }
-        }
+        Ok(Dispatched {
+            slot,
+            runtime: self.clone(),
+            deadline,
+        })
     }
+}
+
+/// Where a worker leaves a run's outcome.
+struct SlotCell {
+    cell: (Mutex<Slot>, Condvar),
 }
 
 enum Slot {
     Running,
     Done(Box<RunOutcome>),
     Abandoned,
+}
+
+/// A run on a worker, as its waiter sees it.
+struct Dispatched {
+    slot: Arc<SlotCell>,
+    runtime: Runtime,
+    deadline: HumanDuration,
+}
+
+impl Dispatched {
+    /// The outcome if the run is done; otherwise abandon it (it counts as
+    /// stuck until it returns) and report it blocked.
+    fn finish(self) -> RunOutcome {
+        let mut slot = self.slot.cell.0.lock().expect("run slot");
+        match std::mem::replace(&mut *slot, Slot::Abandoned) {
+            Slot::Done(outcome) => *outcome,
+            _ => {
+                self.runtime.inner.stuck.fetch_add(1, Ordering::SeqCst);
+                let mut outcome = RunOutcome::refused(RunFailure::Blocked(self.deadline));
+                outcome.cost.wall_micros =
+                    (self.deadline.0 + HARD_TIMEOUT_GRACE).as_micros() as u64;
+                outcome
+            }
+        }
+    }
 }
 
 /// Name the limit behind a failed call, or the trap.
