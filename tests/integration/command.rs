@@ -2,7 +2,7 @@
 //! C fixture run as wasip1 commands printing exposition text, and a Python
 //! component (componentize-py). Same sandbox, same limits, same state.
 
-use crate::common::{agent, fixture, plugin, plugin_run, status, value};
+use crate::common::{agent, fixture, once, plugin, plugin_run, status, value};
 use std::time::Duration;
 
 fn command_mode(mode: &str, extra: &[&str]) -> (String, String, serde_json::Value) {
@@ -139,19 +139,7 @@ fn command_state_survives_agent_restarts() {
     )
     .unwrap();
     for expected in 1..=3 {
-        let (output, _) = agent(&[
-            "once",
-            "--config",
-            config.to_str().unwrap(),
-            "--format",
-            "json",
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let reports: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let reports = once(&config);
         assert_eq!(value(&reports[0], "runs_total", &[]), Some(expected as f64));
     }
 }

@@ -83,3 +83,24 @@ pub fn value(report: &Value, name: &str, labels: &[(&str, &str)]) -> Option<f64>
         matches.then(|| s["value"].as_f64().unwrap())
     })
 }
+
+/// `agent once --config CONFIG --format json` (a new agent process): the reports.
+pub fn once(config: &Path) -> Vec<Value> {
+    let (output, _) = agent(&[
+        "once",
+        "--config",
+        config.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice::<Value>(&output.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}

@@ -2,7 +2,7 @@
 //! offsets kept across agent restarts, rotation, truncation, and a 1 GB log
 //! that is not read again.
 
-use crate::common::{agent, plugin, value};
+use crate::common::{once, plugin, value};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -56,20 +56,7 @@ impl Watch {
 
     /// One `agent once` (a new agent process each time): the report.
     fn run(&self) -> Value {
-        let (output, _) = agent(&[
-            "once",
-            "--config",
-            self.config.to_str().unwrap(),
-            "--format",
-            "json",
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let reports: Value = serde_json::from_slice(&output.stdout).unwrap();
-        reports[0].clone()
+        once(&self.config)[0].clone()
     }
 
     fn path(&self, name: &str) -> String {

@@ -1,7 +1,7 @@
 //! `agent once`: core plugins against the real `/proc`, misbehaving plugins
 //! side by side, state across agent restarts, the compiled-plugin cache.
 
-use crate::common::{agent, build_plugins, root, status, value};
+use crate::common::{agent, build_plugins, once, root, status, value};
 use serde_json::Value;
 use std::path::Path;
 
@@ -31,26 +31,6 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("agent.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn once(config: &Path) -> Vec<Value> {
-    let (output, _) = agent(&[
-        "once",
-        "--config",
-        config.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice::<Value>(&output.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 fn report<'a>(reports: &'a [Value], service: &str) -> &'a Value {
