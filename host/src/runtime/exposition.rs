@@ -95,7 +95,7 @@ pub fn parse(text: &str) -> Result<wit::Collection, String> {
             }
             continue;
         }
-        let (name, labels, value) = sample_line(line).map_err(|what| fail(what))?;
+        let (name, labels, value) = sample_line(line).map_err(fail)?;
         samples.push(wit::Sample {
             name: name.to_owned(),
             value,

@@ -232,7 +232,7 @@ impl Runtime {
         let deadline = request.limits.deadline;
         let dispatched = match self.dispatch(plugin, request, None) {
             Ok(dispatched) => dispatched,
-            Err(refused) => return refused,
+            Err(refused) => return *refused,
         };
         let (lock, done) = &dispatched.slot.cell;
         let guard = lock.lock().expect("run slot");
@@ -251,7 +251,7 @@ impl Runtime {
         let (wake, woken) = tokio::sync::oneshot::channel();
         let dispatched = match self.dispatch(plugin, request, Some(wake)) {
             Ok(dispatched) => dispatched,
-            Err(refused) => return refused,
+            Err(refused) => return *refused,
         };
         let _ = tokio::time::timeout(deadline.0 + HARD_TIMEOUT_GRACE, woken).await;
         dispatched.finish()
@@ -264,12 +264,12 @@ impl Runtime {
         plugin: &Arc<Plugin>,
         request: RunRequest,
         wake: Option<tokio::sync::oneshot::Sender<()>>,
-    ) -> Result<Dispatched, RunOutcome> {
+    ) -> Result<Dispatched, Box<RunOutcome>> {
         let stuck = self.inner.stuck.load(Ordering::SeqCst);
         if stuck >= MAX_STUCK_RUNS {
-            return Err(RunOutcome::refused(RunFailure::Refused(format!(
+            return Err(Box::new(RunOutcome::refused(RunFailure::Refused(format!(
                 "{stuck} earlier runs are still blocked in host calls; no new run starts until they return"
-            ))));
+            )))));
         }
         let slot = Arc::new(SlotCell {
             cell: (Mutex::new(Slot::Running), Condvar::new()),
@@ -294,9 +294,9 @@ impl Runtime {
             },
         );
         if let Err(e) = spawned {
-            return Err(RunOutcome::refused(RunFailure::Refused(format!(
+            return Err(Box::new(RunOutcome::refused(RunFailure::Refused(format!(
                 "cannot start a worker thread: {e}"
-            ))));
+            )))));
         }
         Ok(Dispatched {
             slot,
