@@ -3,7 +3,7 @@
 //! - [`services`]: running services through the runtime, with their state,
 //!   pins, grants and limits — shared by `once` and the scheduler;
 //! - [`schedule`]: the receiver's schedule as services, and its disk cache;
-//! - [`scheduler`]: one timer per service, with splay;
+//! - [`scheduler`]: one timer per service, on a per-host grid (a host's services fire together);
 //! - [`link`]: the connection to the receiver (backoff, batches, acks);
 //! - [`daemon`]: `agent run`, tying them together with signals;
 //! - [`render`]: the human table and JSON output;

@@ -8,7 +8,7 @@ use crate::report::{Cost, Level, MetricKind, Sample, Status};
 use crate::units::{ByteSize, HumanDuration};
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::Trap;
 
@@ -18,6 +18,12 @@ const MAX_STUCK_RUNS: usize = 8;
 /// Grace after the deadline before a run blocked in a host call is abandoned:
 /// the epoch trap normally ends a run within a tick of its deadline.
 const HARD_TIMEOUT_GRACE: Duration = Duration::from_millis(50);
+
+/// How long a run may wait in the queue behind runs of the same tick before
+/// its waiter asks for a spare worker: a run a few ms slow costs the runs
+/// behind it no more than this, one stuck in a host call no more than this
+/// either.
+const START_WAIT: Duration = Duration::from_millis(20);
 
 /// Stderr kept in a trap message, in bytes.
 const STDERR_IN_MESSAGE: usize = 512;
@@ -229,31 +235,40 @@ impl Runtime {
     /// abandoned and reported as such; at most [`MAX_STUCK_RUNS`] may be
     /// abandoned at once, further runs are refused until they return.
     pub fn run(&self, plugin: &Arc<Plugin>, request: RunRequest) -> RunOutcome {
-        let deadline = request.limits.deadline;
         let dispatched = match self.dispatch(plugin, request, None) {
             Ok(dispatched) => dispatched,
             Err(refused) => return *refused,
         };
         let (lock, done) = &dispatched.slot.cell;
-        let guard = lock.lock().expect("run slot");
-        let _ = done
-            .wait_timeout_while(guard, deadline.0 + HARD_TIMEOUT_GRACE, |s| {
-                matches!(s, Slot::Running)
-            })
-            .expect("run slot");
+        let mut guard = lock.lock().expect("run slot");
+        while let Some(until) = dispatched.next_check() {
+            let wait = until.saturating_duration_since(Instant::now());
+            guard = done
+                .wait_timeout_while(guard, wait, |s| matches!(s, Slot::Running))
+                .expect("run slot")
+                .0;
+            if !matches!(*guard, Slot::Running) {
+                break;
+            }
+        }
+        drop(guard);
         dispatched.finish()
     }
 
     /// [`Runtime::run`] for async callers: the calling task waits without
     /// a thread of its own, so a run costs one thread hand-off, not two.
     pub async fn run_async(&self, plugin: &Arc<Plugin>, request: RunRequest) -> RunOutcome {
-        let deadline = request.limits.deadline;
-        let (wake, woken) = tokio::sync::oneshot::channel();
+        let (wake, mut woken) = tokio::sync::oneshot::channel();
         let dispatched = match self.dispatch(plugin, request, Some(wake)) {
             Ok(dispatched) => dispatched,
             Err(refused) => return *refused,
         };
-        let _ = tokio::time::timeout(deadline.0 + HARD_TIMEOUT_GRACE, woken).await;
+        while let Some(until) = dispatched.next_check() {
+            let until = tokio::time::Instant::from_std(until);
+            if tokio::time::timeout_at(until, &mut woken).await.is_ok() {
+                break;
+            }
+        }
         dispatched.finish()
     }
 
@@ -273,12 +288,16 @@ impl Runtime {
         }
         let slot = Arc::new(SlotCell {
             cell: (Mutex::new(Slot::Running), Condvar::new()),
+            started: OnceLock::new(),
         });
         let deadline = request.limits.deadline;
         let (runtime, plugin, worker_slot) = (self.clone(), plugin.clone(), slot.clone());
-        let stuck_runtime = self.clone();
+        let (stuck_runtime, started_slot) = (self.clone(), slot.clone());
         let spawned = self.inner.workers.execute(
-            move || runtime.run_here(&plugin, &request),
+            move || {
+                let _ = started_slot.started.set(Instant::now());
+                runtime.run_here(&plugin, &request)
+            },
             move |outcome| {
                 let (lock, done) = &worker_slot.cell;
                 let mut slot = lock.lock().expect("run slot");
@@ -302,6 +321,8 @@ impl Runtime {
             slot,
             runtime: self.clone(),
             deadline,
+            queued: Instant::now(),
+            spare_asked: std::cell::Cell::new(false),
         })
     }
 }
@@ -309,6 +330,8 @@ impl Runtime {
 /// Where a worker leaves a run's outcome.
 struct SlotCell {
     cell: (Mutex<Slot>, Condvar),
+    /// When a worker took the run from the queue.
+    started: OnceLock<Instant>,
 }
 
 enum Slot {
@@ -322,9 +345,32 @@ struct Dispatched {
     slot: Arc<SlotCell>,
     runtime: Runtime,
     deadline: HumanDuration,
+    queued: Instant,
+    spare_asked: std::cell::Cell<bool>,
 }
 
 impl Dispatched {
+    /// Until when to wait for the outcome before looking again; `None`: stop
+    /// waiting. A run gets its deadline (and the grace) from when it started.
+    /// One still queued after [`START_WAIT`] gets a spare worker; one that no
+    /// worker took within its deadline is given up like a stuck one.
+    fn next_check(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let limit = self.deadline.0 + HARD_TIMEOUT_GRACE;
+        match self.slot.started.get() {
+            Some(started) => Some(*started + limit).filter(|end| *end > now),
+            None if now >= self.queued + limit => None,
+            None if now >= self.queued + START_WAIT && !self.spare_asked.replace(true) => {
+                if let Err(e) = self.runtime.inner.workers.spare() {
+                    tracing::warn!("cannot start a spare worker thread: {e}");
+                }
+                Some(now + START_WAIT)
+            }
+            None if now < self.queued + START_WAIT => Some(self.queued + START_WAIT),
+            None => Some(now + START_WAIT),
+        }
+    }
+
     /// The outcome if the run is done; otherwise abandon it (it counts as
     /// stuck until it returns) and report it blocked.
     fn finish(self) -> RunOutcome {
