@@ -97,6 +97,10 @@ impl StateStore {
     pub fn save(&self, service: &str, state: Option<&[u8]>) -> anyhow::Result<()> {
         let path = self.slot_path(service, 0);
         self.with_slots(service, |slots| {
+            // Most stateless or idle plugins hand back what they got: no write.
+            if slots.state.as_deref() == state {
+                return Ok(());
+            }
             let target = 1 - slots.newest;
             let seq = slots.seq + 1;
             slots.files[target].write_all_at(&record(seq, state), 0)?;
@@ -197,6 +201,30 @@ mod tests {
         reopened.save("cpu", None).unwrap();
         let again = StateStore::open(dir.path().join("state")).unwrap();
         assert_eq!(again.load("cpu"), None);
+    }
+
+    #[test]
+    fn an_unchanged_state_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path().to_owned()).unwrap();
+        let slots = || {
+            (0..2)
+                .map(|n| std::fs::read(dir.path().join(format!("s.state{n}"))).unwrap())
+                .collect::<Vec<_>>()
+        };
+        store.save("s", Some(b"same")).unwrap();
+        let before = slots();
+        store.save("s", Some(b"same")).unwrap();
+        assert_eq!(slots(), before, "the same state rewrote a slot");
+        store.save("s", Some(b"other")).unwrap();
+        assert_ne!(slots(), before);
+        assert_eq!(
+            StateStore::open(dir.path().to_owned())
+                .unwrap()
+                .load("s")
+                .as_deref(),
+            Some(&b"other"[..])
+        );
     }
 
     #[test]

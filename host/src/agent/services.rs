@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 /// A loaded plugin (or why it could not be loaded) and the file it came from.
 struct Loaded {
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<Stamp>,
     plugin: Result<Arc<Plugin>, String>,
 }
 
@@ -26,8 +26,10 @@ pub struct ServiceRunner {
     views: Mutex<HashMap<(bool, Vec<PathBuf>), Arc<View>>>,
 }
 
-/// The file's modification time and size, to notice a replaced plugin.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// A plugin file's modification time and size, to notice a replaced plugin.
+type Stamp = (SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
@@ -82,10 +84,10 @@ impl ServiceRunner {
     }
 
     /// The plugin a service names, loaded on first use and whenever its file
-    /// changes. A failure is remembered (as text) so every run reports it.
-    fn plugin(&self, service: &Service) -> Result<Arc<Plugin>, String> {
+    /// changes (`current`: the file's stamp now). A failure is remembered (as
+    /// text) so every run reports it.
+    fn plugin(&self, service: &Service, current: Option<Stamp>) -> Result<Arc<Plugin>, String> {
         let path = &service.plugin_path;
-        let current = stamp(path);
         let Some(_) = current else {
             let pin = match &service.sha256 {
                 Some(sha) => format!("expected sha256 {sha}"),
@@ -131,7 +133,7 @@ impl ServiceRunner {
     /// becomes an UNKNOWN status that says why.
     pub fn run(&self, service: &Service) -> Collected {
         let time_ms = now_ms();
-        match self.prepare(service, time_ms) {
+        match self.prepare(service, time_ms, stamp(&service.plugin_path)) {
             Prepared::Ready(plugin, request) => {
                 let outcome = self.runtime.run(&plugin, request);
                 self.report(service, &plugin, time_ms, outcome)
@@ -145,11 +147,14 @@ impl ServiceRunner {
     /// blocking thread.
     pub async fn run_async(self: &Arc<Self>, service: &Arc<Service>) -> Collected {
         let time_ms = now_ms();
-        let prepared = if self.is_loaded(service) {
-            self.prepare(service, time_ms)
+        // One stat per run: it tells both whether loading is needed and, to
+        // `prepare`, whether the file changed.
+        let current = stamp(&service.plugin_path);
+        let prepared = if self.is_loaded(service, current) {
+            self.prepare(service, time_ms, current)
         } else {
             let (runner, s) = (self.clone(), service.clone());
-            match tokio::task::spawn_blocking(move || runner.prepare(&s, time_ms)).await {
+            match tokio::task::spawn_blocking(move || runner.prepare(&s, time_ms, current)).await {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     Prepared::Refused(unknown(service, time_ms, format!("loading failed: {e}")))
@@ -165,22 +170,22 @@ impl ServiceRunner {
         }
     }
 
-    /// Whether the service's plugin is loaded and its file unchanged.
-    fn is_loaded(&self, service: &Service) -> bool {
+    /// Whether the service's plugin is loaded from the file as it is now.
+    fn is_loaded(&self, service: &Service, current: Option<Stamp>) -> bool {
         let plugins = self.plugins.lock().expect("plugin cache lock");
-        plugins.get(&service.plugin_path).is_some_and(|loaded| {
-            loaded.stamp.is_some() && loaded.stamp == stamp(&service.plugin_path)
-        })
+        plugins
+            .get(&service.plugin_path)
+            .is_some_and(|loaded| loaded.stamp.is_some() && loaded.stamp == current)
     }
 
     /// Everything before the run: the plugin (loaded if needed), the pin,
     /// the grants, the view and the state.
-    fn prepare(&self, service: &Service, time_ms: u64) -> Prepared {
+    fn prepare(&self, service: &Service, time_ms: u64, current: Option<Stamp>) -> Prepared {
         let refuse = |text: String| Prepared::Refused(unknown(service, time_ms, text));
         if let Some(refused) = &service.refused {
             return refuse(refused.clone());
         }
-        let plugin = match self.plugin(service) {
+        let plugin = match self.plugin(service, current) {
             Ok(plugin) => plugin,
             Err(e) => return refuse(e),
         };
