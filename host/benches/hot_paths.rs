@@ -7,8 +7,9 @@
 //!   is the sandbox's price;
 //! - `encode_batch`: MessagePack framing of a 50-report batch;
 //! - `spool_append`: one report into the on-disk spool;
-//! - `receiver_store`: decoding a framed 50-report batch and storing it in
-//!   SQLite (committed, as the receiver acknowledges).
+//! - `receiver_store/{1,20}_agents`: decoding framed 50-report batches (1,000
+//!   samples each) from one or twenty agents at once and storing them in
+//!   SQLite, committed, as the receiver acknowledges.
 //!
 //! `bash scripts/bench-hot-paths.sh` builds the plugins first, then
 //! `cargo bench -p sandglass --bench hot_paths`.
@@ -150,38 +151,55 @@ fn receiver(c: &mut Criterion) {
         .unwrap();
     let (mut encoder, mut decoder) = (FrameCodec::new(8 << 20), FrameCodec::new(8 << 20));
     let mut seq = 0;
-    c.bench_function("receiver_store", |b| {
-        b.iter_batched(
-            || {
-                seq += 50;
-                let mut frame = BytesMut::new();
-                encoder
-                    .encode(Message::Reports(batch(seq)), &mut frame)
-                    .unwrap();
-                frame
-            },
-            |mut frame| {
-                let Some(Message::Reports(batch)) = decoder.decode(&mut frame).unwrap() else {
-                    panic!("not a batch");
-                };
-                let (done, stored) = tokio::sync::oneshot::channel();
-                tokio.block_on(async {
-                    store
-                        .send(Op::Batch {
-                            host: "bench".into(),
-                            stream: 1,
-                            batch,
-                            offset_ms: 0,
-                            received_ms: 0,
-                            done,
+    // `agents` frames of one 50-report batch each, as that many agents send
+    // them at once: decoded, stored and committed (the receiver acknowledges
+    // only then). One agent: the latency of a lone commit; twenty: what the
+    // writer's group commit sustains.
+    for agents in [1u64, 20] {
+        c.bench_function(&format!("receiver_store/{agents}_agents"), |b| {
+            b.iter_batched(
+                || {
+                    (0..agents)
+                        .map(|_| {
+                            seq += 50;
+                            let mut frame = BytesMut::new();
+                            encoder
+                                .encode(Message::Reports(batch(seq)), &mut frame)
+                                .unwrap();
+                            frame
                         })
-                        .await;
-                    stored.await.unwrap().unwrap()
-                })
-            },
-            BatchSize::SmallInput,
-        )
-    });
+                        .collect::<Vec<_>>()
+                },
+                |frames| {
+                    tokio.block_on(async {
+                        let mut stored = Vec::new();
+                        for (agent, mut frame) in frames.into_iter().enumerate() {
+                            let Some(Message::Reports(batch)) = decoder.decode(&mut frame).unwrap()
+                            else {
+                                panic!("not a batch");
+                            };
+                            let (done, acked) = tokio::sync::oneshot::channel();
+                            store
+                                .send(Op::Batch {
+                                    host: format!("bench-{agent}"),
+                                    stream: 1,
+                                    batch,
+                                    offset_ms: 0,
+                                    received_ms: 0,
+                                    done,
+                                })
+                                .await;
+                            stored.push(acked);
+                        }
+                        for acked in stored {
+                            acked.await.unwrap().unwrap();
+                        }
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
 }
 
 criterion_group!(benches, sandbox, encode, spool, receiver);
