@@ -45,6 +45,7 @@ fn link_config(agent: &Agent, config: &Path) -> anyhow::Result<LinkConfig> {
         host_id: agent.host_id.clone(),
         token: agent.token.clone().ok_or_else(|| missing("token"))?,
         plugin_dir: agent.plugin_dir.clone(),
+        hash_cache: agent.state_dir.join("installed"),
         connection: agent.connection.clone(),
         tls,
     })

@@ -10,18 +10,18 @@
 //! `failback` and moves back once the batches in flight are acknowledged, so
 //! an entry is stored by one receiver, not two.
 
+use super::installed::Installed;
 use super::services::{Collected, now_ms};
 use super::spool::Spool;
 use crate::config::ConnectionConfig;
 use crate::protocol::{
-    DEFAULT_MAX_FRAME, FrameCodec, Hello, InstalledPlugin, Message, PROTOCOL_VERSION, ReportBatch,
-    Schedule, read_preamble, write_preamble,
+    DEFAULT_MAX_FRAME, FrameCodec, Hello, Message, PROTOCOL_VERSION, ReportBatch, Schedule,
+    read_preamble, write_preamble,
 };
-use crate::runtime::{abi::ABI_VERSION, hex};
+use crate::runtime::abi::ABI_VERSION;
 use crate::tls;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +49,8 @@ pub struct LinkConfig {
     pub host_id: String,
     pub token: String,
     pub plugin_dir: PathBuf,
+    /// Where the plugins' hashes are remembered between starts.
+    pub hash_cache: PathBuf,
     pub connection: ConnectionConfig,
     pub tls: Option<tls::Client>,
 }
@@ -72,6 +74,7 @@ struct State {
     stopping: bool,
     /// Until the first acknowledgement: when the agent started.
     awaiting_first_ack: Option<std::time::Instant>,
+    installed: Installed,
 }
 
 impl State {
@@ -104,7 +107,7 @@ impl State {
         }
     }
 
-    fn hello(&self, config: &LinkConfig) -> Hello {
+    fn hello(&mut self, config: &LinkConfig) -> Hello {
         Hello {
             host_id: config.host_id.clone(),
             token: config.token.clone(),
@@ -112,7 +115,7 @@ impl State {
             abi_version: ABI_VERSION.into(),
             time_ms: now_ms(),
             schedule_revision: self.revision,
-            plugins: installed(&config.plugin_dir),
+            plugins: self.installed.list(),
             stream: self.spool.stream(),
         }
     }
@@ -145,6 +148,7 @@ pub async fn run(
         revision,
         stopping: false,
         awaiting_first_ack: Some(crate::daemon::started()),
+        installed: Installed::new(config.plugin_dir.clone(), config.hash_cache.clone()),
     };
     let min = config.connection.reconnect_min.0;
     let mut backoff = min;
@@ -188,27 +192,6 @@ pub async fn run(
         state.spooling(tokio::time::sleep_until(wake)).await;
         backoff = (backoff * 2).min(config.connection.reconnect_max.0);
     }
-}
-
-/// The plugins in `plugin_dir`, for the Hello.
-fn installed(dir: &PathBuf) -> Vec<InstalledPlugin> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut plugins: Vec<InstalledPlugin> = entries
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let name = path.file_stem()?.to_str()?.to_owned();
-            (path.extension()? == "wasm").then_some(())?;
-            let bytes = std::fs::read(&path).ok()?;
-            Some(InstalledPlugin {
-                name,
-                sha256: hex(&Sha256::digest(bytes)),
-            })
-        })
-        .collect();
-    plugins.sort_by(|a, b| a.name.cmp(&b.name));
-    plugins
 }
 
 /// The first of the first `upto` receivers that welcomes this agent.

@@ -5,6 +5,7 @@
 //! - [`schedule`]: the receiver's schedule as services, and its disk cache;
 //! - [`scheduler`]: one timer per service, on a per-host grid (a host's services fire together);
 //! - [`link`]: the connection to the receiver (backoff, batches, acks);
+//! - [`installed`]: the plugins the Hello lists, hashes remembered;
 //! - [`daemon`]: `agent run`, tying them together with signals;
 //! - [`render`]: the human table and JSON output;
 //! - [`trial`], [`check`]: `agent plugin run` and `agent plugin check` on one file;
@@ -12,6 +13,7 @@
 
 pub mod check;
 pub mod daemon;
+pub mod installed;
 pub mod link;
 pub mod render;
 pub mod schedule;
