@@ -83,7 +83,9 @@ pub struct ConnectionConfig {
     pub reconnect_min: HumanDuration,
     /// Longest wait between reconnect attempts. Default "30s".
     pub reconnect_max: HumanDuration,
-    /// How long a report waits for others to share its batch. Default "100ms".
+    /// How long a report waits at most for others to share its batch. A batch
+    /// goes at once when no run is left in progress (a cycle's last report is
+    /// in), so this only bounds the wait behind a slow run. Default "100ms".
     pub batch_delay: HumanDuration,
     /// Most reports in one batch. Default 500.
     pub batch_max: usize,

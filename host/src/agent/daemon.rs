@@ -15,6 +15,7 @@ use crate::tls;
 use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -90,7 +91,13 @@ pub async fn run(
     );
     let cache = ScheduleCache::new(&agent.state_dir);
     let (report_tx, report_rx) = mpsc::channel(1024);
-    let mut scheduler = Scheduler::new(runner, agent.host_id.clone(), report_tx);
+    let in_progress = Arc::new(AtomicUsize::new(0));
+    let mut scheduler = Scheduler::new(
+        runner,
+        agent.host_id.clone(),
+        report_tx,
+        in_progress.clone(),
+    );
     let cached = cache.load();
     let revision = cached.as_ref().map_or(0, |s| s.revision);
     let mut current: Option<Schedule> = None;
@@ -107,6 +114,7 @@ pub async fn run(
         link_setup,
         spool,
         report_rx,
+        in_progress,
         schedule_tx,
         revision,
     ));

@@ -25,6 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -69,6 +70,9 @@ struct Established {
 struct State {
     spool: Spool,
     reports: mpsc::Receiver<Collected>,
+    /// Runs started whose report has not been taken yet: at zero, a cycle's
+    /// last report is in and its batch goes without waiting `batch_delay`.
+    in_progress: Arc<AtomicUsize>,
     schedules: watch::Sender<Option<Schedule>>,
     revision: u64,
     stopping: bool,
@@ -85,6 +89,7 @@ impl State {
             self.stopping = true;
             return;
         };
+        self.in_progress.fetch_sub(1, Ordering::SeqCst);
         match self.spool.append_report(&collected.report) {
             // Right after the append, in the same thread: the state advances
             // only with a report that is safe.
@@ -137,6 +142,7 @@ pub async fn run(
     config: LinkConfig,
     spool: Spool,
     reports: mpsc::Receiver<Collected>,
+    in_progress: Arc<AtomicUsize>,
     schedules: watch::Sender<Option<Schedule>>,
     revision: u64,
 ) {
@@ -144,6 +150,7 @@ pub async fn run(
     let mut state = State {
         spool,
         reports,
+        in_progress,
         schedules,
         revision,
         stopping: false,
@@ -404,7 +411,11 @@ async fn exchange(
             report = state.reports.recv(), if !state.stopping => {
                 let was_empty = state.spool.last_seq() == sent;
                 state.take(report);
-                if was_empty && batch_due.is_none() {
+                // One frame per cycle: at once after its last report, and
+                // at most `batch_delay` after its first.
+                if state.in_progress.load(Ordering::SeqCst) == 0 {
+                    batch_due = Some(Instant::now());
+                } else if was_empty && batch_due.is_none() {
                     batch_due = Some(Instant::now() + batch_delay);
                 }
             }

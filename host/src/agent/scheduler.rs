@@ -15,6 +15,7 @@ use crate::config::Service;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -31,6 +32,8 @@ pub struct Scheduler {
     runner: Arc<ServiceRunner>,
     host_id: String,
     reports: mpsc::Sender<Collected>,
+    /// Runs whose report the link has not taken yet (see `link::run`).
+    in_progress: Arc<AtomicUsize>,
     timers: HashMap<String, Timer>,
 }
 
@@ -39,11 +42,13 @@ impl Scheduler {
         runner: Arc<ServiceRunner>,
         host_id: String,
         reports: mpsc::Sender<Collected>,
+        in_progress: Arc<AtomicUsize>,
     ) -> Self {
         Scheduler {
             runner,
             host_id,
             reports,
+            in_progress,
             timers: HashMap::new(),
         }
     }
@@ -71,6 +76,7 @@ impl Scheduler {
                 service.clone(),
                 splay,
                 self.reports.clone(),
+                self.in_progress.clone(),
                 cancel.clone(),
             ));
             self.timers.insert(
@@ -128,11 +134,14 @@ async fn service_timer(
     service: Service,
     splay_ms: u64,
     reports: mpsc::Sender<Collected>,
+    in_progress: Arc<AtomicUsize>,
     cancel: CancellationToken,
 ) {
     let interval_ms = service.interval.as_millis() as u64;
     let service = Arc::new(service);
     loop {
+        // Counted down by the link when it takes the report.
+        in_progress.fetch_add(1, Ordering::SeqCst);
         let report = runner.run_async(&service).await;
         if reports.send(report).await.is_err() {
             return;
