@@ -16,8 +16,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-/// A file's modification time (ns since the epoch) and size.
-type Stamp = (u128, u64);
+/// A plugin file's modification time (ns since the epoch) and size: how the
+/// agent notices a replaced plugin, here and in `services`.
+pub type Stamp = (u128, u64);
 
 pub struct Installed {
     dir: PathBuf,
@@ -87,7 +88,7 @@ impl Installed {
     }
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
+pub fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
     Some((mtime.as_nanos(), meta.len()))

@@ -2,6 +2,7 @@
 //! check the schedule's pin and the grants, run it in the sandbox with the
 //! service's state, keep the new state. Shared by concurrent service timers.
 
+use super::installed::{Stamp, stamp};
 use crate::config::Service;
 use crate::report::{Report, Status};
 use crate::runtime::{Grant, Plugin, RunOutcome, RunRequest, Runtime, View};
@@ -24,14 +25,6 @@ pub struct ServiceRunner {
     plugins: Mutex<HashMap<PathBuf, Loaded>>,
     /// Filesystem views by grant, built once: a view opens its directories.
     views: Mutex<HashMap<(bool, Vec<PathBuf>), Arc<View>>>,
-}
-
-/// A plugin file's modification time and size, to notice a replaced plugin.
-type Stamp = (SystemTime, u64);
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 /// A run's report, and the plugin state it leaves for the next run. The
