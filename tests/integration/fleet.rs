@@ -324,3 +324,85 @@ services = ["uptime", "cpu", "ghost", "pinned"]
         receiver.log_text()
     );
 }
+
+#[test]
+fn slow_plugins_do_not_hold_up_the_other_services_of_their_host() {
+    // A host's services fire together and run back to back on shared
+    // workers; two of them spin or sleep to their 1.5 s deadline every
+    // second. The six good ones must still report every second, OK, none
+    // waiting behind the slow ones (in whatever order the tick queues them).
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::build_plugins();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for good in ["uptime", "memory", "loadavg"] {
+        let file = format!("{good}.wasm");
+        std::fs::copy(crate::common::plugin(good), plugins.join(&file)).unwrap();
+    }
+    std::fs::copy(
+        crate::common::fixture("misbehave"),
+        plugins.join("misbehave.wasm"),
+    )
+    .unwrap();
+    let good: Vec<String> = ["uptime", "memory", "loadavg"]
+        .iter()
+        .flat_map(|p| [format!("{p}-1"), format!("{p}-2")])
+        .collect();
+    let mut model: String = good
+        .iter()
+        .map(|name| {
+            let plugin = name.split('-').next().unwrap();
+            format!("[services.{name}]\nplugin = \"{plugin}\"\ninterval = \"1s\"\n")
+        })
+        .collect();
+    let all = [good.clone(), vec!["spin".to_owned(), "sleep".to_owned()]].concat();
+    model.push_str(&format!(
+        r#"
+[services.spin]
+plugin = "misbehave"
+interval = "1s"
+params = {{ mode = "spin" }}
+limits = {{ deadline = "1500ms", fuel = 100000000000 }}
+[services.sleep]
+plugin = "misbehave"
+interval = "1s"
+params = {{ mode = "sleep" }}
+limits = {{ deadline = "1500ms" }}
+[hosts.a]
+token = "{TOKEN_A}"
+services = {all:?}
+liveness_service = "uptime-1"
+"#
+    ));
+    let receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model);
+    let _agent = Agent::start_with(dir.path(), "a", TOKEN_A, &[&receiver.address], &plugins, "");
+    assert!(
+        wait_until(Duration::from_secs(30), || receiver
+            .report_times("a", "uptime-1")
+            .len()
+            >= 8),
+        "uptime reports: {:?}; receiver log: {}",
+        receiver.report_times("a", "uptime-1"),
+        receiver.log_text()
+    );
+    let status = receiver.status();
+    let services = status[0]["services"].as_array().unwrap();
+    let level = |name: &str| {
+        let service = services.iter().find(|s| s["name"] == name).unwrap();
+        (
+            service["level"].as_str().unwrap().to_owned(),
+            service["text"].clone(),
+        )
+    };
+    for bad in ["spin", "sleep"] {
+        assert_eq!(level(bad).0, "UNKNOWN", "{bad}: {:?}", level(bad));
+    }
+    for name in &good {
+        assert_eq!(level(name).0, "OK", "{name}: {:?}", level(name));
+        let gaps = sorted_gaps(&receiver.report_times("a", name));
+        assert!(
+            *gaps.last().unwrap() <= 1_400,
+            "{name} waited behind the slow ones: gaps {gaps:?}"
+        );
+    }
+}

@@ -196,3 +196,50 @@ fn plugin_log_lines_reach_the_agent_log_tagged_and_capped() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_run_queued_before_a_slow_one_is_not_held_up_by_it() {
+    // Two runs dispatched together share one worker: the quick one first,
+    // then one that spins to its 5 s deadline. The quick run's waking is
+    // held while the worker goes on to the slow run; its outcome must still
+    // be taken as soon as it is there, not given up as blocked after the
+    // quick run's own 2 s deadline.
+    use sandglass::runtime::{LimitOverrides, Limits, RunRequest, Runtime, View};
+    use std::sync::Arc;
+    crate::common::build_plugins();
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = runtime.load(&fixture("misbehave")).unwrap();
+    let request = |mode: Option<&str>, limits: Limits| RunRequest {
+        service: mode.unwrap_or("quick").into(),
+        params: mode
+            .map(|m| ("mode".to_owned(), m.to_owned()))
+            .into_iter()
+            .collect(),
+        state: None,
+        limits,
+        view: Arc::new(View::new(false, &[]).unwrap()),
+    };
+    let slow_limits = Limits::default()
+        .with(&LimitOverrides {
+            deadline: Some("5s".parse().unwrap()),
+            fuel: Some(u64::MAX / 2),
+            ..Default::default()
+        })
+        .unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (quick, slow) = tokio.block_on(async {
+        tokio::join!(
+            runtime.run_async(&plugin, request(None, Limits::default())),
+            runtime.run_async(&plugin, request(Some("spin"), slow_limits)),
+        )
+    });
+    assert!(quick.result.is_ok(), "the quick run: {:?}", quick.status());
+    assert!(
+        slow.status().text.contains("deadline 5s exceeded"),
+        "the slow run: {:?}",
+        slow.status()
+    );
+}

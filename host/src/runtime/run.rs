@@ -22,7 +22,8 @@ const HARD_TIMEOUT_GRACE: Duration = Duration::from_millis(50);
 /// How long a run may wait in the queue behind runs of the same tick before
 /// its waiter asks for a spare worker: a run a few ms slow costs the runs
 /// behind it no more than this, one stuck in a host call no more than this
-/// either.
+/// either. Also how often a waiter looks for an outcome whose wake-up is
+/// held behind a slow run of the same burst.
 const START_WAIT: Duration = Duration::from_millis(20);
 
 /// Stderr kept in a trap message, in bytes.
@@ -263,7 +264,9 @@ impl Runtime {
             Ok(dispatched) => dispatched,
             Err(refused) => return *refused,
         };
-        while let Some(until) = dispatched.next_check() {
+        while !dispatched.done()
+            && let Some(until) = dispatched.next_check()
+        {
             let until = tokio::time::Instant::from_std(until);
             if tokio::time::timeout_at(until, &mut woken).await.is_ok() {
                 break;
@@ -272,8 +275,9 @@ impl Runtime {
         dispatched.finish()
     }
 
-    /// Hand the run to a worker; its outcome lands in the returned slot
-    /// (and `wake` fires) unless the waiter abandoned it first.
+    /// Hand the run to a worker; its outcome lands in the returned slot as
+    /// soon as it is there (unless the waiter abandoned it first), and the
+    /// waiter is woken with the other runs of its burst (see `workers`).
     fn dispatch(
         &self,
         plugin: &Arc<Plugin>,
@@ -292,20 +296,22 @@ impl Runtime {
         });
         let deadline = request.limits.deadline;
         let (runtime, plugin, worker_slot) = (self.clone(), plugin.clone(), slot.clone());
-        let (stuck_runtime, started_slot) = (self.clone(), slot.clone());
+        let waking_slot = slot.clone();
         let spawned = self.inner.workers.execute(
             move || {
-                let _ = started_slot.started.set(Instant::now());
-                runtime.run_here(&plugin, &request)
-            },
-            move |outcome| {
-                let (lock, done) = &worker_slot.cell;
-                let mut slot = lock.lock().expect("run slot");
+                let _ = worker_slot.started.set(Instant::now());
+                let outcome = runtime.run_here(&plugin, &request);
+                let mut slot = worker_slot.cell.0.lock().expect("run slot");
                 if matches!(*slot, Slot::Abandoned) {
-                    stuck_runtime.inner.stuck.fetch_sub(1, Ordering::SeqCst);
-                } else {
-                    *slot = Slot::Done(Box::new(outcome));
-                    done.notify_one();
+                    runtime.inner.stuck.fetch_sub(1, Ordering::SeqCst);
+                    return false;
+                }
+                *slot = Slot::Done(Box::new(outcome));
+                true
+            },
+            move |stored| {
+                if stored {
+                    waking_slot.cell.1.notify_one();
                     if let Some(wake) = wake {
                         let _ = wake.send(());
                     }
@@ -322,7 +328,6 @@ impl Runtime {
             runtime: self.clone(),
             deadline,
             queued: Instant::now(),
-            spare_asked: std::cell::Cell::new(false),
         })
     }
 }
@@ -346,28 +351,38 @@ struct Dispatched {
     runtime: Runtime,
     deadline: HumanDuration,
     queued: Instant,
-    spare_asked: std::cell::Cell<bool>,
 }
 
 impl Dispatched {
+    /// Whether the outcome is in the slot (its wake-up may still be held).
+    fn done(&self) -> bool {
+        matches!(*self.slot.cell.0.lock().expect("run slot"), Slot::Done(_))
+    }
+
     /// Until when to wait for the outcome before looking again; `None`: stop
-    /// waiting. A run gets its deadline (and the grace) from when it started.
-    /// One still queued after [`START_WAIT`] gets a spare worker; one that no
-    /// worker took within its deadline is given up like a stuck one.
+    /// waiting. A run gets its deadline (and the grace) from when it started,
+    /// and is looked at every [`START_WAIT`] meanwhile: its wake-up is held
+    /// while its worker runs the rest of the burst, which may be a slow run.
+    /// One still queued after [`START_WAIT`] asks for a spare worker, and again
+    /// every [`START_WAIT`] while it stays queued (the workers may be taken by
+    /// one slow run after another; a spare starts only when none is idle); one
+    /// that no worker took within its deadline is given up like a stuck one.
     fn next_check(&self) -> Option<Instant> {
         let now = Instant::now();
         let limit = self.deadline.0 + HARD_TIMEOUT_GRACE;
         match self.slot.started.get() {
-            Some(started) => Some(*started + limit).filter(|end| *end > now),
+            Some(started) => {
+                let end = *started + limit;
+                (end > now).then(|| end.min(now + START_WAIT))
+            }
             None if now >= self.queued + limit => None,
-            None if now >= self.queued + START_WAIT && !self.spare_asked.replace(true) => {
+            None if now >= self.queued + START_WAIT => {
                 if let Err(e) = self.runtime.inner.workers.spare() {
                     tracing::warn!("cannot start a spare worker thread: {e}");
                 }
                 Some(now + START_WAIT)
             }
-            None if now < self.queued + START_WAIT => Some(self.queued + START_WAIT),
-            None => Some(now + START_WAIT),
+            None => Some(self.queued + START_WAIT),
         }
     }
 

@@ -108,15 +108,20 @@ fn worker(shared: Arc<Shared>) {
     // empty, then run together: the waiters (tasks of one event loop) wake
     // once per burst instead of once per job — that wake-up, a context
     // switch each, was the largest single cost of the agent's async side.
+    // A job must therefore leave its result where its waiter can look
+    // without the completion (as `run.rs` does): a slow job later in the
+    // burst holds the completions of the earlier ones until it ends.
     let mut held: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
     let mut held_since = Instant::now();
     loop {
-        let next = {
-            let jobs = shared.jobs.lock().expect("workers lock");
-            if held.is_empty() {
-                jobs.recv().ok()
-            } else {
-                jobs.try_recv().ok()
+        let next = if held.is_empty() {
+            shared.jobs.lock().expect("workers lock").recv().ok()
+        } else {
+            // Another worker holding the queue is waiting in `recv`: the
+            // queue is empty, so deliver now rather than wait for its lock.
+            match shared.jobs.try_lock() {
+                Ok(jobs) => jobs.try_recv().ok(),
+                Err(_) => None,
             }
         };
         let Some(job) = next else {
