@@ -99,6 +99,7 @@ fn seeds() -> Vec<Message> {
                 }),
                 Entry::Report(report(2)),
             ],
+            settled: 0,
         }),
         Message::Schedule(Schedule {
             revision: 9,
@@ -117,15 +118,26 @@ fn seeds() -> Vec<Message> {
                 },
             }],
         }),
-        Message::ScheduleRequest { revision: 3 },
-        Message::Unchanged { revision: 3 },
-        Message::Ack { seq: 77 },
+        Message::ScheduleRequest(Revision { revision: 3 }),
+        Message::Unchanged(Revision { revision: 3 }),
+        Message::Ack(Ack { seq: 77 }),
         Message::Error(Fault {
             code: FaultCode::Auth,
             text: "no".into(),
         }),
-        Message::Ping { nonce: 1 },
-        Message::Pong { nonce: 2 },
+        Message::Ping(Probe {
+            nonce: 1,
+            time_ms: 5,
+        }),
+        Message::Pong(Probe {
+            nonce: 2,
+            time_ms: 6,
+        }),
+        Message::Rejected(Rejected {
+            seq: 4,
+            last_seq: 9,
+            reason: "too big".into(),
+        }),
     ]
 }
 

@@ -84,6 +84,7 @@ fn batch(seq: u64, time_ms: u64) -> ReportBatch {
     ReportBatch {
         seq,
         entries: reports.into_iter().map(Entry::Report).collect(),
+        settled: 0,
     }
 }
 
@@ -150,7 +151,7 @@ async fn agent(
         };
         tokio::select! {
             frame = framed.next() => match frame {
-                Some(Ok(Message::Ack { seq })) => {
+                Some(Ok(Message::Ack(Ack { seq }))) => {
                     if let Some(start) = sent.remove(&seq) {
                         let tally = if start >= steady_until { &flood } else { &steady };
                         tally.acked_samples.fetch_add(SAMPLES_PER_BATCH, Ordering::Relaxed);

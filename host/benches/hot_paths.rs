@@ -114,6 +114,7 @@ fn batch(seq: u64) -> ReportBatch {
         entries: (0..50)
             .map(|i| Entry::Report(report(1_700_000_000_000 + i)))
             .collect(),
+        settled: 0,
     }
 }
 

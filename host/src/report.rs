@@ -10,18 +10,18 @@ pub enum MetricKind {
     Counter,
 }
 
-/// One measured value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
-    pub name: String,
-    pub value: f64,
-    pub kind: MetricKind,
-    /// Always serialized, empty or not: reports travel as MessagePack arrays,
-    /// where a skipped field would shift the ones after it.
-    #[serde(default)]
-    pub unit: String,
-    #[serde(default)]
-    pub labels: Vec<(String, String)>,
+wire_struct! {
+    /// One measured value.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Sample {
+        pub name: String,
+        pub value: f64,
+        pub kind: MetricKind,
+        /// Always serialized, empty or not: reports travel as MessagePack
+        /// arrays, where a skipped field would shift the ones after it.
+        pub unit: String,
+        pub labels: Vec<(String, String)>,
+    }
 }
 
 /// Check result level, ordered from best to worst.
@@ -44,13 +44,25 @@ impl Level {
             Level::Unknown => "UNKNOWN",
         }
     }
+
+    /// The level `as_str` wrote; anything else is UNKNOWN.
+    pub fn parse(text: &str) -> Level {
+        match text {
+            "OK" => Level::Ok,
+            "WARN" => Level::Warn,
+            "CRIT" => Level::Crit,
+            _ => Level::Unknown,
+        }
+    }
 }
 
-/// A service's status: level and one human line.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    pub level: Level,
-    pub text: String,
+wire_struct! {
+    /// A service's status: level and one human line.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Status {
+        pub level: Level,
+        pub text: String,
+    }
 }
 
 impl Status {
@@ -63,25 +75,29 @@ impl Status {
     }
 }
 
-/// What a run cost.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Cost {
-    /// Wall-clock time of the run, including entering the sandbox, in µs.
-    pub wall_micros: u64,
-    /// Fuel units consumed (roughly wasm instructions).
-    pub fuel: u64,
-    /// Largest linear memory the plugin had, in bytes.
-    pub peak_memory: u64,
+wire_struct! {
+    /// What a run cost.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct Cost {
+        /// Wall-clock time of the run, including entering the sandbox, in µs.
+        pub wall_micros: u64,
+        /// Fuel units consumed (roughly wasm instructions).
+        pub fuel: u64,
+        /// Largest linear memory the plugin had, in bytes.
+        pub peak_memory: u64,
+    }
 }
 
-/// The result of running one service once.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub service: String,
-    pub plugin: String,
-    /// Unix time in milliseconds when the run started.
-    pub time_ms: u64,
-    pub status: Status,
-    pub samples: Vec<Sample>,
-    pub cost: Cost,
+wire_struct! {
+    /// The result of running one service once.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Report {
+        pub service: String,
+        pub plugin: String,
+        /// Unix time in milliseconds when the run started.
+        pub time_ms: u64,
+        pub status: Status,
+        pub samples: Vec<Sample>,
+        pub cost: Cost,
+    }
 }

@@ -15,8 +15,8 @@ use super::services::{Collected, now_ms};
 use super::spool::Spool;
 use crate::config::ConnectionConfig;
 use crate::protocol::{
-    DEFAULT_MAX_FRAME, FrameCodec, Hello, Message, PROTOCOL_VERSION, ReportBatch, Schedule,
-    read_preamble, write_preamble,
+    Ack, DEFAULT_MAX_FRAME, FrameCodec, Hello, Message, PROTOCOL_VERSION, Probe, ReportBatch,
+    Revision, Schedule, read_preamble, write_preamble,
 };
 use crate::runtime::abi::ABI_VERSION;
 use crate::tls;
@@ -337,7 +337,11 @@ async fn exchange(
                     let Some((seq, entries)) = state.spool.read(sent + 1, batch_max)? else {
                         break;
                     };
-                    let batch = ReportBatch { seq, entries };
+                    let batch = ReportBatch {
+                        seq,
+                        entries,
+                        settled: state.spool.acked(),
+                    };
                     sent = batch.last_seq();
                     in_flight.push_back(sent);
                     framed.feed(Message::Reports(batch)).await?;
@@ -385,7 +389,7 @@ async fn exchange(
                 };
                 last_heard = Instant::now();
                 match message {
-                    Message::Ack { seq } => {
+                    Message::Ack(Ack { seq }) => {
                         if let Err(e) = state.spool.ack(seq) {
                             tracing::error!("{e:#}");
                         }
@@ -402,8 +406,8 @@ async fn exchange(
                         state.revision = schedule.revision;
                         state.schedules.send_replace(Some(schedule));
                     }
-                    Message::Unchanged { .. } | Message::Pong { .. } => {}
-                    Message::Ping { nonce } => framed.send(Message::Pong { nonce }).await?,
+                    Message::Unchanged(_) | Message::Pong(_) => {}
+                    Message::Ping(Probe { nonce, .. }) => framed.send(Message::Pong(Probe { nonce, time_ms: now_ms() })).await?,
                     Message::Error(f) => bail!("the receiver reports {f}"),
                     other => bail!("unexpected message from the receiver: {other:?}"),
                 }
@@ -439,11 +443,11 @@ async fn exchange(
                     bail!("nothing heard from the receiver for {} s", dead_after.as_secs());
                 }
                 if now >= next_refresh {
-                    framed.send(Message::ScheduleRequest { revision: state.revision }).await?;
+                    framed.send(Message::ScheduleRequest(Revision { revision: state.revision })).await?;
                     next_refresh = now + refresh;
                 }
                 if now >= next_ping {
-                    framed.send(Message::Ping { nonce: now_ms() }).await?;
+                    framed.send(Message::Ping(Probe { nonce: now_ms(), time_ms: now_ms() })).await?;
                     next_ping = now + PING_EVERY;
                 }
                 if next_failback.is_some_and(|t| t <= now) && probe.is_none() && switch.is_none() {

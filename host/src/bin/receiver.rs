@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use sandglass::agent::services::now_ms;
-use sandglass::receiver::config::Model;
+use sandglass::receiver::config::{Model, database_of};
 use sandglass::receiver::{server, store, view};
 use sandglass::units::HumanDuration;
 use std::path::PathBuf;
@@ -69,13 +69,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, listen } => serve(config, listen),
         Command::Status { config, json } => {
-            let model = Model::load(&config)?;
-            let conn = store::open_existing(&model.settings.database)?;
-            let hosts = view::status(&conn)?;
+            let (database, config_error) = database_of(&config)?;
+            if let Some(e) = config_error {
+                eprintln!(
+                    "warning: {e:#}\nwarning: showing what the database {} holds",
+                    database.display()
+                );
+            }
+            let conn = store::open_existing(&database)?;
+            let read = |e: anyhow::Error| {
+                e.context(format!(
+                    "cannot read the receiver database {} (is it readable, and its directory writable for SQLite's -shm file?)",
+                    database.display()
+                ))
+            };
+            let hosts = view::status(&conn).map_err(read)?;
+            let receiver = view::receiver(&conn, now_ms()).map_err(read)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&hosts)?);
             } else {
-                print!("{}", view::status_table(&hosts, now_ms()));
+                print!("{}", view::status_table(&receiver, &hosts, now_ms()));
+            }
+            if !receiver.running {
+                eprintln!("note: the receiver is not running; this status is not live");
             }
             Ok(())
         }

@@ -70,7 +70,7 @@ impl Decoder for FrameCodec {
         }
         src.advance(4);
         let payload = src.split_to(len);
-        rmp_serde::from_slice(&payload).map_err(|e| ProtocolError::Malformed(e.to_string()))
+        decode_payload(&payload).map(Some)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
@@ -80,6 +80,22 @@ impl Decoder for FrameCodec {
             None => Err(ProtocolError::Incomplete(src.len())),
         }
     }
+}
+
+/// A frame's payload is exactly one message: bytes after it are refused
+/// rather than ignored, so a framing mistake cannot go unnoticed.
+fn decode_payload(payload: &[u8]) -> Result<Message, ProtocolError> {
+    let mut reader = payload;
+    let mut de = rmp_serde::Deserializer::new(&mut reader);
+    let message = serde::Deserialize::deserialize(&mut de)
+        .map_err(|e: rmp_serde::decode::Error| ProtocolError::Malformed(e.to_string()))?;
+    if !reader.is_empty() {
+        return Err(ProtocolError::Malformed(format!(
+            "{} bytes after the message in its frame",
+            reader.len()
+        )));
+    }
+    Ok(message)
 }
 
 impl Encoder<Message> for FrameCodec {
@@ -139,7 +155,7 @@ mod tests {
 
     #[test]
     fn a_frame_split_anywhere_decodes_once_complete() {
-        let message = Message::Ack { seq: 42 };
+        let message = Message::Ack(Ack { seq: 42 });
         let frame = encode(&message);
         for cut in 0..frame.len() {
             let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
@@ -153,7 +169,10 @@ mod tests {
 
     #[test]
     fn an_incomplete_frame_at_eof_is_an_error() {
-        let frame = encode(&Message::Ping { nonce: 7 });
+        let frame = encode(&Message::Ping(Probe {
+            nonce: 7,
+            time_ms: 0,
+        }));
         let mut buf = BytesMut::from(&frame[..frame.len() - 1]);
         let err = FrameCodec::new(DEFAULT_MAX_FRAME)
             .decode_eof(&mut buf)
@@ -188,6 +207,21 @@ mod tests {
     }
 
     #[test]
+    fn bytes_after_the_message_in_a_frame_are_malformed() {
+        let mut frame = encode(&Message::Ack(Ack { seq: 5 }));
+        frame.extend_from_slice(&[0xc0]);
+        let len = frame.len() as u32 - 4;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        let err = FrameCodec::new(DEFAULT_MAX_FRAME)
+            .decode(&mut frame)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("1 bytes after the message"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn garbage_and_empty_frames_are_malformed() {
         let mut buf = BytesMut::from(&[0, 0, 0, 3, 0xc1, 0xc1, 0xc1][..]);
         let err = FrameCodec::new(DEFAULT_MAX_FRAME)
@@ -206,7 +240,7 @@ mod tests {
     #[test]
     fn encoding_matches_the_documented_bytes() {
         assert_eq!(
-            &encode(&Message::Ack { seq: 5 })[..],
+            &encode(&Message::Ack(Ack { seq: 5 }))[..],
             &[0, 0, 0, 7, 0x81, 0xa3, b'A', b'c', b'k', 0x91, 0x05]
         );
         let fault = Message::Error(Fault {
@@ -236,6 +270,142 @@ mod tests {
         assert!(
             matches!(err, ProtocolError::NotSandglass(m) if &m == b"GET "),
             "{err}"
+        );
+    }
+
+    /// docs/protocol.md: a decoder accepts a struct longer than it knows.
+    /// Each message below is written as a newer peer would write it: every
+    /// struct, at every level, carries one more field at its end.
+    #[test]
+    fn every_message_with_an_extra_field_in_every_struct_decodes() {
+        use std::collections::BTreeMap;
+        const X: &str = "a field from the future";
+        fn tagged<T: serde::Serialize>(tag: &str, body: T) -> Vec<u8> {
+            rmp_serde::to_vec(&BTreeMap::from([(tag, body)])).unwrap()
+        }
+        fn decode(bytes: Vec<u8>) -> Message {
+            let mut frame = BytesMut::new();
+            frame.put_u32(bytes.len() as u32);
+            frame.extend_from_slice(&bytes);
+            FrameCodec::new(DEFAULT_MAX_FRAME)
+                .decode(&mut frame)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap()
+        }
+        let plugin = ("cpu", "ab", X);
+        let hello = decode(tagged(
+            "Hello",
+            ("h", "t", "0.9", "1.0.0", 5u64, 2u64, vec![plugin], 7u64, X),
+        ));
+        assert!(
+            matches!(hello, Message::Hello(h) if h.host_id == "h" && h.plugins[0].name == "cpu")
+        );
+        let welcome = decode(tagged("Welcome", ("9.9", 5u64, 1000u64, 4096u64, X)));
+        assert!(matches!(welcome, Message::Welcome(w) if w.max_frame == 4096));
+        let limits = (
+            Some(5u64),
+            None::<u64>,
+            None::<u64>,
+            None::<u64>,
+            None::<u64>,
+            None::<u64>,
+            None::<u64>,
+            X,
+        );
+        let service = (
+            "cpu",
+            "cpu",
+            None::<String>,
+            1000u64,
+            vec![("k", "v")],
+            vec!["sys"],
+            Vec::<String>::new(),
+            limits,
+            X,
+        );
+        let schedule = decode(tagged("Schedule", (3u64, vec![service], X)));
+        assert!(matches!(schedule, Message::Schedule(s) if s.services[0].limits.fuel == Some(5)));
+        let sample = ("load1", 0.5f64, "gauge", "", vec![("cpu", "0")], X);
+        let report = (
+            "cpu",
+            "cpu",
+            9u64,
+            ("OK", "fine", X),
+            vec![sample],
+            (1u64, 2u64, 3u64, X),
+            X,
+        );
+        let gap = (3u64, 1u64, 2u64, "spool full", X);
+        let entries = (
+            BTreeMap::from([("Report", report)]),
+            BTreeMap::from([("Gap", gap)]),
+        );
+        let reports = decode(tagged("Reports", (4u64, entries, 3u64, X)));
+        let Message::Reports(batch) = reports else {
+            panic!("Reports")
+        };
+        assert_eq!((batch.seq, batch.entries.len(), batch.settled), (4, 2, 3));
+        assert!(matches!(&batch.entries[0], Entry::Report(r) if r.samples[0].labels[0].1 == "0"));
+        for (tag, expect) in [
+            (
+                "ScheduleRequest",
+                Message::ScheduleRequest(Revision { revision: 8 }),
+            ),
+            ("Unchanged", Message::Unchanged(Revision { revision: 8 })),
+            ("Ack", Message::Ack(Ack { seq: 8 })),
+        ] {
+            assert_eq!(decode(tagged(tag, (8u64, X))), expect);
+        }
+        assert_eq!(
+            decode(tagged("Ping", (8u64, 9u64, X))),
+            Message::Ping(Probe {
+                nonce: 8,
+                time_ms: 9
+            })
+        );
+        assert_eq!(
+            decode(tagged("Rejected", (1u64, 2u64, "why", X))),
+            Message::Rejected(Rejected {
+                seq: 1,
+                last_seq: 2,
+                reason: "why".into()
+            })
+        );
+        assert!(matches!(
+            decode(tagged("Error", ("Busy", "later", X))),
+            Message::Error(f) if f.code == FaultCode::Busy
+        ));
+    }
+
+    /// And a struct from an older peer, without the fields added since,
+    /// takes their documented defaults.
+    #[test]
+    fn fields_added_since_protocol_1_may_be_absent() {
+        use std::collections::BTreeMap;
+        let welcome =
+            rmp_serde::to_vec(&BTreeMap::from([("Welcome", ("0.1.0", 5u64, 1000u64))])).unwrap();
+        let mut frame = BytesMut::new();
+        frame.put_u32(welcome.len() as u32);
+        frame.extend_from_slice(&welcome);
+        let decoded = FrameCodec::new(DEFAULT_MAX_FRAME)
+            .decode(&mut frame)
+            .unwrap();
+        assert!(
+            matches!(decoded, Some(Message::Welcome(w)) if w.max_frame == DEFAULT_MAX_FRAME as u64)
+        );
+        let ping = rmp_serde::to_vec(&BTreeMap::from([("Ping", (3u64,))])).unwrap();
+        let mut frame = BytesMut::new();
+        frame.put_u32(ping.len() as u32);
+        frame.extend_from_slice(&ping);
+        let decoded = FrameCodec::new(DEFAULT_MAX_FRAME)
+            .decode(&mut frame)
+            .unwrap();
+        assert_eq!(
+            decoded,
+            Some(Message::Ping(Probe {
+                nonce: 3,
+                time_ms: 0
+            }))
         );
     }
 
@@ -331,8 +501,13 @@ mod tests {
                         })
                     }
                 ),
-            (any::<u64>(), proptest::collection::vec(entry(), 0..4))
-                .prop_map(|(seq, entries)| Message::Reports(ReportBatch { seq, entries })),
+            (any::<u64>(), proptest::collection::vec(entry(), 0..4)).prop_map(|(seq, entries)| {
+                Message::Reports(ReportBatch {
+                    seq,
+                    entries,
+                    settled: seq.saturating_sub(1),
+                })
+            }),
             (
                 any::<u64>(),
                 text(),
@@ -358,9 +533,9 @@ mod tests {
                         }],
                     })
                 }),
-            any::<u64>().prop_map(|seq| Message::Ack { seq }),
-            any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
-            any::<u64>().prop_map(|revision| Message::ScheduleRequest { revision }),
+            any::<u64>().prop_map(|seq| Message::Ack(Ack { seq })),
+            any::<u64>().prop_map(|nonce| Message::Ping(Probe { nonce, time_ms: 0 })),
+            any::<u64>().prop_map(|revision| Message::ScheduleRequest(Revision { revision })),
             text().prop_map(|text| Message::Error(Fault {
                 code: FaultCode::Malformed,
                 text

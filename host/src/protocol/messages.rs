@@ -20,52 +20,93 @@ pub enum Message {
     /// and as the answer to a `ScheduleRequest` for another revision.
     Schedule(Schedule),
     /// Agent -> receiver: "I run revision N; send the schedule if it changed".
-    ScheduleRequest {
-        revision: u64,
-    },
+    ScheduleRequest(Revision),
     /// Receiver -> agent: the agent's revision is current.
-    Unchanged {
-        revision: u64,
-    },
+    Unchanged(Revision),
     /// Agent -> receiver: spool entries, numbered per agent stream.
     Reports(ReportBatch),
-    /// Receiver -> agent: every entry of the stream up to and including
-    /// `seq` is durably stored (a cumulative acknowledgement).
-    Ack {
-        seq: u64,
-    },
+    /// Receiver -> agent: every entry of the batch ending at `seq`, and of
+    /// the batches sent before it on this connection, is durably stored or
+    /// was `Rejected` (a cumulative acknowledgement, in the order batches
+    /// were sent).
+    Ack(Ack),
+    /// Receiver -> agent: the receiver will never store entries
+    /// `seq..=last_seq` (they are well-formed frames it must refuse). The
+    /// agent counts them as lost, with the reason, and goes on; the
+    /// connection stays open.
+    Rejected(Rejected),
     /// Either side: something is wrong; the sender closes the connection
-    /// after it unless the code says otherwise.
+    /// after it.
     Error(Fault),
-    /// Either side: are you there? Answered with `Pong` carrying the nonce.
-    Ping {
-        nonce: u64,
-    },
-    Pong {
-        nonce: u64,
-    },
+    /// Either side: are you there? Answered at once with `Pong` carrying the
+    /// nonce and the answerer's clock.
+    Ping(Probe),
+    Pong(Probe),
 }
 
-/// The agent's introduction.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hello {
-    pub host_id: String,
-    /// The host's credential, as configured on both sides.
-    pub token: String,
-    /// Agent version, e.g. "0.1.0".
-    pub agent_version: String,
-    /// The plugin ABI the agent runs, e.g. "1.0.0".
-    pub abi_version: String,
-    /// Agent's clock, Unix ms, so the receiver can correct report times
-    /// for clock skew.
-    pub time_ms: u64,
-    /// Revision of the schedule the agent has cached; 0 for none.
-    pub schedule_revision: u64,
-    /// Plugins installed on the host.
-    pub plugins: Vec<InstalledPlugin>,
-    /// The agent's spool identity: entry numbers are unique within it. A
-    /// new spool (state directory wiped) starts a new stream at 1.
-    pub stream: u64,
+wire_struct! {
+    /// The body of `ScheduleRequest` and `Unchanged`.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct Revision {
+        pub revision: u64,
+    }
+}
+
+wire_struct! {
+    /// The body of `Ack`.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct Ack {
+        pub seq: u64,
+    }
+}
+
+wire_struct! {
+    /// The body of `Rejected`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Rejected {
+        pub seq: u64,
+        pub last_seq: u64,
+        /// Why, for the operator; the agent records it in its gap entry.
+        pub reason: String,
+    }
+}
+
+wire_struct! {
+    /// The body of `Ping` and `Pong`.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct Probe {
+        pub nonce: u64,
+    }
+    added {
+        /// The sender's clock, Unix ms, when it sent the frame (0: not
+        /// given). The receiver measures an agent's clock offset from the
+        /// round trip of its own Ping and the agent's Pong.
+        pub time_ms: u64 = 0,
+    }
+}
+
+wire_struct! {
+    /// The agent's introduction.
+    #[derive(Clone, PartialEq)]
+    pub struct Hello {
+        pub host_id: String,
+        /// The host's credential, as configured on both sides.
+        pub token: String,
+        /// Agent version, e.g. "0.1.0".
+        pub agent_version: String,
+        /// The plugin ABI the agent runs, e.g. "1.0.0".
+        pub abi_version: String,
+        /// Agent's clock, Unix ms, so the receiver can correct report times
+        /// for clock skew.
+        pub time_ms: u64,
+        /// Revision of the schedule the agent has cached; 0 for none.
+        pub schedule_revision: u64,
+        /// Plugins installed on the host.
+        pub plugins: Vec<InstalledPlugin>,
+        /// The agent's spool identity: entry numbers are unique within it. A
+        /// new spool (state directory wiped) starts a new stream at 1.
+        pub stream: u64,
+    }
 }
 
 /// Hello without the token: the token must never reach a log.
@@ -84,71 +125,96 @@ impl fmt::Debug for Hello {
     }
 }
 
-/// A plugin file present on the agent's host.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct InstalledPlugin {
-    /// File name without `.wasm`.
-    pub name: String,
-    /// Lowercase hex sha256 of the file.
-    pub sha256: String,
+wire_struct! {
+    /// A plugin file present on the agent's host.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct InstalledPlugin {
+        /// File name without `.wasm`.
+        pub name: String,
+        /// Lowercase hex sha256 of the file.
+        pub sha256: String,
+    }
 }
 
-/// The receiver's answer to an accepted Hello.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Welcome {
-    pub receiver_version: String,
-    /// Receiver's clock, Unix ms.
-    pub time_ms: u64,
-    /// How often the agent should send a `ScheduleRequest` (ms).
-    pub refresh_ms: u64,
+wire_struct! {
+    /// The receiver's answer to an accepted Hello.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Welcome {
+        pub receiver_version: String,
+        /// Receiver's clock, Unix ms.
+        pub time_ms: u64,
+        /// How often the agent should send a `ScheduleRequest` (ms).
+        pub refresh_ms: u64,
+    }
+    added {
+        /// The largest frame this receiver accepts after the handshake, in
+        /// bytes (its `max_frame`): the agent keeps every batch below it.
+        /// Absent (a receiver before it was added): 8 MiB.
+        pub max_frame: u64 = super::DEFAULT_MAX_FRAME as u64,
+    }
 }
 
-/// What one host runs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Schedule {
-    /// Changes whenever the content changes; equal content, equal revision
-    /// (a hash), so a receiver restart does not resend an unchanged schedule.
-    pub revision: u64,
-    pub services: Vec<ScheduledService>,
+wire_struct! {
+    /// What one host runs.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Schedule {
+        /// Changes whenever the content changes; equal content, equal revision
+        /// (a hash), so a receiver restart does not resend an unchanged schedule.
+        pub revision: u64,
+        pub services: Vec<ScheduledService>,
+    }
 }
 
-/// One service of a schedule.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ScheduledService {
-    pub name: String,
-    /// Plugin name: the agent runs `<plugin_dir>/<plugin>.wasm`.
-    pub plugin: String,
-    /// If set, the agent refuses a plugin file with another sha256.
-    pub sha256: Option<String>,
-    pub interval_ms: u64,
-    pub params: Vec<(String, String)>,
-    /// Grants the service asks for; the agent gives only those its own
-    /// configuration allows.
-    pub grants: Vec<GrantName>,
-    /// Directories for the `files` grant.
-    pub files: Vec<String>,
-    pub limits: ServiceLimits,
+wire_struct! {
+    /// One service of a schedule.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ScheduledService {
+        pub name: String,
+        /// Plugin name: the agent runs `<plugin_dir>/<plugin>.wasm`.
+        pub plugin: String,
+        /// If set, the agent refuses a plugin file with another sha256.
+        pub sha256: Option<String>,
+        pub interval_ms: u64,
+        pub params: Vec<(String, String)>,
+        /// Grants the service asks for; the agent gives only those its own
+        /// configuration allows.
+        pub grants: Vec<GrantName>,
+        /// Directories for the `files` grant.
+        pub files: Vec<String>,
+        pub limits: ServiceLimits,
+    }
 }
 
-/// Limit overrides for a service, plain numbers; unset keeps the agent's.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceLimits {
-    pub fuel: Option<u64>,
-    pub deadline_ms: Option<u64>,
-    pub memory: Option<u64>,
-    pub max_samples: Option<u64>,
-    pub max_output_bytes: Option<u64>,
-    pub max_stdio_bytes: Option<u64>,
-    pub max_state_bytes: Option<u64>,
+wire_struct! {
+    /// Limit overrides for a service, plain numbers; unset keeps the agent's.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    pub struct ServiceLimits {
+        pub fuel: Option<u64>,
+        pub deadline_ms: Option<u64>,
+        pub memory: Option<u64>,
+        pub max_samples: Option<u64>,
+        pub max_output_bytes: Option<u64>,
+        pub max_stdio_bytes: Option<u64>,
+        pub max_state_bytes: Option<u64>,
+    }
 }
 
-/// Consecutive entries of the agent's spool: the first is number `seq`,
-/// the next `seq + 1`, and so on. The receiver stores each (stream, number)
-/// once and acknowledges the batch with its last number.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReportBatch {
-    pub seq: u64,
-    pub entries: Vec<Entry>,
+wire_struct! {
+    /// Consecutive entries of the agent's spool: the first is number `seq`,
+    /// the next `seq + 1`, and so on. The receiver stores each (stream, number)
+    /// once and acknowledges the batch with its last number.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ReportBatch {
+        pub seq: u64,
+        pub entries: Vec<Entry>,
+    }
+    added {
+        /// The agent will never send any number up to this one again (it
+        /// was acknowledged, by this receiver or another, or counted lost in
+        /// a gap entry): the receiver may forget what it knows below it.
+        /// 0: nothing said.
+        pub settled: u64 = 0,
+    }
 }
 
 impl ReportBatch {
@@ -167,23 +233,27 @@ pub enum Entry {
     Gap(Gap),
 }
 
-/// Reports the agent dropped before they could be delivered.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Gap {
-    pub reports: u64,
-    /// Times of the oldest and newest dropped report (agent clock, Unix ms).
-    pub first_ms: u64,
-    pub last_ms: u64,
-    /// Why, for the operator: e.g. the spool was full.
-    pub reason: String,
+wire_struct! {
+    /// Reports the agent dropped before they could be delivered.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Gap {
+        pub reports: u64,
+        /// Times of the oldest and newest dropped report (agent clock, Unix ms).
+        pub first_ms: u64,
+        pub last_ms: u64,
+        /// Why, for the operator: e.g. the spool was full.
+        pub reason: String,
+    }
 }
 
-/// An error sent to the peer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Fault {
-    pub code: FaultCode,
-    /// One line for the operator: what is wrong and how to fix it.
-    pub text: String,
+wire_struct! {
+    /// An error sent to the peer.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Fault {
+        pub code: FaultCode,
+        /// One line for the operator: what is wrong and how to fix it.
+        pub text: String,
+    }
 }
 
 /// Error classes, so the peer can react without parsing text.
@@ -208,6 +278,10 @@ pub enum FaultCode {
     /// The receiver could not do its part (e.g. the store failed); the
     /// batch was not stored and should be sent again.
     Internal,
+    /// Agent -> receiver: the agent leaves this receiver for another one of
+    /// its list (failback); the receiver shows the host as moved, not
+    /// unreachable.
+    Moved,
 }
 
 impl fmt::Display for Fault {

@@ -12,8 +12,8 @@ mod messages;
 
 pub use codec::{FrameCodec, ProtocolError, read_preamble, write_preamble};
 pub use messages::{
-    Entry, Fault, FaultCode, Gap, Hello, InstalledPlugin, Message, ReportBatch, Schedule,
-    ScheduledService, ServiceLimits, Welcome,
+    Ack, Entry, Fault, FaultCode, Gap, Hello, InstalledPlugin, Message, Probe, Rejected,
+    ReportBatch, Revision, Schedule, ScheduledService, ServiceLimits, Welcome,
 };
 
 /// First four bytes of every Sandglass connection, in both directions.

@@ -172,6 +172,27 @@ impl Model {
     }
 }
 
+/// The database a configuration names, for the read-only commands: when the
+/// file has errors elsewhere, its `database` key alone is enough to show
+/// what the running receiver stored (the error comes back as a warning).
+pub fn database_of(path: &Path) -> anyhow::Result<(PathBuf, Option<anyhow::Error>)> {
+    let error = match Model::load(path) {
+        Ok(model) => return Ok((model.settings.database, None)),
+        Err(e) => e,
+    };
+    let database = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| table.get("database")?.as_str().map(PathBuf::from));
+    match database {
+        Some(database) => {
+            let base = path.parent().unwrap_or(Path::new("."));
+            Ok((base.join(database), Some(error)))
+        }
+        None => Err(error),
+    }
+}
+
 /// Constant-time equality of two token digests: the time taken does not
 /// tell an attacker how many leading bytes were right.
 pub fn token_matches(expected: &[u8; 32], token: &str) -> bool {

@@ -1,13 +1,21 @@
 //! Liveness (seed 003's rule): a service is late when nothing arrived within
 //! `interval + late_tolerance`; the host is UNREACHABLE when its liveness
 //! service is late, PROBLEM when another service is late or never reported
-//! ("no data at all"), otherwise OK. A host whose services have not yet had
-//! the time to report is PENDING.
+//! ("no data at all"), when a service's newest report says WARN, CRIT or
+//! UNKNOWN (a plugin that fails or is refused), or when two agents use its
+//! host id; otherwise OK. A host whose services have not yet had the time to
+//! report is PENDING; one whose agent left for another receiver is MOVED
+//! until it comes back.
+//!
+//! A receiver that has just started has received nothing yet: no service
+//! becomes late before one interval plus tolerance from the start (a
+//! service that was late before the restart stays late).
 //!
 //! "Arrived" is judged on the report's own (skew-corrected) time, and only
 //! the newest time counts: re-sent old reports cannot make a status flap.
 
 use super::config::Model;
+use crate::report::Level;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -18,6 +26,7 @@ pub enum HostStatus {
     Ok,
     Problem,
     Unreachable,
+    Moved,
 }
 
 impl HostStatus {
@@ -27,6 +36,7 @@ impl HostStatus {
             HostStatus::Ok => "OK",
             HostStatus::Problem => "PROBLEM",
             HostStatus::Unreachable => "UNREACHABLE",
+            HostStatus::Moved => "MOVED",
         }
     }
 
@@ -35,6 +45,7 @@ impl HostStatus {
             "OK" => HostStatus::Ok,
             "PROBLEM" => HostStatus::Problem,
             "UNREACHABLE" => HostStatus::Unreachable,
+            "MOVED" => HostStatus::Moved,
             _ => HostStatus::Pending,
         }
     }
@@ -67,6 +78,9 @@ struct ServiceTrack {
     last_ms: Option<u64>,
     /// Why the service is late, if it is.
     late: Option<String>,
+    /// Level and text of the newest report.
+    level: Level,
+    text: String,
 }
 
 #[derive(Clone, Debug)]
@@ -76,13 +90,23 @@ struct HostTrack {
     reason: String,
     liveness_service: String,
     services: BTreeMap<String, ServiceTrack>,
+    /// The agent left for another receiver (until it connects here again).
+    moved: bool,
+    /// A warning about the host itself (a duplicated host id) and until
+    /// when it stands.
+    warning: Option<(String, u64)>,
 }
 
 /// What the receiver knows, per host and service, to judge liveness.
 #[derive(Debug, Default)]
 pub struct Tracker {
     hosts: BTreeMap<String, HostTrack>,
+    /// When this receiver started: the start of every service's grace.
+    started_ms: u64,
 }
+
+/// How long a warning about a host stands after it was last given.
+const WARNING_STANDS_MS: u64 = 600_000;
 
 /// What the store remembers of a service across restarts.
 pub struct Remembered {
@@ -92,6 +116,8 @@ pub struct Remembered {
     pub scheduled_since_ms: Option<u64>,
     pub last_ms: Option<u64>,
     pub late: Option<String>,
+    pub level: Option<Level>,
+    pub text: Option<String>,
 }
 
 /// What the store remembers of a host across restarts.
@@ -114,6 +140,8 @@ impl Tracker {
                 reason: "waiting for the first reports".into(),
                 liveness_service: host.liveness_service.clone(),
                 services: BTreeMap::new(),
+                moved: false,
+                warning: None,
             });
             track.liveness_service = host.liveness_service.clone();
             let old = std::mem::take(&mut track.services);
@@ -123,6 +151,8 @@ impl Tracker {
                     scheduled_since_ms: now_ms,
                     last_ms: None,
                     late: None,
+                    level: Level::Ok,
+                    text: String::new(),
                 });
                 if service.interval_ms != s.interval_ms {
                     // A new interval counts from now: an agent may need up
@@ -133,6 +163,11 @@ impl Tracker {
                 track.services.insert(s.name.clone(), service);
             }
         }
+    }
+
+    /// This receiver starts at `now_ms`: services get their grace from it.
+    pub fn start(&mut self, now_ms: u64) {
+        self.started_ms = now_ms;
     }
 
     /// Restore what the store remembers (call before `apply_model`).
@@ -146,6 +181,8 @@ impl Tracker {
                     reason: h.reason,
                     liveness_service: String::new(),
                     services: BTreeMap::new(),
+                    moved: h.status == HostStatus::Moved,
+                    warning: None,
                 },
             );
         }
@@ -158,6 +195,8 @@ impl Tracker {
                         scheduled_since_ms: s.scheduled_since_ms.unwrap_or(0),
                         last_ms: s.last_ms,
                         late: s.late,
+                        level: s.level.unwrap_or(Level::Ok),
+                        text: s.text.unwrap_or_default(),
                     },
                 );
             }
@@ -165,13 +204,48 @@ impl Tracker {
     }
 
     /// A report for `service` of `host` taken at `time_ms` was stored.
-    pub fn seen(&mut self, host: &str, service: &str, time_ms: u64) {
+    pub fn seen(&mut self, host: &str, service: &str, time_ms: u64, level: Level, text: &str) {
         if let Some(s) = self
             .hosts
             .get_mut(host)
             .and_then(|h| h.services.get_mut(service))
+            && s.last_ms.is_none_or(|last| time_ms >= last)
         {
-            s.last_ms = Some(s.last_ms.map_or(time_ms, |last| last.max(time_ms)));
+            s.last_ms = Some(time_ms);
+            s.level = level;
+            text.clone_into(&mut s.text);
+        }
+    }
+
+    /// The host's agent connected to this receiver.
+    pub fn connected(&mut self, host: &str) {
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.moved = false;
+        }
+    }
+
+    /// The host's agent left for another receiver: the host is MOVED (not
+    /// judged) until it connects here again. Returns the change to record.
+    pub fn moved(&mut self, host: &str, reason: String, now_ms: u64) -> Option<Change> {
+        let h = self.hosts.get_mut(host)?;
+        h.moved = true;
+        let old = std::mem::replace(&mut h.status, HostStatus::Moved);
+        h.since_ms = now_ms;
+        h.reason = reason.clone();
+        Some(Change {
+            host: host.to_owned(),
+            service: None,
+            old: old.as_str().into(),
+            new: HostStatus::Moved.as_str().into(),
+            reason,
+            time_ms: now_ms,
+        })
+    }
+
+    /// Something is wrong with the host itself (two agents use its id).
+    pub fn warn(&mut self, host: &str, warning: String, now_ms: u64) {
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.warning = Some((warning, now_ms + WARNING_STANDS_MS));
         }
     }
 
@@ -179,21 +253,14 @@ impl Tracker {
     /// then their host).
     pub fn evaluate(&mut self, now_ms: u64, tolerance_ms: u64) -> Vec<Change> {
         let mut changes = Vec::new();
+        let started_ms = self.started_ms;
         for (host_name, host) in &mut self.hosts {
+            if host.moved {
+                continue;
+            }
             let mut late = Vec::new();
             for (name, s) in &mut host.services {
-                let allowed = s.interval_ms + tolerance_ms;
-                let reference = s.last_ms.unwrap_or(0).max(s.scheduled_since_ms);
-                let now_late =
-                    (now_ms.saturating_sub(reference) > allowed).then(|| match s.last_ms {
-                        None => "no data at all".to_owned(),
-                        Some(last) => format!(
-                            "last report {} ago (interval {} + tolerance {})",
-                            seconds(now_ms.saturating_sub(last)),
-                            seconds(s.interval_ms),
-                            seconds(tolerance_ms)
-                        ),
-                    });
+                let now_late = lateness(s, now_ms, tolerance_ms, started_ms);
                 if now_late.is_some() != s.late.is_some() {
                     changes.push(Change {
                         host: host_name.clone(),
@@ -211,25 +278,7 @@ impl Tracker {
                     late.push((name.clone(), why));
                 }
             }
-            let (status, reason) = if let Some((name, why)) =
-                late.iter().find(|(name, _)| *name == host.liveness_service)
-            {
-                (
-                    HostStatus::Unreachable,
-                    format!("liveness service {name}: {why}"),
-                )
-            } else if !late.is_empty() {
-                let list: Vec<String> = late.iter().map(|(n, w)| format!("{n}: {w}")).collect();
-                (HostStatus::Problem, list.join("; "))
-            } else if host
-                .services
-                .get(&host.liveness_service)
-                .is_some_and(|s| s.last_ms.is_none())
-            {
-                (HostStatus::Pending, "waiting for the first reports".into())
-            } else {
-                (HostStatus::Ok, "all services report in time".into())
-            };
+            let (status, reason) = judge_host(host, &late, now_ms);
             if status != host.status || (status != HostStatus::Ok && reason != host.reason) {
                 if status != host.status {
                     changes.push(Change {
@@ -254,6 +303,60 @@ impl Tracker {
         self.hosts
             .get(host)
             .map(|h| (h.status, h.since_ms, h.reason.as_str()))
+    }
+}
+
+/// Why service `s` is late at `now_ms`, if it is. Within a started
+/// receiver's grace a service is late only if it already was.
+fn lateness(s: &ServiceTrack, now_ms: u64, tolerance_ms: u64, started_ms: u64) -> Option<String> {
+    let allowed = s.interval_ms + tolerance_ms;
+    let reference = s.last_ms.unwrap_or(0).max(s.scheduled_since_ms);
+    let overdue = now_ms.saturating_sub(reference) > allowed;
+    let in_grace = now_ms.saturating_sub(started_ms) <= allowed;
+    if !overdue || (in_grace && s.late.is_none()) {
+        return None;
+    }
+    Some(match s.last_ms {
+        None => "no data at all".to_owned(),
+        Some(last) => format!(
+            "last report {} ago (interval {} + tolerance {})",
+            seconds(now_ms.saturating_sub(last)),
+            seconds(s.interval_ms),
+            seconds(tolerance_ms)
+        ),
+    })
+}
+
+/// A host's status and its reason, from its late services, the levels its
+/// services report, and warnings about the host itself.
+fn judge_host(host: &HostTrack, late: &[(String, String)], now_ms: u64) -> (HostStatus, String) {
+    if let Some((name, why)) = late.iter().find(|(name, _)| *name == host.liveness_service) {
+        return (
+            HostStatus::Unreachable,
+            format!("liveness service {name}: {why}"),
+        );
+    }
+    let mut problems: Vec<String> = late.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+    for (name, s) in &host.services {
+        if s.late.is_none() && s.last_ms.is_some() && s.level != Level::Ok {
+            problems.push(format!("{name} {} {:?}", s.level.as_str(), s.text));
+        }
+    }
+    if let Some((warning, until)) = &host.warning
+        && now_ms < *until
+    {
+        problems.push(warning.clone());
+    }
+    if !problems.is_empty() {
+        (HostStatus::Problem, problems.join("; "))
+    } else if host
+        .services
+        .get(&host.liveness_service)
+        .is_some_and(|s| s.last_ms.is_none())
+    {
+        (HostStatus::Pending, "waiting for the first reports".into())
+    } else {
+        (HostStatus::Ok, "all services report in time".into())
     }
 }
 
@@ -287,6 +390,12 @@ mod tests {
 
     const TOL: u64 = 5_000;
 
+    impl Tracker {
+        fn seen_ok(&mut self, host: &str, service: &str, time_ms: u64) {
+            self.seen(host, service, time_ms, Level::Ok, "fine");
+        }
+    }
+
     fn status(t: &Tracker) -> HostStatus {
         t.host("h1").unwrap().0
     }
@@ -297,11 +406,11 @@ mod tests {
         t.apply_model(&model("10s"), 0);
         assert!(t.evaluate(1_000, TOL).is_empty());
         assert_eq!(status(&t), HostStatus::Pending);
-        t.seen("h1", "uptime", 1_000);
+        t.seen_ok("h1", "uptime", 1_000);
         t.evaluate(1_500, TOL);
         assert_eq!(status(&t), HostStatus::Ok, "cpu still within its grace");
         // cpu never reports: after 10s + 5s it is "no data at all".
-        t.seen("h1", "uptime", 12_000);
+        t.seen_ok("h1", "uptime", 12_000);
         let changes = t.evaluate(15_001, TOL);
         assert_eq!(status(&t), HostStatus::Problem);
         assert!(t.host("h1").unwrap().2.contains("cpu: no data at all"));
@@ -316,8 +425,8 @@ mod tests {
         assert_eq!(status(&t), HostStatus::Unreachable);
         assert!(changes.iter().any(|c| c.new == "UNREACHABLE"
             && c.reason.contains("liveness service uptime: last report 15")));
-        t.seen("h1", "uptime", 28_000);
-        t.seen("h1", "cpu", 28_000);
+        t.seen_ok("h1", "uptime", 28_000);
+        t.seen_ok("h1", "cpu", 28_000);
         t.evaluate(28_100, TOL);
         assert_eq!(status(&t), HostStatus::Ok);
         assert_eq!(t.host("h1").unwrap().1, 28_100, "since the change");
@@ -327,22 +436,22 @@ mod tests {
     fn resent_old_reports_do_not_make_the_status_flap() {
         let mut t = Tracker::default();
         t.apply_model(&model("10s"), 0);
-        t.seen("h1", "uptime", 1_000);
-        t.seen("h1", "cpu", 1_000);
+        t.seen_ok("h1", "uptime", 1_000);
+        t.seen_ok("h1", "cpu", 1_000);
         t.evaluate(20_000, TOL);
         assert_eq!(status(&t), HostStatus::Unreachable);
         // The agent comes back and first replays what it spooled long ago.
-        t.seen("h1", "uptime", 2_000);
-        t.seen("h1", "cpu", 2_000);
+        t.seen_ok("h1", "uptime", 2_000);
+        t.seen_ok("h1", "cpu", 2_000);
         assert!(
             t.evaluate(20_100, TOL).is_empty(),
             "old data changes nothing"
         );
         assert_eq!(status(&t), HostStatus::Unreachable);
         // And a fresh report, followed by old ones, keeps the fresh time.
-        t.seen("h1", "uptime", 20_200);
-        t.seen("h1", "cpu", 20_200);
-        t.seen("h1", "uptime", 3_000);
+        t.seen_ok("h1", "uptime", 20_200);
+        t.seen_ok("h1", "cpu", 20_200);
+        t.seen_ok("h1", "uptime", 3_000);
         t.evaluate(20_300, TOL);
         assert_eq!(status(&t), HostStatus::Ok);
         assert!(t.evaluate(30_000, TOL).is_empty());
@@ -352,8 +461,8 @@ mod tests {
     fn a_changed_interval_gets_a_fresh_grace_and_a_restart_keeps_status() {
         let mut t = Tracker::default();
         t.apply_model(&model("10s"), 0);
-        t.seen("h1", "uptime", 1_000);
-        t.seen("h1", "cpu", 1_000);
+        t.seen_ok("h1", "uptime", 1_000);
+        t.seen_ok("h1", "cpu", 1_000);
         t.evaluate(2_000, TOL);
         t.apply_model(&model("1s"), 14_000);
         t.evaluate(14_500, TOL);
@@ -378,6 +487,8 @@ mod tests {
                     scheduled_since_ms: Some(14_000),
                     last_ms: Some(1_000),
                     late: Some("late".into()),
+                    level: None,
+                    text: None,
                 })
                 .collect(),
         );

@@ -7,8 +7,12 @@
 //! - [`liveness`]: the late/UNREACHABLE/PROBLEM rule;
 //! - [`view`]: what `receiver status` and `receiver query` print.
 
+pub mod batches;
+pub mod clock;
 pub mod config;
+pub mod duplicates;
 pub mod liveness;
 pub mod server;
 pub mod store;
+pub mod streams;
 pub mod view;

@@ -3,15 +3,18 @@
 //! acknowledge each after commit, push schedules when the configuration
 //! changes, and run the liveness clock.
 
+use super::batches::{self, Answers, Pending, Verdict};
+use super::clock;
 use super::config::{Model, token_matches};
+use super::duplicates::Duplicates;
 use super::liveness::Tracker;
 use super::store::{self, Op, Store};
 use crate::agent::services::now_ms;
-use crate::config::check_name;
 use crate::protocol::{
-    Entry, Fault, FaultCode, FrameCodec, HANDSHAKE_MAX_FRAME, Hello, Message, PROTOCOL_VERSION,
-    ProtocolError, ReportBatch, Welcome, read_preamble, write_preamble,
+    Fault, FaultCode, FrameCodec, HANDSHAKE_MAX_FRAME, Hello, Message, PROTOCOL_VERSION, Probe,
+    ProtocolError, ReportBatch, Revision, Welcome, read_preamble, write_preamble,
 };
+use crate::text::Escaped;
 use crate::tls;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -29,16 +32,17 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-/// Most reports one batch may carry.
-pub const MAX_REPORTS_PER_BATCH: usize = 10_000;
 /// How often liveness is judged.
 const LIVENESS_TICK: Duration = Duration::from_millis(500);
+/// Liveness ticks between heartbeats in the store (5 s).
+const HEARTBEAT_TICKS: u64 = 10;
 /// How often the configuration file is checked for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
 
 /// A connected, authenticated agent.
 struct Peer {
     id: u64,
+    addr: SocketAddr,
     outbound: mpsc::UnboundedSender<Message>,
     cancel: CancellationToken,
 }
@@ -52,6 +56,7 @@ struct Shared {
     next_id: AtomicU64,
     tls: Option<TlsAcceptor>,
     handshakes: Arc<Handshakes>,
+    duplicates: Mutex<Duplicates>,
 }
 
 /// Connections in their handshake, oldest first. Past `max_handshakes` the
@@ -130,6 +135,7 @@ impl Server {
         let conn = store::open(&model.settings.database)?;
         let (hosts, services) = store::remembered(&conn).context("cannot read the store")?;
         let mut tracker = Tracker::default();
+        tracker.start(now_ms());
         tracker.remember(hosts, services);
         tracker.apply_model(&model, now_ms());
         Ok(Server {
@@ -179,6 +185,7 @@ impl Server {
             next_id: AtomicU64::new(1),
             tls,
             handshakes: Arc::default(),
+            duplicates: Mutex::default(),
         });
         serve(shared, cap, writer, listener, reload, shutdown).await
     }
@@ -213,22 +220,23 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                match cap.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let shared = shared.clone();
-                        let cancel = cancel.child_token();
-                        connections.spawn(async move {
-                            if let Err(e) = connection(&shared, stream, addr, cancel).await {
-                                tracing::info!(peer = %addr, "connection closed: {e:#}");
-                            }
-                            drop(permit);
-                        });
+                // Past the cap a connection still gets its handshake (bounded
+                // by max_handshakes), but only to let an agent replace its own
+                // stale connection; any other is told Busy.
+                let permit = cap.clone().try_acquire_owned().ok();
+                let over_cap = permit.is_none();
+                let shared = shared.clone();
+                let cancel = cancel.child_token();
+                connections.spawn(async move {
+                    if let Err(e) = connection(&shared, stream, addr, cancel, over_cap).await {
+                        if over_cap {
+                            tracing::warn!(peer = %addr, "connection refused: at max_connections");
+                        } else {
+                            tracing::info!(peer = %addr, "connection closed: {e:#}");
+                        }
                     }
-                    Err(_) => {
-                        tracing::warn!(peer = %addr, "connection refused: at max_connections");
-                        connections.spawn(refuse_busy(stream, shared.tls.clone()));
-                    }
-                }
+                    drop(permit);
+                });
                 while connections.try_join_next().is_some() {}
             }
         }
@@ -274,11 +282,25 @@ fn scheduled_op(model: &Model, tracker: &Mutex<Tracker>) -> Op {
 
 async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(LIVENESS_TICK);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => {
+                shared.store.send(Op::Heartbeat { time_ms: now_ms(), running: false }).await;
+                return;
+            }
             _ = tick.tick() => {}
         }
+        if ticks % HEARTBEAT_TICKS == 0 {
+            shared
+                .store
+                .send(Op::Heartbeat {
+                    time_ms: now_ms(),
+                    running: true,
+                })
+                .await;
+        }
+        ticks += 1;
         let tolerance = shared.model().settings.late_tolerance.as_millis() as u64;
         let changes = shared
             .tracker
@@ -287,9 +309,21 @@ async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToken) {
             .evaluate(now_ms(), tolerance);
         for c in changes.iter().filter(|c| c.service.is_none()) {
             if c.new == "OK" {
-                tracing::info!(host = c.host, "{} -> {}: {}", c.old, c.new, c.reason);
+                tracing::info!(
+                    host = c.host,
+                    "{} -> {}: {}",
+                    c.old,
+                    c.new,
+                    Escaped(&c.reason)
+                );
             } else {
-                tracing::warn!(host = c.host, "{} -> {}: {}", c.old, c.new, c.reason);
+                tracing::warn!(
+                    host = c.host,
+                    "{} -> {}: {}",
+                    c.old,
+                    c.new,
+                    Escaped(&c.reason)
+                );
             }
         }
         if !changes.is_empty() {
@@ -379,22 +413,6 @@ fn fault(code: FaultCode, text: impl Into<String>) -> Message {
     })
 }
 
-async fn refuse_busy(tcp: TcpStream, tls: Option<TlsAcceptor>) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut stream = accept_tls(tcp, tls.as_ref()).await?;
-        write_preamble(&mut stream).await?;
-        let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
-        framed
-            .send(fault(
-                FaultCode::Busy,
-                "the receiver is at its connection limit (max_connections); retrying later",
-            ))
-            .await?;
-        anyhow::Ok(())
-    })
-    .await;
-}
-
 type Conn = Framed<tls::Stream, FrameCodec>;
 
 /// The connection as a stream: TLS if the receiver is configured for it.
@@ -469,13 +487,14 @@ fn name(message: &Message) -> &'static str {
         Message::Hello(_) => "Hello",
         Message::Welcome(_) => "Welcome",
         Message::Schedule(_) => "Schedule",
-        Message::ScheduleRequest { .. } => "ScheduleRequest",
-        Message::Unchanged { .. } => "Unchanged",
+        Message::ScheduleRequest(_) => "ScheduleRequest",
+        Message::Unchanged(_) => "Unchanged",
         Message::Reports(_) => "Reports",
-        Message::Ack { .. } => "Ack",
+        Message::Ack(_) => "Ack",
+        Message::Rejected(_) => "Rejected",
         Message::Error(_) => "Error",
-        Message::Ping { .. } => "Ping",
-        Message::Pong { .. } => "Pong",
+        Message::Ping(_) => "Ping",
+        Message::Pong(_) => "Pong",
     }
 }
 
@@ -484,6 +503,7 @@ async fn connection(
     stream: TcpStream,
     addr: SocketAddr,
     cancel: CancellationToken,
+    over_cap: bool,
 ) -> anyhow::Result<()> {
     let settings = shared.model().settings.clone();
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -495,40 +515,23 @@ async fn connection(
     drop(in_handshake);
     let (mut framed, hello) = match attempt {
         Ok(result) => result.map_err(|e| {
-            tracing::warn!(peer = %addr, "agent refused: {e:#}");
+            tracing::warn!(peer = %addr, "agent refused: {}", Escaped(&format!("{e:#}")));
             e
         })?,
         Err(_) => bail!("no Hello within handshake_timeout"),
     };
     let host = hello.host_id.clone();
+    // Past max_connections only an agent replacing its own stale connection
+    // gets in (it frees the slot the stale one holds).
+    if over_cap && !shared.peers.lock().expect("peers lock").contains_key(&host) {
+        return Err(refuse(&mut framed, FaultCode::Busy, BUSY.into()).await);
+    }
     framed.codec_mut().set_max_frame(settings.max_frame);
     let now = now_ms();
-    let skew = now as i64 - hello.time_ms as i64;
-    // Below a second the difference is mostly network delay, not skew.
-    let offset_ms = if skew.abs() < 1000 { 0 } else { skew };
-    if offset_ms != 0 {
-        tracing::warn!(
-            host,
-            "agent clock is off by {offset_ms} ms; correcting its report times"
-        );
-    }
+    let mut clock = clock::Offset::from_hello(now, hello.time_ms);
     let (outbound, mut queue) = mpsc::unbounded_channel();
-    let previous = shared.peers.lock().expect("peers lock").insert(
-        host.clone(),
-        Peer {
-            id,
-            outbound: outbound.clone(),
-            cancel: cancel.clone(),
-        },
-    );
-    if let Some(previous) = previous {
-        let _ = previous.outbound.send(fault(
-            FaultCode::Replaced,
-            format!("another connection authenticated as host {host}"),
-        ));
-        previous.cancel.cancel();
-    }
-    tracing::info!(host, peer = %addr, version = hello.agent_version, "agent connected");
+    register(shared, &host, id, addr, &outbound, &cancel);
+    tracing::info!(host, peer = %addr, version = %Escaped(&hello.agent_version), "agent connected");
     let plugins = serde_json::to_string(
         &hello
             .plugins
@@ -546,16 +549,23 @@ async fn connection(
             time_ms: now,
         })
         .await;
+    shared
+        .tracker
+        .lock()
+        .expect("tracker lock")
+        .connected(&host);
     let model = shared.model();
     let schedule = &model.hosts.get(&host).context("host removed")?.schedule;
     let _ = outbound.send(Message::Welcome(Welcome {
         receiver_version: env!("CARGO_PKG_VERSION").into(),
         time_ms: now,
         refresh_ms: settings.schedule_refresh.as_millis() as u64,
+        max_frame: settings.max_frame as u64,
     }));
     if hello.schedule_revision != schedule.revision {
         let _ = outbound.send(Message::Schedule(schedule.clone()));
     }
+    let _ = outbound.send(clock.ping(now));
     let (mut sink, mut stream) = framed.split();
     let writer = tokio::spawn(async move {
         while let Some(message) = queue.recv().await {
@@ -565,9 +575,16 @@ async fn connection(
             }
         }
     });
+    let answers = Answers::start(outbound.clone(), cancel.clone());
+    let mut next_ping = tokio::time::Instant::now() + clock::PING_EVERY;
     let result = loop {
         let next = tokio::select! {
             () = cancel.cancelled() => break Ok(()),
+            () = tokio::time::sleep_until(next_ping) => {
+                let _ = outbound.send(clock.ping(now_ms()));
+                next_ping += clock::PING_EVERY;
+                continue;
+            }
             next = tokio::time::timeout(settings.idle_timeout, stream.next()) => next,
         };
         let message = match next {
@@ -587,32 +604,60 @@ async fn connection(
             Ok(Some(Ok(message))) => message,
         };
         match message {
-            Message::Reports(batch) => {
-                if let Err(text) = check_batch(&batch) {
+            Message::Reports(batch) => match batches::judge(batch) {
+                Verdict::Store(batch) => {
+                    let (seq, last_seq) = (batch.seq, batch.last_seq());
+                    let outcome =
+                        store_batch(shared, &host, hello.stream, batch, clock.applied()).await;
+                    answers.push(Pending {
+                        seq,
+                        last_seq,
+                        outcome,
+                    });
+                }
+                Verdict::Reject {
+                    seq,
+                    last_seq,
+                    reason,
+                } => {
+                    tracing::warn!(host, peer = %addr, "batch rejected: {reason}");
+                    answers.reject(seq, last_seq, reason);
+                }
+                Verdict::Fatal(text) => {
                     tracing::warn!(host, peer = %addr, "bad batch: {text}");
                     let _ = outbound.send(fault(FaultCode::Protocol, text.clone()));
                     break Err(anyhow::anyhow!(text));
                 }
-                store_batch(shared, &host, hello.stream, batch, offset_ms, &outbound).await;
-            }
-            Message::ScheduleRequest { revision } => {
+            },
+            Message::ScheduleRequest(Revision { revision }) => {
                 let model = shared.model();
                 let Some(h) = model.hosts.get(&host) else {
                     break Ok(());
                 };
                 let answer = if h.schedule.revision == revision {
-                    Message::Unchanged { revision }
+                    Message::Unchanged(Revision { revision })
                 } else {
                     Message::Schedule(h.schedule.clone())
                 };
                 let _ = outbound.send(answer);
             }
-            Message::Ping { nonce } => {
-                let _ = outbound.send(Message::Pong { nonce });
+            Message::Ping(Probe { nonce, .. }) => {
+                let _ = outbound.send(Message::Pong(Probe {
+                    nonce,
+                    time_ms: now_ms(),
+                }));
             }
-            Message::Pong { .. } => {}
+            Message::Pong(probe) => {
+                if let Some(step) = clock.pong(probe, now_ms()) {
+                    tracing::warn!(host, "{step}");
+                }
+            }
+            Message::Error(f) if f.code == FaultCode::Moved => {
+                moved(shared, &host, &f.text).await;
+                break Ok(());
+            }
             Message::Error(f) => {
-                tracing::warn!(host, "agent reports an error: {f}");
+                tracing::warn!(host, "agent reports an error: {}", Escaped(&f.to_string()));
                 break Ok(());
             }
             other => {
@@ -622,67 +667,108 @@ async fn connection(
             }
         }
     };
+    drop(answers);
     drop(outbound);
-    // Let queued acks and the error frame go out, then close.
+    // Let queued answers and the error frame go out, then close.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    {
+    let current = {
         let mut peers = shared.peers.lock().expect("peers lock");
-        if peers.get(&host).is_some_and(|p| p.id == id) {
+        let current = peers.get(&host).is_some_and(|p| p.id == id);
+        if current {
             peers.remove(&host);
         }
+        current
+    };
+    // A connection that was replaced leaves the host connected (by the
+    // connection that replaced it).
+    if current {
+        shared
+            .store
+            .send(Op::Disconnected { host: host.clone() })
+            .await;
     }
-    shared
-        .store
-        .send(Op::Disconnected { host: host.clone() })
-        .await;
     tracing::info!(host, peer = %addr, "agent disconnected");
     result
 }
 
-/// Limits a well-behaved agent never reaches; past them the batch is refused.
-fn check_batch(batch: &ReportBatch) -> Result<(), String> {
-    if batch.entries.is_empty() || batch.entries.len() > MAX_REPORTS_PER_BATCH {
-        return Err(format!(
-            "batch {} holds {} entries; a batch holds 1 to {MAX_REPORTS_PER_BATCH}",
-            batch.seq,
-            batch.entries.len()
-        ));
+/// Text of the Busy refusal.
+const BUSY: &str = "the receiver is at its connection limit (max_connections); retrying later";
+
+/// The agent said it leaves for another receiver: show the host as moved.
+async fn moved(shared: &Shared, host: &str, why: &str) {
+    tracing::info!(
+        host,
+        "the agent moves to another receiver: {}",
+        Escaped(why)
+    );
+    let reason = format!("the agent moved to another receiver ({why})");
+    let change = shared
+        .tracker
+        .lock()
+        .expect("tracker lock")
+        .moved(host, reason, now_ms());
+    if let Some(change) = change {
+        shared
+            .store
+            .send(Op::Changes {
+                changes: vec![change],
+            })
+            .await;
     }
-    // Numbers and counts are stored as SQLite's signed 64-bit integers.
-    const MAX: u64 = i64::MAX as u64;
-    if batch.seq == 0 || batch.seq > MAX - batch.entries.len() as u64 {
-        return Err(format!(
-            "batch number {} is out of range 1..2^63",
-            batch.seq
-        ));
-    }
-    for entry in &batch.entries {
-        match entry {
-            Entry::Report(r) => {
-                check_name(&r.service).map_err(|e| format!("batch {}: service {e}", batch.seq))?
-            }
-            Entry::Gap(g) if g.reports.max(g.first_ms).max(g.last_ms) > MAX => {
-                return Err(format!(
-                    "batch {}: a gap record's numbers are out of range",
-                    batch.seq
-                ));
-            }
-            Entry::Gap(_) => {}
-        }
-    }
-    Ok(())
 }
 
-/// Queue the batch for the store; the Ack (or an Internal error) follows
-/// when it has been committed.
+/// Make this connection the host's; tell a connection it replaces to go,
+/// and warn when two agents keep replacing each other (a duplicated
+/// `host_id`).
+fn register(
+    shared: &Shared,
+    host: &str,
+    id: u64,
+    addr: SocketAddr,
+    outbound: &mpsc::UnboundedSender<Message>,
+    cancel: &CancellationToken,
+) {
+    let previous = shared.peers.lock().expect("peers lock").insert(
+        host.to_owned(),
+        Peer {
+            id,
+            addr,
+            outbound: outbound.clone(),
+            cancel: cancel.clone(),
+        },
+    );
+    let Some(previous) = previous else {
+        return;
+    };
+    let _ = previous.outbound.send(fault(
+        FaultCode::Replaced,
+        format!("another connection authenticated as host {host}"),
+    ));
+    previous.cancel.cancel();
+    let warning = shared.duplicates.lock().expect("duplicates lock").replaced(
+        host,
+        previous.addr,
+        addr,
+        now_ms(),
+    );
+    if let Some(warning) = warning {
+        tracing::warn!(host, "{warning}");
+        shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .warn(host, warning, now_ms());
+    }
+}
+
+/// Queue the batch for the store; its outcome arrives after the commit.
 async fn store_batch(
     shared: &Shared,
     host: &str,
     stream: u64,
     batch: ReportBatch,
     offset_ms: i64,
-    outbound: &mpsc::UnboundedSender<Message>,
-) {
+) -> oneshot::Receiver<Result<u64, store::Refusal>> {
     let (done, stored) = oneshot::channel();
     shared
         .store
@@ -695,16 +781,5 @@ async fn store_batch(
             done,
         })
         .await;
-    let outbound = outbound.clone();
-    tokio::spawn(async move {
-        let answer = match stored.await {
-            Ok(Ok(seq)) => Message::Ack { seq },
-            Ok(Err(text)) => fault(FaultCode::Internal, text),
-            Err(_) => fault(
-                FaultCode::Internal,
-                "the receiver is shutting down; send again",
-            ),
-        };
-        let _ = outbound.send(answer);
-    });
+    stored
 }

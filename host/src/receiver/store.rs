@@ -8,16 +8,24 @@
 //! samples array), indexed by (service, time): one row per report instead of
 //! one per sample is what lets a single SQLite writer keep up with a fleet.
 //!
-//! Every agent numbers its spool entries per stream; `streams` keeps the
-//! highest number stored per (host, stream), updated in the same transaction
-//! as the reports, so an entry sent twice (after a lost Ack, a reconnect or
-//! a restart of either side) is acknowledged again but stored once. The
-//! agent sends a stream's entries in order, so "at or below the highest" is
-//! exactly "already stored".
+//! Every agent numbers its spool entries per stream; `stored_ranges` keeps
+//! exactly which numbers are stored per (host, stream) ([`super::streams`]),
+//! updated in the same transaction as the reports, so an entry sent twice
+//! (after a lost Ack, a reconnect or a restart of either side) is
+//! acknowledged again but stored once, and a number is never acknowledged
+//! unless it is stored.
+//!
+//! A failed write is answered by what the agent should do about it: a
+//! transient failure (disk full, I/O error, database busy) fails the whole
+//! transaction and every batch in it is to be sent again; any other failure
+//! of one batch rolls back that batch alone, which is refused for good
+//! ([`Refusal::Rejected`]) so that it cannot block the agent's stream.
 
 use super::liveness::{Change, HostStatus, Remembered, RememberedHost, Tracker};
+use super::streams::{self, RangeSet};
 use crate::protocol::{Entry, ReportBatch};
-use crate::report::Sample;
+use crate::report::{Level, Sample};
+use crate::text::Escaped;
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
@@ -62,13 +70,6 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 DROP INDEX IF EXISTS reports_by_time;
 CREATE INDEX IF NOT EXISTS reports_by_service_time ON reports (service_id, time_ms);
-CREATE TABLE IF NOT EXISTS streams (
-    host TEXT NOT NULL,
-    -- The agent's u64 stream id, stored bit for bit as SQLite's i64.
-    stream INTEGER NOT NULL,
-    high_seq INTEGER NOT NULL,
-    PRIMARY KEY (host, stream)
-);
 CREATE TABLE IF NOT EXISTS gaps (
     id INTEGER PRIMARY KEY,
     host TEXT NOT NULL,
@@ -77,6 +78,10 @@ CREATE TABLE IF NOT EXISTS gaps (
     first_ms INTEGER NOT NULL,
     last_ms INTEGER NOT NULL,
     reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -92,6 +97,9 @@ CREATE TABLE IF NOT EXISTS events (
 /// Most queued work folded into one transaction.
 const MAX_GROUP: usize = 1024;
 
+/// Bytes the WAL file is truncated to after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 16 << 20;
+
 /// A write for the writer thread.
 pub enum Op {
     /// Store a batch; `done` hears back after commit (or the error).
@@ -100,10 +108,10 @@ pub enum Op {
         /// The agent's spool stream the entries are numbered in.
         stream: u64,
         batch: ReportBatch,
-        /// Added to report times to correct the agent's clock.
+        /// Added to report and gap times to correct the agent's clock.
         offset_ms: i64,
         received_ms: u64,
-        done: oneshot::Sender<Result<u64, String>>,
+        done: oneshot::Sender<Result<u64, Refusal>>,
     },
     /// An agent authenticated.
     Connected {
@@ -126,6 +134,31 @@ pub enum Op {
     Changes {
         changes: Vec<Change>,
     },
+    /// The receiver is alive at `time_ms` (or, `running` false, stopping),
+    /// so that `receiver status` can tell live data from a stopped
+    /// receiver's last word.
+    Heartbeat {
+        time_ms: u64,
+        running: bool,
+    },
+}
+
+/// The newest report of a service in a committed batch, for liveness.
+pub struct Seen {
+    pub host: String,
+    pub service: String,
+    pub time_ms: u64,
+    pub level: Level,
+    pub text: String,
+}
+
+/// Why a batch was not stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// The store could not write now (disk full, I/O error): send it again.
+    Transient(String),
+    /// This batch can never be stored: the agent counts it lost and goes on.
+    Rejected(String),
 }
 
 /// The handle the server uses to queue writes.
@@ -145,23 +178,28 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // A WAL that grew while the disk was full is cut back after the next
+    // checkpoint instead of keeping the space it took.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.execute_batch(SCHEMA)
+        .and_then(|()| conn.execute_batch(streams::SCHEMA))
         .with_context(|| format!("cannot set up the schema of {}", path.display()))?;
     Ok(conn)
 }
 
 /// Open an existing database for reading (status and query commands).
 pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
+    if !path.exists() {
+        anyhow::bail!(
+            "no receiver database at {}: start `receiver run` with this config first",
+            path.display()
+        );
+    }
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .with_context(|| {
-        format!(
-            "no receiver database at {}: start `receiver run` with this config first",
-            path.display()
-        )
-    })?;
+    .with_context(|| format!("cannot open the receiver database {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
@@ -181,7 +219,8 @@ pub fn remembered(conn: &Connection) -> anyhow::Result<(Vec<RememberedHost>, Vec
         .collect::<Result<_, _>>()?;
     let services = conn
         .prepare(
-            "SELECT host, name, interval_ms, scheduled_since_ms, last_ms, late FROM services WHERE scheduled = 1",
+            "SELECT host, name, interval_ms, scheduled_since_ms, last_ms, late, level, text
+             FROM services WHERE scheduled = 1",
         )?
         .query_map([], |r| {
             Ok(Remembered {
@@ -191,6 +230,8 @@ pub fn remembered(conn: &Connection) -> anyhow::Result<(Vec<RememberedHost>, Vec
                 scheduled_since_ms: r.get(3)?,
                 last_ms: r.get(4)?,
                 late: r.get(5)?,
+                level: r.get::<_, Option<String>>(6)?.map(|l| Level::parse(&l)),
+                text: r.get(7)?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -224,8 +265,8 @@ struct Writer {
     conn: Connection,
     tracker: Arc<Mutex<Tracker>>,
     service_ids: HashMap<(String, String), i64>,
-    /// Highest stored entry per (host, stream), as in the `streams` table.
-    high_seqs: HashMap<(String, u64), u64>,
+    /// Stored numbers per (host, stream), as in the `stored_ranges` table.
+    stored: HashMap<(String, u64), RangeSet>,
 }
 
 impl Writer {
@@ -234,7 +275,7 @@ impl Writer {
             conn,
             tracker,
             service_ids: HashMap::new(),
-            high_seqs: HashMap::new(),
+            stored: HashMap::new(),
         }
     }
 
@@ -253,9 +294,10 @@ impl Writer {
     }
 
     /// Apply `group` in one transaction, then answer every batch in it.
-    /// Each op runs in its own savepoint: one that fails (a bug, or input
-    /// the checks missed) is rolled back and refused alone, and the rest of
-    /// the group still commits.
+    /// Each op runs in its own savepoint: one that fails for a reason other
+    /// than the storage itself (a bug, or input the checks missed) is rolled
+    /// back and refused alone, and the rest of the group still commits. A
+    /// storage failure (disk full, I/O) fails the whole transaction.
     fn commit(&mut self, group: &mut Vec<Op>) {
         let mut seen = Vec::new();
         let mut failed: Vec<Option<String>> = vec![None; group.len()];
@@ -264,21 +306,28 @@ impl Writer {
             tracing::error!("store write failed, batches not acknowledged: {e:#}");
             // The caches may hold what the rolled-back transaction wrote.
             self.service_ids.clear();
-            self.high_seqs.clear();
+            self.stored.clear();
+            // Give back what the WAL took while the disk was full, so that
+            // freeing space lets the next commit through.
+            if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                tracing::warn!("cannot checkpoint the WAL after a failed write: {e}");
+            }
         } else {
             let mut tracker = self.tracker.lock().expect("tracker lock");
-            for (host, service, time_ms) in &seen {
-                tracker.seen(host, service, *time_ms);
+            for s in &seen {
+                tracker.seen(&s.host, &s.service, s.time_ms, s.level, &s.text);
             }
         }
         for (op, op_failure) in group.drain(..).zip(failed) {
             if let Op::Batch { batch, done, .. } = op {
                 let answer = match (&result, op_failure) {
-                    (Err(e), _) => Err(format!("the receiver could not store the batch: {e:#}")),
-                    (Ok(()), Some(e)) => Err(format!(
+                    (Err(e), _) => Err(Refusal::Transient(format!(
+                        "the receiver could not store the batch: {e:#}"
+                    ))),
+                    (Ok(()), Some(e)) => Err(Refusal::Rejected(format!(
                         "the receiver could not store batch {}: {e}",
                         batch.seq
-                    )),
+                    ))),
                     (Ok(()), None) => Ok(batch.last_seq()),
                 };
                 let _ = done.send(answer);
@@ -289,31 +338,30 @@ impl Writer {
     fn apply(
         &mut self,
         group: &[Op],
-        seen: &mut Vec<(String, String, u64)>,
+        seen: &mut Vec<Seen>,
         failed: &mut [Option<String>],
     ) -> anyhow::Result<()> {
         let mut tx = self.conn.transaction()?;
         for (op, failure) in group.iter().zip(failed.iter_mut()) {
             let savepoint = tx.savepoint()?;
             let mut op_seen = Vec::new();
-            match apply_op(
-                &savepoint,
-                &mut self.service_ids,
-                &mut self.high_seqs,
-                op,
-                &mut op_seen,
-            ) {
+            let mut caches = Caches {
+                service_ids: &mut self.service_ids,
+                stored: &mut self.stored,
+            };
+            match apply_op(&savepoint, &mut caches, op, &mut op_seen) {
                 Ok(()) => {
                     savepoint.commit()?;
                     seen.extend(op_seen);
                 }
+                Err(e) if is_transient(&e) => return Err(e),
                 Err(e) => {
                     drop(savepoint);
                     tracing::error!("a store write was refused and rolled back: {e:#}");
                     *failure = Some(format!("{e:#}"));
                     // The caches may hold what the savepoint wrote.
                     self.service_ids.clear();
-                    self.high_seqs.clear();
+                    self.stored.clear();
                 }
             }
         }
@@ -322,13 +370,34 @@ impl Writer {
     }
 }
 
+/// Whether `e` is the storage failing (worth trying again later) rather
+/// than this op being impossible.
+fn is_transient(e: &anyhow::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _)) if matches!(
+                f.code,
+                DiskFull | SystemIoFailure | DatabaseBusy | DatabaseLocked | CannotOpen
+                    | OutOfMemory | ReadOnly
+            )
+        )
+    })
+}
+
+/// What the writer remembers between ops, to spare queries.
+struct Caches<'a> {
+    service_ids: &'a mut HashMap<(String, String), i64>,
+    stored: &'a mut HashMap<(String, u64), RangeSet>,
+}
+
 /// Write one op (inside its savepoint).
 fn apply_op(
     tx: &Connection,
-    service_ids: &mut HashMap<(String, String), i64>,
-    high_seqs: &mut HashMap<(String, u64), u64>,
+    caches: &mut Caches<'_>,
     op: &Op,
-    seen: &mut Vec<(String, String, u64)>,
+    seen: &mut Vec<Seen>,
 ) -> anyhow::Result<()> {
     match op {
         Op::Batch {
@@ -339,75 +408,11 @@ fn apply_op(
             received_ms,
             ..
         } => {
-            let high = high_seq(&tx, high_seqs, host, *stream)?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO reports (service_id, time_ms, received_ms, seq, level, text, samples)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            let mut latest: HashMap<i64, (u64, &str, &str, &str)> = HashMap::new();
-            // Entries at or below `high` were stored before: skip them.
-            let fresh = batch
-                .entries
-                .iter()
-                .enumerate()
-                .map(|(i, entry)| (batch.seq + i as u64, entry))
-                .filter(|(seq, _)| *seq > high);
-            for (seq, entry) in fresh {
-                let report = match entry {
-                    Entry::Report(report) => report,
-                    Entry::Gap(gap) => {
-                        tx.execute(
-                            "INSERT INTO gaps (host, received_ms, reports, first_ms, last_ms, reason)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            params![host, received_ms, gap.reports, gap.first_ms, gap.last_ms, gap.reason],
-                        )?;
-                        tracing::warn!(
-                            host,
-                            reports = gap.reports,
-                            "the agent lost reports: {}",
-                            gap.reason
-                        );
-                        continue;
-                    }
-                };
-                let id = service_id(&tx, service_ids, host, &report.service, &report.plugin)?;
-                let time_ms = corrected(report.time_ms, *offset_ms, *received_ms);
-                let samples = rmp_serde::to_vec(&report.samples)?;
-                insert.execute(params![
-                    id,
-                    time_ms,
-                    received_ms,
-                    seq,
-                    report.status.level.as_str(),
-                    report.status.text,
-                    samples
-                ])?;
-                let entry = latest.entry(id).or_insert((0, &report.service, "", ""));
-                if time_ms >= entry.0 {
-                    *entry = (
-                        time_ms,
-                        &report.service,
-                        report.status.level.as_str(),
-                        &report.status.text,
-                    );
-                }
-            }
-            if batch.last_seq() > high {
-                tx.prepare_cached(
-                    "INSERT INTO streams (host, stream, high_seq) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (host, stream) DO UPDATE SET high_seq = excluded.high_seq",
-                )?
-                .execute(params![host, *stream as i64, batch.last_seq()])?;
-                high_seqs.insert((host.clone(), *stream), batch.last_seq());
-            }
-            let mut update = tx.prepare_cached(
-                "UPDATE services SET last_ms = ?2, level = ?3, text = ?4
-                 WHERE id = ?1 AND (last_ms IS NULL OR last_ms <= ?2)",
-            )?;
-            for (id, (time_ms, service, level, text)) in latest {
-                update.execute(params![id, time_ms, level, text])?;
-                seen.push((host.clone(), service.to_owned(), time_ms));
-            }
+            let clock = Clock {
+                offset_ms: *offset_ms,
+                received_ms: *received_ms,
+            };
+            write_batch(tx, caches, host, *stream, batch, clock, seen)?;
         }
         Op::Connected {
             host,
@@ -454,6 +459,14 @@ fn apply_op(
                 )?;
             }
         }
+        Op::Heartbeat { time_ms, running } => {
+            let mut set = tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?;
+            set.execute(params!["heartbeat_ms", time_ms])?;
+            set.execute(params!["running", *running as i64])?;
+        }
         Op::Changes { changes } => {
             for c in changes {
                 tx.execute(
@@ -476,35 +489,132 @@ fn apply_op(
     Ok(())
 }
 
-/// A report's time on the receiver's clock: the agent's time corrected by
-/// the offset measured at Hello, and never later than its arrival.
-fn corrected(time_ms: u64, offset_ms: i64, received_ms: u64) -> u64 {
-    (time_ms as i64)
-        .saturating_add(offset_ms)
-        .clamp(0, received_ms as i64) as u64
+/// How the agent's clock relates to the receiver's for one batch.
+#[derive(Clone, Copy)]
+struct Clock {
+    offset_ms: i64,
+    received_ms: u64,
 }
 
-/// The highest entry of (host, stream) stored so far (0: none).
-fn high_seq(
+/// Store the entries of `batch` not stored before, and record their numbers.
+fn write_batch(
     tx: &Connection,
-    cache: &mut HashMap<(String, u64), u64>,
+    caches: &mut Caches<'_>,
     host: &str,
     stream: u64,
-) -> anyhow::Result<u64> {
+    batch: &ReportBatch,
+    clock: Clock,
+    seen: &mut Vec<Seen>,
+) -> anyhow::Result<()> {
     let key = (host.to_owned(), stream);
-    if let Some(high) = cache.get(&key) {
-        return Ok(*high);
+    let stored = match caches.stored.get(&key) {
+        Some(set) => set.clone(),
+        None => streams::load(tx, host, stream)?,
+    };
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO reports (service_id, time_ms, received_ms, seq, level, text, samples)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut latest: HashMap<i64, (u64, &str, Level, &str)> = HashMap::new();
+    let fresh = batch
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| (batch.seq + i as u64, entry))
+        .filter(|(seq, _)| !stored.contains(*seq));
+    for (seq, entry) in fresh {
+        let report = match entry {
+            Entry::Report(report) => report,
+            Entry::Gap(gap) => {
+                tx.prepare_cached(
+                    "INSERT INTO gaps (host, received_ms, reports, first_ms, last_ms, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    host,
+                    clock.received_ms,
+                    gap.reports,
+                    corrected(gap.first_ms, clock),
+                    corrected(gap.last_ms, clock),
+                    gap.reason
+                ])?;
+                tracing::warn!(
+                    host,
+                    reports = gap.reports,
+                    "the agent lost reports: {}",
+                    Escaped(&gap.reason)
+                );
+                continue;
+            }
+        };
+        let id = service_id(
+            tx,
+            caches.service_ids,
+            host,
+            &report.service,
+            &report.plugin,
+        )?;
+        let time_ms = corrected(report.time_ms, clock);
+        let samples = rmp_serde::to_vec(&report.samples)?;
+        insert.execute(params![
+            id,
+            time_ms,
+            clock.received_ms,
+            seq,
+            report.status.level.as_str(),
+            report.status.text,
+            samples
+        ])?;
+        let entry = latest
+            .entry(id)
+            .or_insert((0, &report.service, Level::Ok, ""));
+        if time_ms >= entry.0 {
+            *entry = (
+                time_ms,
+                &report.service,
+                report.status.level,
+                &report.status.text,
+            );
+        }
     }
-    let high = tx
-        .query_row(
-            "SELECT high_seq FROM streams WHERE host = ?1 AND stream = ?2",
-            params![host, stream as i64],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
-    cache.insert(key, high);
-    Ok(high)
+    let mut updated = stored;
+    updated.insert(batch.seq, batch.last_seq());
+    if batch.settled > 0 {
+        // Nothing at or below `settled` comes again: the holes there close.
+        updated.insert(1, batch.settled);
+    }
+    streams::save(tx, host, stream, &updated)?;
+    caches.stored.insert(key, updated);
+    let mut update = tx.prepare_cached(
+        "UPDATE services SET last_ms = ?2, level = ?3, text = ?4
+         WHERE id = ?1 AND (last_ms IS NULL OR last_ms <= ?2)",
+    )?;
+    for (id, (time_ms, service, level, text)) in latest {
+        update.execute(params![id, time_ms, level.as_str(), text])?;
+        seen.push(Seen {
+            host: host.to_owned(),
+            service: service.to_owned(),
+            time_ms,
+            level,
+            text: text.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A report's time on the receiver's clock: the agent's time corrected by
+/// the measured offset, and never later than its arrival (times of 2^63 and
+/// above included: they are far in the future, not negative). Time 0 means
+/// the agent gave none (a gap for damaged spool records): the arrival time.
+fn corrected(time_ms: u64, clock: Clock) -> u64 {
+    // 0 is "no time": such a report is dated by its arrival.
+    if time_ms == 0 {
+        return clock.received_ms;
+    }
+    i64::try_from(time_ms)
+        .unwrap_or(i64::MAX)
+        .saturating_add(clock.offset_ms)
+        .clamp(0, clock.received_ms as i64) as u64
 }
 
 fn service_id(
@@ -631,11 +741,17 @@ mod tests {
                     })
                 })
                 .collect(),
+            settled: 0,
         }
     }
 
     /// Store `batch` for host h in `stream`; the answer (acked number).
     fn send(store: &Store, stream: u64, batch: ReportBatch) -> u64 {
+        try_send(store, stream, batch).unwrap()
+    }
+
+    /// Store `batch`; the store's answer.
+    fn try_send(store: &Store, stream: u64, batch: ReportBatch) -> Result<u64, Refusal> {
         let (done, answer) = oneshot::channel();
         store
             .tx
@@ -649,7 +765,25 @@ mod tests {
             })
             .ok()
             .unwrap();
-        answer.blocking_recv().unwrap().unwrap()
+        answer.blocking_recv().unwrap()
+    }
+
+    /// `batch` with a report text padded to `pad` bytes.
+    fn padded(seq: u64, runs: std::ops::RangeInclusive<u64>, pad: usize) -> ReportBatch {
+        let mut b = batch(seq, runs);
+        for e in &mut b.entries {
+            if let Entry::Report(r) = e {
+                r.cost.fuel = pad as u64;
+                r.samples.push(crate::report::Sample {
+                    name: "pad".into(),
+                    value: 0.0,
+                    kind: crate::report::MetricKind::Gauge,
+                    unit: "x".repeat(pad),
+                    labels: Vec::new(),
+                });
+            }
+        }
+        b
     }
 
     fn texts(path: &Path) -> Vec<String> {
@@ -688,6 +822,7 @@ mod tests {
                 last_ms: 6,
                 reason: "spool full".into(),
             })],
+            settled: 0,
         };
         assert_eq!(send(&store, 9, gap.clone()), 2);
         assert_eq!(send(&store, 9, gap), 2, "a gap is recorded once too");
@@ -704,5 +839,93 @@ mod tests {
             })
             .unwrap();
         assert_eq!(lost, 42);
+    }
+
+    fn stored_runs(path: &Path) -> Vec<u64> {
+        let mut runs: Vec<u64> = texts(path)
+            .iter()
+            .map(|t| t[4..].parse().unwrap())
+            .collect();
+        runs.sort();
+        runs
+    }
+
+    /// The disk-full case: a batch whose commit failed sits below a later
+    /// batch that committed; its resend must be stored, not taken for a
+    /// duplicate (a "highest stored" mark acknowledged it without storing).
+    #[test]
+    fn a_batch_that_failed_for_lack_of_space_is_stored_when_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let (store, writer) = Store::start(open(&path).unwrap(), tracker.clone());
+        send(&store, 1, batch(1, 1..=1));
+        drop(store);
+        writer.join().unwrap();
+        // The database may not grow: a real SQLITE_FULL from SQLite itself.
+        let conn = open(&path).unwrap();
+        let pages: u64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 2)
+            .unwrap();
+        let (store, writer) = Store::start(conn, tracker.clone());
+        let big = padded(2, 2..=4, 64 << 10);
+        match try_send(&store, 1, big.clone()) {
+            Err(Refusal::Transient(text)) => assert!(text.contains("full"), "{text}"),
+            other => panic!("a full database is a transient failure, got {other:?}"),
+        }
+        // A small later batch still fits and commits.
+        assert_eq!(send(&store, 1, batch(5, 5..=5)), 5);
+        drop(store);
+        writer.join().unwrap();
+        // Space is back; the agent sends the failed batch again.
+        let (store, writer) = Store::start(open(&path).unwrap(), tracker);
+        assert_eq!(send(&store, 1, big), 4);
+        drop(store);
+        writer.join().unwrap();
+        assert_eq!(stored_runs(&path), vec![1, 2, 3, 4, 5]);
+    }
+
+    /// Numbers that jump ahead leave a hole that earlier numbers fill later.
+    #[test]
+    fn numbers_below_a_jump_ahead_are_stored_when_they_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let (store, writer) = Store::start(open(&path).unwrap(), tracker);
+        assert_eq!(send(&store, 3, batch(10, 10..=11)), 11);
+        assert_eq!(send(&store, 3, batch(1, 1..=3)), 3);
+        assert_eq!(send(&store, 3, batch(2, 2..=3)), 3, "a duplicate");
+        // The agent settles everything below 10: the hole 4..=9 is closed,
+        // so an entry from it would be taken as a duplicate from now on.
+        let mut settled = batch(12, 12..=12);
+        settled.settled = 11;
+        assert_eq!(send(&store, 3, settled), 12);
+        assert_eq!(send(&store, 3, batch(5, 5..=5)), 5);
+        drop(store);
+        writer.join().unwrap();
+        assert_eq!(stored_runs(&path), vec![1, 2, 3, 10, 11, 12]);
+        let conn = open_existing(&path).unwrap();
+        let ranges: i64 = conn
+            .query_row("SELECT COUNT(*) FROM stored_ranges", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ranges, 1, "one range once settled");
+    }
+
+    #[test]
+    fn report_times_past_2_63_are_capped_not_wrapped() {
+        let clock = Clock {
+            offset_ms: 0,
+            received_ms: 5_000,
+        };
+        assert_eq!(corrected(u64::MAX, clock), 5_000);
+        assert_eq!(corrected(1 << 63, clock), 5_000);
+        assert_eq!(corrected(4_000, clock), 4_000);
+        let behind = Clock {
+            offset_ms: -10_000,
+            received_ms: 5_000,
+        };
+        assert_eq!(corrected(4_000, behind), 0);
     }
 }

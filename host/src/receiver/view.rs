@@ -4,12 +4,41 @@
 use super::store::{self, StoredReport};
 use crate::agent::render;
 use crate::report::Sample;
+use crate::text::Escaped;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use std::fmt::Write;
 
 /// How many latest values `status` shows per service.
 const VALUES_SHOWN: usize = 3;
+
+/// A receiver whose heartbeat is older than this is taken for stopped (it
+/// writes one every 5 s).
+const HEARTBEAT_STALE_MS: u64 = 15_000;
+
+/// Whether the receiver behind a database is running, from its heartbeat.
+#[derive(Debug, Serialize)]
+pub struct ReceiverView {
+    pub running: bool,
+    /// Its newest heartbeat (none: it never ran with this version).
+    pub heartbeat_ms: Option<u64>,
+}
+
+/// The receiver's heartbeat as of `now_ms`.
+pub fn receiver(conn: &Connection, now_ms: u64) -> anyhow::Result<ReceiverView> {
+    let value = |key: &str| -> anyhow::Result<Option<u64>> {
+        Ok(conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    };
+    let heartbeat_ms = value("heartbeat_ms")?;
+    let running = value("running")? == Some(1)
+        && heartbeat_ms.is_some_and(|t| now_ms.saturating_sub(t) < HEARTBEAT_STALE_MS);
+    Ok(ReceiverView {
+        running,
+        heartbeat_ms,
+    })
+}
 
 #[derive(Debug, Serialize)]
 pub struct HostView {
@@ -28,8 +57,11 @@ pub struct HostView {
 #[derive(Debug, Serialize)]
 pub struct LostView {
     pub reports: u64,
-    /// When the newest gap record arrived.
+    /// Time of the oldest and newest lost report (receiver clock).
+    pub first_ms: u64,
     pub last_ms: u64,
+    /// When the newest gap record arrived.
+    pub received_ms: u64,
     /// The newest gap record's reason.
     pub reason: String,
 }
@@ -44,6 +76,9 @@ pub struct ServiceView {
     pub text: Option<String>,
     /// Why the service is late, if it is.
     pub late: Option<String>,
+    /// False for a service that reported but is not in the host's schedule
+    /// (an agent still on an older schedule, or a third-party agent).
+    pub scheduled: bool,
     /// The first samples of the newest report.
     pub values: Vec<Sample>,
 }
@@ -69,11 +104,11 @@ pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
         })?
         .collect::<Result<_, _>>()?;
     let mut stmt = conn.prepare(
-        "SELECT name, plugin, interval_ms, last_ms, level, text, late FROM services
-         WHERE host = ?1 AND scheduled = 1 ORDER BY name",
+        "SELECT name, plugin, interval_ms, last_ms, level, text, late, scheduled FROM services
+         WHERE host = ?1 AND (scheduled = 1 OR last_ms IS NOT NULL) ORDER BY scheduled DESC, name",
     )?;
     let mut lost = conn.prepare(
-        "SELECT SUM(reports), MAX(received_ms),
+        "SELECT SUM(reports), MIN(first_ms), MAX(last_ms), MAX(received_ms),
                 (SELECT reason FROM gaps g2 WHERE g2.host = ?1 ORDER BY id DESC LIMIT 1)
          FROM gaps WHERE host = ?1 HAVING COUNT(*) > 0",
     )?;
@@ -82,8 +117,10 @@ pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
             .query_row([&host.name], |r| {
                 Ok(LostView {
                     reports: r.get(0)?,
-                    last_ms: r.get(1)?,
-                    reason: r.get(2)?,
+                    first_ms: r.get(1)?,
+                    last_ms: r.get(2)?,
+                    received_ms: r.get(3)?,
+                    reason: r.get(4)?,
                 })
             })
             .optional()?;
@@ -97,6 +134,7 @@ pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
                     level: r.get(4)?,
                     text: r.get(5)?,
                     late: r.get(6)?,
+                    scheduled: r.get(7)?,
                     values: Vec::new(),
                 })
             })?
@@ -119,9 +157,20 @@ fn age(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
-/// The human form of `status`.
-pub fn status_table(hosts: &[HostView], now_ms: u64) -> String {
+/// The human form of `status`. Every string an agent or plugin chose is
+/// escaped: a status text must not forge a line or drive the terminal.
+pub fn status_table(receiver: &ReceiverView, hosts: &[HostView], now_ms: u64) -> String {
     let mut out = String::new();
+    if !receiver.running {
+        let _ = match receiver.heartbeat_ms {
+            Some(t) => writeln!(
+                out,
+                "the receiver is not running: this is its last word, {} (times below are as of then)",
+                age(now_ms, t)
+            ),
+            None => writeln!(out, "the receiver is not running (no heartbeat recorded)"),
+        };
+    }
     if hosts.is_empty() {
         out.push_str("no hosts configured\n");
     }
@@ -136,15 +185,16 @@ pub fn status_table(hosts: &[HostView], now_ms: u64) -> String {
             h.name,
             h.status,
             age(now_ms, h.since_ms),
-            h.reason
+            Escaped(&h.reason)
         );
         if let Some(lost) = &h.lost {
             let _ = writeln!(
                 out,
-                "  LOST {} reports the agent could not keep (newest {}): {}",
+                "  LOST {} reports the agent could not keep (newest lost {}, told {}): {}",
                 lost.reports,
                 age(now_ms, lost.last_ms),
-                lost.reason
+                age(now_ms, lost.received_ms),
+                Escaped(&lost.reason)
             );
         }
         for s in &h.services {
@@ -153,21 +203,26 @@ pub fn status_table(hosts: &[HostView], now_ms: u64) -> String {
             let values: Vec<String> = s.values.iter().map(render::sample).collect();
             let _ = writeln!(
                 out,
-                "  {:<12} every {:<6} last {:<9} {:<7} {}{}",
+                "  {:<12} every {:<6} last {:<9} {:<7} {}{}{}",
                 s.name,
                 crate::units::HumanDuration(std::time::Duration::from_millis(s.interval_ms))
                     .to_string(),
                 last,
                 level,
-                s.text.as_deref().unwrap_or(""),
+                Escaped(s.text.as_deref().unwrap_or("")),
                 if values.is_empty() {
                     String::new()
                 } else {
-                    format!(" [{}]", values.join(", "))
+                    format!(" [{}]", Escaped(&values.join(", ")))
+                },
+                if s.scheduled {
+                    ""
+                } else {
+                    " (not in the schedule)"
                 }
             );
             if let Some(late) = &s.late {
-                let _ = writeln!(out, "  {:<12} LATE: {late}", "");
+                let _ = writeln!(out, "  {:<12} LATE: {}", "", Escaped(late));
             }
         }
     }
@@ -223,7 +278,7 @@ pub fn query_table(points: &[Point]) -> String {
             "{} {:<12} {}",
             p.time_ms,
             p.service,
-            render::sample(&p.sample)
+            Escaped(&render::sample(&p.sample))
         );
     }
     out
