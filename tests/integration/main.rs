@@ -21,6 +21,7 @@ mod fleet_support;
 mod hostile;
 mod logwatch;
 mod once;
+mod protocol;
 mod sandbox;
 mod secrets;
 mod template;

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
@@ -45,6 +45,9 @@ struct Peer {
     addr: SocketAddr,
     outbound: mpsc::UnboundedSender<Message>,
     cancel: CancellationToken,
+    /// The connection's slot under `max_connections`; a connection that
+    /// replaces this one without a slot of its own takes it over.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 struct Shared {
@@ -133,6 +136,10 @@ impl Server {
             .transpose()
             .with_context(|| format!("{}: [tls]", config_path.display()))?;
         let conn = store::open(&model.settings.database)?;
+        // No agent is connected to a receiver that is only starting (one
+        // that crashed left its hosts marked connected).
+        conn.execute("UPDATE hosts SET connected = 0", [])
+            .context("cannot update the store")?;
         let (hosts, services) = store::remembered(&conn).context("cannot read the store")?;
         let mut tracker = Tracker::default();
         tracker.start(now_ms());
@@ -228,14 +235,13 @@ async fn serve(
                 let shared = shared.clone();
                 let cancel = cancel.child_token();
                 connections.spawn(async move {
-                    if let Err(e) = connection(&shared, stream, addr, cancel, over_cap).await {
+                    if let Err(e) = connection(&shared, stream, addr, cancel, permit).await {
                         if over_cap {
                             tracing::warn!(peer = %addr, "connection refused: at max_connections");
                         } else {
-                            tracing::info!(peer = %addr, "connection closed: {e:#}");
+                            tracing::info!(peer = %addr, "connection closed: {}", Escaped(&format!("{e:#}")));
                         }
                     }
-                    drop(permit);
                 });
                 while connections.try_join_next().is_some() {}
             }
@@ -503,7 +509,7 @@ async fn connection(
     stream: TcpStream,
     addr: SocketAddr,
     cancel: CancellationToken,
-    over_cap: bool,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> anyhow::Result<()> {
     let settings = shared.model().settings.clone();
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -523,14 +529,14 @@ async fn connection(
     let host = hello.host_id.clone();
     // Past max_connections only an agent replacing its own stale connection
     // gets in (it frees the slot the stale one holds).
-    if over_cap && !shared.peers.lock().expect("peers lock").contains_key(&host) {
+    if permit.is_none() && !shared.peers.lock().expect("peers lock").contains_key(&host) {
         return Err(refuse(&mut framed, FaultCode::Busy, BUSY.into()).await);
     }
     framed.codec_mut().set_max_frame(settings.max_frame);
     let now = now_ms();
     let mut clock = clock::Offset::from_hello(now, hello.time_ms);
     let (outbound, mut queue) = mpsc::unbounded_channel();
-    register(shared, &host, id, addr, &outbound, &cancel);
+    register(shared, &host, id, addr, &outbound, &cancel, permit);
     tracing::info!(host, peer = %addr, version = %Escaped(&hello.agent_version), "agent connected");
     let plugins = serde_json::to_string(
         &hello
@@ -597,7 +603,7 @@ async fn connection(
             }
             Ok(None) => break Ok(()),
             Ok(Some(Err(e))) => {
-                tracing::warn!(host, peer = %addr, "bad frame: {e}");
+                tracing::warn!(host, peer = %addr, "bad frame: {}", Escaped(&e.to_string()));
                 let _ = outbound.send(fault(frame_fault(&e), e.to_string()));
                 break Err(e.into());
             }
@@ -727,16 +733,24 @@ fn register(
     addr: SocketAddr,
     outbound: &mpsc::UnboundedSender<Message>,
     cancel: &CancellationToken,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
-    let previous = shared.peers.lock().expect("peers lock").insert(
-        host.to_owned(),
-        Peer {
-            id,
-            addr,
-            outbound: outbound.clone(),
-            cancel: cancel.clone(),
-        },
-    );
+    let previous = {
+        let mut peers = shared.peers.lock().expect("peers lock");
+        let mut previous = peers.remove(host);
+        let permit = permit.or_else(|| previous.as_mut()?.permit.take());
+        peers.insert(
+            host.to_owned(),
+            Peer {
+                id,
+                addr,
+                outbound: outbound.clone(),
+                cancel: cancel.clone(),
+                permit,
+            },
+        );
+        previous
+    };
     let Some(previous) = previous else {
         return;
     };
