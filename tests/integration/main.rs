@@ -24,5 +24,6 @@ mod once;
 mod protocol;
 mod sandbox;
 mod secrets;
+mod status;
 mod template;
 mod tls;

@@ -14,9 +14,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 use tokio_util::codec::{Decoder, Encoder};
 
-const TOKEN: &str = "protocol-token-0123";
+pub const TOKEN: &str = "protocol-token-0123";
 
-fn model(settings: &str) -> String {
+pub fn model(settings: &str) -> String {
     format!(
         r#"{settings}
 [services.uptime]
@@ -36,7 +36,7 @@ services = ["uptime"]
 }
 
 /// An agent written from docs/protocol.md, blocking, one frame at a time.
-struct RawAgent {
+pub struct RawAgent {
     tcp: TcpStream,
     codec: FrameCodec,
     buf: BytesMut,
@@ -45,7 +45,7 @@ struct RawAgent {
 impl RawAgent {
     /// Connect and send the preamble and a Hello for `host` taken now
     /// shifted by `clock_ms`.
-    fn hello(address: &str, host: &str, clock_ms: i64) -> RawAgent {
+    pub fn hello(address: &str, host: &str, clock_ms: i64) -> RawAgent {
         let mut tcp = TcpStream::connect(address).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         tcp.write_all(b"SGLS\x00\x01\x00\x00").unwrap();
@@ -70,14 +70,14 @@ impl RawAgent {
         agent
     }
 
-    fn send(&mut self, message: Message) {
+    pub fn send(&mut self, message: Message) {
         let mut frame = BytesMut::new();
         self.codec.encode(message, &mut frame).unwrap();
         self.tcp.write_all(&frame).unwrap();
     }
 
     /// The next message, or None when the receiver closed the connection.
-    fn next(&mut self) -> Option<Message> {
+    pub fn next(&mut self) -> Option<Message> {
         loop {
             if let Some(m) = self.codec.decode(&mut self.buf).unwrap() {
                 return Some(m);
@@ -92,7 +92,7 @@ impl RawAgent {
 
     /// Messages until one `pick` takes (answering the receiver's Pings with
     /// our clock shifted by `clock_ms`).
-    fn until<T>(&mut self, clock_ms: i64, mut pick: impl FnMut(&Message) -> Option<T>) -> T {
+    pub fn until<T>(&mut self, clock_ms: i64, mut pick: impl FnMut(&Message) -> Option<T>) -> T {
         loop {
             let message = self.next().expect("the receiver closed the connection");
             if let Message::Ping(Probe { nonce, .. }) = message {

@@ -503,4 +503,85 @@ mod tests {
         assert!(!changes.iter().any(|c| c.service.is_none()), "{changes:?}");
         assert_eq!(status(&restarted), HostStatus::Unreachable);
     }
+
+    #[test]
+    fn a_receiver_that_just_started_judges_no_one_before_an_interval_has_passed() {
+        let mut t = Tracker::default();
+        t.apply_model(&model("10s"), 0);
+        t.seen_ok("h1", "uptime", 1_000);
+        t.seen_ok("h1", "cpu", 1_000);
+        t.evaluate(2_000, TOL);
+        assert_eq!(status(&t), HostStatus::Ok);
+        // Restarted at 30 s (down for 28 s): the newest reports are 29 s old,
+        // but the agents had no receiver to report to.
+        let mut restarted = Tracker::default();
+        restarted.start(30_000);
+        restarted.remember(
+            vec![RememberedHost {
+                host: "h1".into(),
+                status: HostStatus::Ok,
+                since_ms: 2_000,
+                reason: String::new(),
+            }],
+            ["uptime", "cpu"]
+                .iter()
+                .map(|s| Remembered {
+                    host: "h1".into(),
+                    service: s.to_string(),
+                    interval_ms: 10_000,
+                    scheduled_since_ms: Some(0),
+                    last_ms: Some(1_000),
+                    late: None,
+                    level: Some(Level::Ok),
+                    text: None,
+                })
+                .collect(),
+        );
+        restarted.apply_model(&model("10s"), 30_000);
+        assert!(restarted.evaluate(30_500, TOL).is_empty(), "grace");
+        assert!(restarted.evaluate(44_000, TOL).is_empty(), "still in grace");
+        restarted.evaluate(45_001, TOL);
+        assert_eq!(status(&restarted), HostStatus::Unreachable, "grace over");
+    }
+
+    #[test]
+    fn what_the_plugins_say_makes_the_host_a_problem_with_the_reason() {
+        let mut t = Tracker::default();
+        t.apply_model(&model("10s"), 0);
+        t.seen_ok("h1", "uptime", 1_000);
+        t.seen("h1", "cpu", 1_000, Level::Crit, "cpu 99.2%");
+        t.evaluate(1_500, TOL);
+        assert_eq!(status(&t), HostStatus::Problem);
+        assert_eq!(t.host("h1").unwrap().2, "cpu CRIT \"cpu 99.2%\"");
+        t.seen(
+            "h1",
+            "cpu",
+            2_000,
+            Level::Unknown,
+            "not run: 8 earlier runs are still blocked",
+        );
+        t.evaluate(2_500, TOL);
+        assert!(t.host("h1").unwrap().2.contains("cpu UNKNOWN"));
+        t.seen_ok("h1", "cpu", 3_000);
+        t.evaluate(3_500, TOL);
+        assert_eq!(status(&t), HostStatus::Ok);
+    }
+
+    #[test]
+    fn a_host_whose_agent_moved_is_not_judged_until_it_comes_back() {
+        let mut t = Tracker::default();
+        t.apply_model(&model("10s"), 0);
+        t.seen_ok("h1", "uptime", 1_000);
+        t.seen_ok("h1", "cpu", 1_000);
+        t.evaluate(1_500, TOL);
+        let change = t.moved("h1", "moved to r1".into(), 2_000).unwrap();
+        assert_eq!((change.old.as_str(), change.new.as_str()), ("OK", "MOVED"));
+        assert!(t.evaluate(60_000, TOL).is_empty(), "not judged while away");
+        assert_eq!(status(&t), HostStatus::Moved);
+        t.connected("h1");
+        t.seen_ok("h1", "uptime", 61_000);
+        t.seen_ok("h1", "cpu", 61_000);
+        t.evaluate(61_500, TOL);
+        assert_eq!(status(&t), HostStatus::Ok);
+    }
 }
