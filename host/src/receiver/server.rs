@@ -305,6 +305,7 @@ async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToken) {
                     running: true,
                 })
                 .await;
+            crate::daemon::release_freed_memory();
         }
         ticks += 1;
         let tolerance = shared.model().settings.late_tolerance.as_millis() as u64;
