@@ -150,6 +150,15 @@ fn receiver(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    // The receiver stores reports only of services it scheduled.
+    let services = (0..20)
+        .map(|agent| (format!("bench-{agent}"), "cpu".into(), "cpu".into(), 1_000))
+        .collect();
+    tokio.block_on(store.send(Op::Scheduled {
+        services,
+        hosts: vec![],
+        time_ms: 0,
+    }));
     let (mut encoder, mut decoder) = (FrameCodec::new(8 << 20), FrameCodec::new(8 << 20));
     let mut seq = 0;
     // `agents` frames of one 50-report batch each, as that many agents send

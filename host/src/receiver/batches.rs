@@ -19,6 +19,10 @@ pub const MAX_REPORTS_PER_BATCH: usize = 10_000;
 /// Numbers and counts are stored as SQLite's signed 64-bit integers.
 const MAX_NUMBER: u64 = i64::MAX as u64;
 
+/// Reports one gap may count: far above any real loss, and low enough that
+/// summing a host's gaps cannot overflow SQLite's integers.
+const MAX_GAP_REPORTS: u64 = 1 << 40;
+
 /// What to do with a batch that arrived.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
@@ -85,12 +89,13 @@ fn refused_entry(entry: &Entry) -> Option<Gap> {
                 reason: format!("the receiver refused a report: {problem}"),
             })
         }
-        Entry::Gap(g) => (g.reports.max(g.first_ms).max(g.last_ms) > MAX_NUMBER).then(|| Gap {
-            reports: g.reports.min(MAX_NUMBER),
-            first_ms: g.first_ms.min(MAX_NUMBER),
-            last_ms: g.last_ms.min(MAX_NUMBER),
-            reason: format!("(numbers out of range, capped) {}", g.reason),
-        }),
+        Entry::Gap(g) => (g.reports > MAX_GAP_REPORTS || g.first_ms.max(g.last_ms) > MAX_NUMBER)
+            .then(|| Gap {
+                reports: g.reports.min(MAX_GAP_REPORTS),
+                first_ms: g.first_ms.min(MAX_NUMBER),
+                last_ms: g.last_ms.min(MAX_NUMBER),
+                reason: format!("(numbers out of range, capped) {}", g.reason),
+            }),
     }
 }
 
@@ -101,17 +106,20 @@ pub struct Pending {
     pub outcome: oneshot::Receiver<Result<u64, Refusal>>,
 }
 
+/// Batches of one connection waiting for their answer, at most.
+const UNANSWERED: usize = 256;
+
 /// Sends the answers of a connection's batches in the order they came.
 pub struct Answers {
-    queue: mpsc::UnboundedSender<Pending>,
+    queue: mpsc::Sender<Pending>,
 }
 
 impl Answers {
     /// Start answering onto `outbound`; on a failure worth retrying the
     /// agent is told so, `cancel` ends the connection, and no later batch of
     /// it is acknowledged (the agent sends them again; they are stored once).
-    pub fn start(outbound: mpsc::UnboundedSender<Message>, cancel: CancellationToken) -> Answers {
-        let (queue, mut pending) = mpsc::unbounded_channel::<Pending>();
+    pub fn start(outbound: mpsc::Sender<Message>, cancel: CancellationToken) -> Answers {
+        let (queue, mut pending) = mpsc::channel::<Pending>(UNANSWERED);
         tokio::spawn(async move {
             while let Some(p) = pending.recv().await {
                 let answer = match p.outcome.await {
@@ -122,39 +130,42 @@ impl Answers {
                         reason,
                     }),
                     Ok(Err(Refusal::Transient(text))) => {
-                        let _ = outbound.send(internal(text));
+                        let _ = outbound.try_send(internal(text));
                         cancel.cancel();
                         return;
                     }
                     Err(_) => {
                         let _ = outbound
-                            .send(internal("the receiver is shutting down; send again".into()));
+                            .try_send(internal("the receiver is shutting down; send again".into()));
                         cancel.cancel();
                         return;
                     }
                 };
-                if outbound.send(answer).is_err() {
-                    return;
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    sent = outbound.send(answer) => if sent.is_err() { return },
                 }
             }
         });
         Answers { queue }
     }
 
-    /// Answer this batch after the ones queued before it.
-    pub fn push(&self, pending: Pending) {
-        let _ = self.queue.send(pending);
+    /// Answer this batch after the ones queued before it; waits while
+    /// [`UNANSWERED`] batches are.
+    pub async fn push(&self, pending: Pending) {
+        let _ = self.queue.send(pending).await;
     }
 
     /// Answer `Rejected` for a batch, in its turn.
-    pub fn reject(&self, seq: u64, last_seq: u64, reason: String) {
+    pub async fn reject(&self, seq: u64, last_seq: u64, reason: String) {
         let (done, outcome) = oneshot::channel();
         let _ = done.send(Err(Refusal::Rejected(reason)));
         self.push(Pending {
             seq,
             last_seq,
             outcome,
-        });
+        })
+        .await;
     }
 }
 
@@ -224,6 +235,23 @@ mod tests {
     }
 
     #[test]
+    fn a_gap_claiming_absurd_numbers_is_capped_so_sums_cannot_overflow() {
+        let huge = Entry::Gap(Gap {
+            reports: u64::MAX,
+            first_ms: u64::MAX,
+            last_ms: 1,
+            reason: "spool full".into(),
+        });
+        let Verdict::Store(stored) = judge(batch(1, vec![huge.clone(), huge])) else {
+            panic!("stored")
+        };
+        for entry in &stored.entries {
+            let Entry::Gap(g) = entry else { panic!("a gap") };
+            assert_eq!((g.reports, g.first_ms), (MAX_GAP_REPORTS, MAX_NUMBER));
+        }
+    }
+
+    #[test]
     fn a_settled_mark_cannot_cover_the_batch_itself() {
         let mut b = batch(10, vec![report("a")]);
         b.settled = 50;
@@ -235,18 +263,20 @@ mod tests {
 
     #[tokio::test]
     async fn answers_keep_the_order_of_batches_and_stop_after_a_transient_failure() {
-        let (outbound, mut sent) = mpsc::unbounded_channel();
+        let (outbound, mut sent) = mpsc::channel(16);
         let cancel = CancellationToken::new();
         let answers = Answers::start(outbound, cancel.clone());
         let mut senders = Vec::new();
         for seq in [1u64, 2, 3] {
             let (done, outcome) = oneshot::channel();
             senders.push(done);
-            answers.push(Pending {
-                seq,
-                last_seq: seq,
-                outcome,
-            });
+            answers
+                .push(Pending {
+                    seq,
+                    last_seq: seq,
+                    outcome,
+                })
+                .await;
         }
         // Batch 3 and 2 finish first; 1 fails for a reason worth retrying.
         let mut senders = senders.into_iter();

@@ -43,7 +43,7 @@ const CONFIG_POLL: Duration = Duration::from_secs(1);
 struct Peer {
     id: u64,
     addr: SocketAddr,
-    outbound: mpsc::UnboundedSender<Message>,
+    outbound: mpsc::Sender<Message>,
     cancel: CancellationToken,
     /// The connection's slot under `max_connections`; a connection that
     /// replaces this one without a slot of its own takes it over.
@@ -393,14 +393,16 @@ async fn apply_reload(shared: &Shared) {
         let before = old.hosts.get(host).map(|h| h.schedule.revision);
         match new.hosts.get(host) {
             None => {
-                let _ = peer.outbound.send(fault(
+                let _ = peer.outbound.try_send(fault(
                     FaultCode::Auth,
                     format!("host {host} was removed from the receiver's configuration"),
                 ));
                 peer.cancel.cancel();
             }
             Some(h) if Some(h.schedule.revision) != before => {
-                let _ = peer.outbound.send(Message::Schedule(h.schedule.clone()));
+                let _ = peer
+                    .outbound
+                    .try_send(Message::Schedule(h.schedule.clone()));
                 pushed += 1;
             }
             Some(_) => {}
@@ -536,7 +538,7 @@ async fn connection(
     framed.codec_mut().set_max_frame(settings.max_frame);
     let now = now_ms();
     let mut clock = clock::Offset::from_hello(now, hello.time_ms);
-    let (outbound, mut queue) = mpsc::unbounded_channel();
+    let (outbound, mut queue) = mpsc::channel(OUTBOUND_QUEUE);
     register(shared, &host, id, addr, &outbound, &cancel, permit);
     tracing::info!(host, peer = %addr, version = %Escaped(&hello.agent_version), "agent connected");
     let plugins = serde_json::to_string(
@@ -563,18 +565,18 @@ async fn connection(
         .connected(&host);
     let model = shared.model();
     let schedule = &model.hosts.get(&host).context("host removed")?.schedule;
-    let _ = outbound.send(Message::Welcome(Welcome {
+    let _ = outbound.try_send(Message::Welcome(Welcome {
         receiver_version: env!("CARGO_PKG_VERSION").into(),
         time_ms: now,
         refresh_ms: settings.schedule_refresh.as_millis() as u64,
         max_frame: settings.max_frame as u64,
     }));
     if hello.schedule_revision != schedule.revision {
-        let _ = outbound.send(Message::Schedule(schedule.clone()));
+        let _ = outbound.try_send(Message::Schedule(schedule.clone()));
     }
-    let _ = outbound.send(clock.ping(now));
+    let _ = outbound.try_send(clock.ping(now));
     let (mut sink, mut stream) = framed.split();
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(message) = queue.recv().await {
             let last = matches!(message, Message::Error(_));
             if sink.send(message).await.is_err() || last {
@@ -588,7 +590,7 @@ async fn connection(
         let next = tokio::select! {
             () = cancel.cancelled() => break Ok(()),
             () = tokio::time::sleep_until(next_ping) => {
-                let _ = outbound.send(clock.ping(now_ms()));
+                let _ = outbound.try_send(clock.ping(now_ms()));
                 next_ping += clock::PING_EVERY;
                 continue;
             }
@@ -596,7 +598,7 @@ async fn connection(
         };
         let message = match next {
             Err(_) => {
-                let _ = outbound.send(fault(
+                let _ = outbound.try_send(fault(
                     FaultCode::Timeout,
                     "nothing received within idle_timeout",
                 ));
@@ -605,7 +607,7 @@ async fn connection(
             Ok(None) => break Ok(()),
             Ok(Some(Err(e))) => {
                 tracing::warn!(host, peer = %addr, "bad frame: {}", Escaped(&e.to_string()));
-                let _ = outbound.send(fault(frame_fault(&e), e.to_string()));
+                let _ = outbound.try_send(fault(frame_fault(&e), e.to_string()));
                 break Err(e.into());
             }
             Ok(Some(Ok(message))) => message,
@@ -616,11 +618,17 @@ async fn connection(
                     let (seq, last_seq) = (batch.seq, batch.last_seq());
                     let outcome =
                         store_batch(shared, &host, hello.stream, batch, clock.applied()).await;
-                    answers.push(Pending {
+                    let pending = Pending {
                         seq,
                         last_seq,
                         outcome,
-                    });
+                    };
+                    // Waits while too many batches are unanswered: a peer
+                    // that does not read its answers is read no further.
+                    tokio::select! {
+                        () = cancel.cancelled() => break Ok(()),
+                        () = answers.push(pending) => {}
+                    }
                 }
                 Verdict::Reject {
                     seq,
@@ -628,11 +636,14 @@ async fn connection(
                     reason,
                 } => {
                     tracing::warn!(host, peer = %addr, "batch rejected: {reason}");
-                    answers.reject(seq, last_seq, reason);
+                    tokio::select! {
+                        () = cancel.cancelled() => break Ok(()),
+                        () = answers.reject(seq, last_seq, reason) => {}
+                    }
                 }
                 Verdict::Fatal(text) => {
                     tracing::warn!(host, peer = %addr, "bad batch: {text}");
-                    let _ = outbound.send(fault(FaultCode::Protocol, text.clone()));
+                    let _ = outbound.try_send(fault(FaultCode::Protocol, text.clone()));
                     break Err(anyhow::anyhow!(text));
                 }
             },
@@ -646,10 +657,10 @@ async fn connection(
                 } else {
                     Message::Schedule(h.schedule.clone())
                 };
-                let _ = outbound.send(answer);
+                let _ = outbound.try_send(answer);
             }
             Message::Ping(Probe { nonce, .. }) => {
-                let _ = outbound.send(Message::Pong(Probe {
+                let _ = outbound.try_send(Message::Pong(Probe {
                     nonce,
                     time_ms: now_ms(),
                 }));
@@ -669,15 +680,21 @@ async fn connection(
             }
             other => {
                 let text = format!("unexpected {} from an agent", name(&other));
-                let _ = outbound.send(fault(FaultCode::Protocol, text.clone()));
+                let _ = outbound.try_send(fault(FaultCode::Protocol, text.clone()));
                 break Err(anyhow::anyhow!(text));
             }
         }
     };
     drop(answers);
     drop(outbound);
-    // Let queued answers and the error frame go out, then close.
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // Let queued answers and the error frame go out, then close; a peer
+    // that does not read them is not waited for (nor its socket kept).
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     let current = {
         let mut peers = shared.peers.lock().expect("peers lock");
         let current = peers.get(&host).is_some_and(|p| p.id == id);
@@ -697,6 +714,10 @@ async fn connection(
     tracing::info!(host, peer = %addr, "agent disconnected");
     result
 }
+
+/// Messages queued for one agent at most; past it the agent is not reading
+/// what the receiver sends and its answers wait (and so does its reading).
+const OUTBOUND_QUEUE: usize = 256;
 
 /// Text of the Busy refusal.
 const BUSY: &str = "the receiver is at its connection limit (max_connections); retrying later";
@@ -732,7 +753,7 @@ fn register(
     host: &str,
     id: u64,
     addr: SocketAddr,
-    outbound: &mpsc::UnboundedSender<Message>,
+    outbound: &mpsc::Sender<Message>,
     cancel: &CancellationToken,
     permit: Option<OwnedSemaphorePermit>,
 ) {
@@ -755,7 +776,7 @@ fn register(
     let Some(previous) = previous else {
         return;
     };
-    let _ = previous.outbound.send(fault(
+    let _ = previous.outbound.try_send(fault(
         FaultCode::Replaced,
         format!("another connection authenticated as host {host}"),
     ));

@@ -23,7 +23,7 @@
 
 use super::liveness::{Change, HostStatus, Remembered, RememberedHost, Tracker};
 use super::streams::{self, RangeSet};
-use crate::protocol::{Entry, ReportBatch};
+use crate::protocol::{Entry, Gap, ReportBatch};
 use crate::report::{Level, Sample};
 use crate::text::Escaped;
 use anyhow::Context;
@@ -516,6 +516,7 @@ fn write_batch(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let mut latest: HashMap<i64, (u64, &str, Level, &str)> = HashMap::new();
+    let mut unscheduled: Option<Gap> = None;
     let fresh = batch
         .entries
         .iter()
@@ -526,35 +527,26 @@ fn write_batch(
         let report = match entry {
             Entry::Report(report) => report,
             Entry::Gap(gap) => {
-                tx.prepare_cached(
-                    "INSERT INTO gaps (host, received_ms, reports, first_ms, last_ms, reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    host,
-                    clock.received_ms,
-                    gap.reports,
-                    corrected(gap.first_ms, clock),
-                    corrected(gap.last_ms, clock),
-                    gap.reason
-                ])?;
-                tracing::warn!(
-                    host,
-                    reports = gap.reports,
-                    "the agent lost reports: {}",
-                    Escaped(&gap.reason)
-                );
+                insert_gap(tx, host, clock, gap)?;
                 continue;
             }
         };
-        let id = service_id(
-            tx,
-            caches.service_ids,
-            host,
-            &report.service,
-            &report.plugin,
-        )?;
         let time_ms = corrected(report.time_ms, clock);
+        let Some(id) = service_id(tx, caches.service_ids, host, &report.service)? else {
+            let gap = unscheduled.get_or_insert_with(|| Gap {
+                reports: 0,
+                first_ms: time_ms,
+                last_ms: time_ms,
+                reason: format!(
+                    "reports for service {} (and any other service {host} was never scheduled to run) are not stored",
+                    report.service
+                ),
+            });
+            gap.reports += 1;
+            gap.first_ms = gap.first_ms.min(time_ms);
+            gap.last_ms = gap.last_ms.max(time_ms);
+            continue;
+        };
         let samples = rmp_serde::to_vec(&report.samples)?;
         insert.execute(params![
             id,
@@ -576,6 +568,18 @@ fn write_batch(
                 &report.status.text,
             );
         }
+    }
+    if let Some(gap) = unscheduled {
+        // Times are on the receiver's clock already.
+        insert_gap(
+            tx,
+            host,
+            Clock {
+                offset_ms: 0,
+                ..clock
+            },
+            &gap,
+        )?;
     }
     let mut updated = stored;
     updated.insert(batch.seq, batch.last_seq());
@@ -602,6 +606,30 @@ fn write_batch(
     Ok(())
 }
 
+/// Record reports lost on the way (as the agent or the receiver counted
+/// them), with their times on the receiver's clock.
+fn insert_gap(tx: &Connection, host: &str, clock: Clock, gap: &Gap) -> anyhow::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO gaps (host, received_ms, reports, first_ms, last_ms, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        host,
+        clock.received_ms,
+        gap.reports,
+        corrected(gap.first_ms, clock),
+        corrected(gap.last_ms, clock),
+        gap.reason
+    ])?;
+    tracing::warn!(
+        host,
+        reports = gap.reports,
+        "reports lost: {}",
+        Escaped(&gap.reason)
+    );
+    Ok(())
+}
+
 /// A report's time on the receiver's clock: the agent's time corrected by
 /// the measured offset, and never later than its arrival (times of 2^63 and
 /// above included: they are far in the future, not negative). Time 0 means
@@ -617,26 +645,25 @@ fn corrected(time_ms: u64, clock: Clock) -> u64 {
         .clamp(0, clock.received_ms as i64) as u64
 }
 
+/// The id of a service the host was ever scheduled to run (the schedule
+/// ops insert them), or none: reports for services the receiver never gave
+/// the host are not stored, so a peer cannot grow the services table at will.
 fn service_id(
     tx: &Connection,
     ids: &mut HashMap<(String, String), i64>,
     host: &str,
     service: &str,
-    plugin: &str,
-) -> anyhow::Result<i64> {
+) -> anyhow::Result<Option<i64>> {
     if let Some(id) = ids.get(&(host.to_owned(), service.to_owned())) {
-        return Ok(*id);
+        return Ok(Some(*id));
     }
-    tx.execute(
-        "INSERT INTO services (host, name, plugin) VALUES (?1, ?2, ?3) ON CONFLICT (host, name) DO NOTHING",
-        params![host, service, plugin],
-    )?;
-    let id: i64 = tx.query_row(
-        "SELECT id FROM services WHERE host = ?1 AND name = ?2",
-        params![host, service],
-        |r| r.get(0),
-    )?;
-    ids.insert((host.to_owned(), service.to_owned()), id);
+    let id: Option<i64> = tx
+        .prepare_cached("SELECT id FROM services WHERE host = ?1 AND name = ?2")?
+        .query_row(params![host, service], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = id {
+        ids.insert((host.to_owned(), service.to_owned()), id);
+    }
     Ok(id)
 }
 
@@ -786,6 +813,28 @@ mod tests {
         b
     }
 
+    /// A store on `path` where host h is scheduled to run service svc.
+    fn start(path: &Path, tracker: &Arc<Mutex<Tracker>>) -> (Store, std::thread::JoinHandle<()>) {
+        start_on(open(path).unwrap(), tracker)
+    }
+
+    fn start_on(
+        conn: Connection,
+        tracker: &Arc<Mutex<Tracker>>,
+    ) -> (Store, std::thread::JoinHandle<()>) {
+        let (store, writer) = Store::start(conn, tracker.clone());
+        store
+            .tx
+            .blocking_send(Op::Scheduled {
+                services: vec![("h".into(), "svc".into(), "p".into(), 1_000)],
+                hosts: vec![],
+                time_ms: 0,
+            })
+            .ok()
+            .unwrap();
+        (store, writer)
+    }
+
     fn texts(path: &Path) -> Vec<String> {
         let conn = open_existing(path).unwrap();
         let mut stmt = conn
@@ -803,14 +852,14 @@ mod tests {
         let path = dir.path().join("db");
         let tracker = Arc::new(Mutex::new(Tracker::default()));
         let stream = u64::MAX - 7; // beyond i64: stored bit for bit
-        let (store, writer) = Store::start(open(&path).unwrap(), tracker.clone());
+        let (store, writer) = start(&path, &tracker);
         assert_eq!(send(&store, stream, batch(1, 1..=3)), 3);
         assert_eq!(send(&store, stream, batch(1, 1..=3)), 3, "acked again");
         assert_eq!(send(&store, stream, batch(2, 2..=5)), 5, "overlap");
         drop(store);
         writer.join().unwrap();
         // A restarted receiver remembers what it stored.
-        let (store, writer) = Store::start(open(&path).unwrap(), tracker);
+        let (store, writer) = start(&path, &tracker);
         assert_eq!(send(&store, stream, batch(4, 4..=6)), 6);
         // Another stream of the same host (its spool was wiped) counts anew.
         assert_eq!(send(&store, 9, batch(1, 101..=101)), 1);
@@ -858,7 +907,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let (store, writer) = Store::start(open(&path).unwrap(), tracker.clone());
+        let (store, writer) = start(&path, &tracker);
         send(&store, 1, batch(1, 1..=1));
         drop(store);
         writer.join().unwrap();
@@ -869,7 +918,7 @@ mod tests {
             .unwrap();
         conn.pragma_update(None, "max_page_count", pages + 2)
             .unwrap();
-        let (store, writer) = Store::start(conn, tracker.clone());
+        let (store, writer) = start_on(conn, &tracker);
         let big = padded(2, 2..=4, 64 << 10);
         match try_send(&store, 1, big.clone()) {
             Err(Refusal::Transient(text)) => assert!(text.contains("full"), "{text}"),
@@ -880,7 +929,7 @@ mod tests {
         drop(store);
         writer.join().unwrap();
         // Space is back; the agent sends the failed batch again.
-        let (store, writer) = Store::start(open(&path).unwrap(), tracker);
+        let (store, writer) = start(&path, &tracker);
         assert_eq!(send(&store, 1, big), 4);
         drop(store);
         writer.join().unwrap();
@@ -893,7 +942,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let (store, writer) = Store::start(open(&path).unwrap(), tracker);
+        let (store, writer) = start(&path, &tracker);
         assert_eq!(send(&store, 3, batch(10, 10..=11)), 11);
         assert_eq!(send(&store, 3, batch(1, 1..=3)), 3);
         assert_eq!(send(&store, 3, batch(2, 2..=3)), 3, "a duplicate");
@@ -927,5 +976,33 @@ mod tests {
             received_ms: 5_000,
         };
         assert_eq!(corrected(4_000, behind), 0);
+    }
+
+    #[test]
+    fn reports_of_services_never_scheduled_are_counted_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let (store, writer) = start(&path, &tracker);
+        let mut b = batch(1, 1..=3);
+        if let Entry::Report(r) = &mut b.entries[1] {
+            r.service = "ghost".into();
+        }
+        assert_eq!(send(&store, 1, b), 3);
+        drop(store);
+        writer.join().unwrap();
+        assert_eq!(stored_runs(&path), vec![1, 3]);
+        let conn = open_existing(&path).unwrap();
+        let (lost, reason): (u64, String) = conn
+            .query_row("SELECT reports, reason FROM gaps", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(lost, 1);
+        assert!(reason.contains("service ghost"), "{reason}");
+        let services: i64 = conn
+            .query_row("SELECT COUNT(*) FROM services", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(services, 1, "no row for the ghost");
     }
 }
