@@ -10,7 +10,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use sandglass::protocol::{
-    DEFAULT_MAX_FRAME, Entry, FrameCodec, Hello, Message, ReportBatch, read_preamble,
+    Ack, DEFAULT_MAX_FRAME, Entry, FrameCodec, Hello, Message, ReportBatch, read_preamble,
     write_preamble,
 };
 use sandglass::report::{Cost, Level, MetricKind, Report, Sample, Status};

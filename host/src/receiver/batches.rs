@@ -246,7 +246,9 @@ mod tests {
             panic!("stored")
         };
         for entry in &stored.entries {
-            let Entry::Gap(g) = entry else { panic!("a gap") };
+            let Entry::Gap(g) = entry else {
+                panic!("a gap")
+            };
             assert_eq!((g.reports, g.first_ms), (MAX_GAP_REPORTS, MAX_NUMBER));
         }
     }

@@ -252,6 +252,14 @@ async fn serve(
     let drain = async { while connections.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     background.shutdown().await;
+    // Last word for `receiver status`: the data is no longer live.
+    shared
+        .store
+        .send(Op::Heartbeat {
+            time_ms: now_ms(),
+            running: false,
+        })
+        .await;
     drop(shared);
     // The writer ends once every Store handle is gone, after committing
     // what was queued.
@@ -291,10 +299,7 @@ async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut ticks = 0u64;
     loop {
         tokio::select! {
-            () = cancel.cancelled() => {
-                shared.store.send(Op::Heartbeat { time_ms: now_ms(), running: false }).await;
-                return;
-            }
+            () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         if ticks % HEARTBEAT_TICKS == 0 {
