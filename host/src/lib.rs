@@ -13,6 +13,7 @@
 //! - [`state_store`]: per-service plugin state kept on disk between runs.
 //! - [`config`]: the agent's TOML configuration, strict and documented.
 //! - [`units`]: human durations and sizes (`2s`, `32MiB`) in configuration.
+//! - [`text`]: escaping text from plugins and peers for terminals and logs.
 //! - [`agent`]: the agent's commands (`once`, `plugin info`, `plugin run`) and
 //!   their output.
 
@@ -24,5 +25,6 @@ pub mod receiver;
 pub mod report;
 pub mod runtime;
 pub mod state_store;
+pub mod text;
 pub mod tls;
 pub mod units;

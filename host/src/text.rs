@@ -1,0 +1,67 @@
+//! Text from plugins and peers, made safe for terminals and log lines.
+//!
+//! A status text, a label value, a plugin's log message or a refused
+//! `host_id` is chosen by whoever wrote the plugin or the peer. Printed raw,
+//! an ESC sequence can clear the operator's terminal and a newline can forge
+//! a whole line (a fake `OK`, a log line with any timestamp). Every such
+//! string goes through [`escape`] before it reaches a terminal or a log; JSON
+//! output keeps the exact text (serde escapes it there).
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// `text` with every control character (C0, DEL, C1 — ESC, CR and LF among
+/// them) written as a visible escape: `\n`, `\r`, `\t`, `\e`, or `\u{9b}`.
+/// Text without control characters is returned as is, without a copy.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{1b}' => out.push_str("\\e"),
+            '\\' => out.push('\\'),
+            c if c.is_control() => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`escape`] as a `Display` wrapper, for format strings and tracing fields.
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_not_copied() {
+        assert!(matches!(escape("cpu 42% é"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn control_characters_become_visible_and_cannot_forge_a_line() {
+        let forged = "fine\r\n2026-01-01T00:00:00Z  INFO demo OK\u{1b}[2J\u{9b}x\u{7f}";
+        let escaped = escape(forged);
+        assert!(!escaped.chars().any(char::is_control), "{escaped}");
+        assert_eq!(
+            escaped,
+            "fine\\r\\n2026-01-01T00:00:00Z  INFO demo OK\\e[2J\\u{9b}x\\u{7f}"
+        );
+        assert_eq!(Escaped("a\nb").to_string(), "a\\nb");
+    }
+}
