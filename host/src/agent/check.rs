@@ -6,6 +6,7 @@
 use super::trial::Trial;
 use crate::report::{Level, Report};
 use crate::runtime::{self, Runtime, command};
+use crate::text::Escaped;
 use crate::units::ByteSize;
 
 /// Above this a plugin works, but every host pays seconds of compilation.
@@ -327,11 +328,12 @@ fn run_twice(
 pub fn table(checked: &Checked) -> String {
     let mut out = format!("checking {}\n", checked.file);
     for f in &checked.findings {
+        // A finding may quote the plugin (its status, its error): escaped.
         out.push_str(&format!(
             "  {:<4}  {:<8}  {}\n",
             f.verdict.as_str(),
             f.check,
-            f.text
+            Escaped(&f.text)
         ));
     }
     if let Some(report) = &checked.report {
@@ -343,7 +345,7 @@ pub fn table(checked: &Checked) -> String {
     out.push_str(&format!(
         "verdict: {} — {}\n",
         checked.verdict.as_str().to_uppercase(),
-        checked.summary
+        Escaped(&checked.summary)
     ));
     out
 }
