@@ -294,8 +294,11 @@ impl Runtime {
         request: RunRequest,
         wake: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<Dispatched, Box<RunOutcome>> {
-        let stuck = &self.inner.stuck;
-        if let Some(reason) = stuck.refusal(&plugin.path, &plugin.description.name) {
+        let refusal = self
+            .inner
+            .stuck
+            .refusal(&plugin.path, &plugin.description.name);
+        if let Some(reason) = refusal {
             return Err(Box::new(RunOutcome::refused(RunFailure::Refused(reason))));
         }
         let slot = Arc::new(SlotCell {

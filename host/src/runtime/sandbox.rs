@@ -186,13 +186,16 @@ pub fn truncate(text: &str, max: usize) -> &str {
 impl SandboxState {
     /// `open-at`, judged before and after wasmtime-wasi opens the file.
     ///
-    /// Before: a path into `/proc` is judged as the kernel will walk it (so a
-    /// secret is not even opened), the run's cap on open files is applied,
-    /// and anything that is not a regular file or a directory is refused:
-    /// `open` on a FIFO blocks in the kernel until a writer comes, and a
-    /// device node or socket is nothing a collector reads. After: the policy
-    /// judges the path the kernel resolved for the new descriptor, which no
-    /// path trick can disguise.
+    /// Before: a path into `/proc` is judged as the kernel will walk it, so a
+    /// secret is not even opened and a path into the agent's own process
+    /// fails as if absent whatever lies there (after the open, the error of
+    /// a magic link such as `/proc/self/fd/N` would tell what `N` is); then
+    /// anything that is not a regular file or a directory is refused (`open`
+    /// on a FIFO blocks in the kernel until a writer comes, and a device node
+    /// or socket is nothing a collector reads); then the run's cap on open
+    /// files. This costs a `readlink` and an `fstatat` per open. After: the
+    /// policy judges the path the kernel resolved for the new descriptor,
+    /// which no path trick can disguise.
     fn open_at_checked(
         &mut self,
         fd: Resource<Descriptor>,
