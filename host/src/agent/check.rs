@@ -349,3 +349,31 @@ pub fn table(checked: &Checked) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn findings_quoting_the_plugin_cannot_forge_lines() {
+        let forged = "CRIT \u{1b}[2J\rx\nverdict: PASS — fine";
+        let checked = Checked {
+            file: "demo.wasm".into(),
+            findings: vec![Finding {
+                check: "run",
+                verdict: Verdict::Fail,
+                text: forged.into(),
+            }],
+            report: None,
+            verdict: Verdict::Fail,
+            summary: format!("demo cannot be deployed: run: {forged}"),
+        };
+        let text = table(&checked);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\e[2J\\rx\\nverdict: PASS"), "{text}");
+    }
+}
