@@ -10,6 +10,9 @@
 //! - [`faults`]: kill -9 of either side, connections cut mid-frame, a full
 //!   spool, failover — every run counted end to end;
 //! - [`hostile`]: slow and idle connections at the receiver;
+//! - [`hostile_plugins`]: plugins that attack the host and their neighbours
+//!   (output that is costly to copy, blocking files, stuck runs, held
+//!   descriptors, `/proc` and `/sys` secrets, terminal escapes);
 //! - [`template`]: `agent plugin new` and `agent plugin check`;
 //! - [`tls`]: TLS with client certificates from the test CA script.
 
@@ -19,6 +22,7 @@ mod faults;
 mod fleet;
 mod fleet_support;
 mod hostile;
+mod hostile_plugins;
 mod logwatch;
 mod once;
 mod protocol;

@@ -68,7 +68,7 @@ fn output_bombs_hit_the_output_limits() {
     let (_, text, _) = run_mode("huge-strings", &[]);
     assert!(
         text.starts_with("output limit: ")
-            && text.ends_with("bytes of strings exceed max_output_bytes 1 MiB"),
+            && text.ends_with("bytes of strings and items exceed max_output_bytes 1 MiB"),
         "{text}"
     );
     let (_, text, _) = run_mode("stdout-flood", &[]);

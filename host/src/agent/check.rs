@@ -6,6 +6,7 @@
 use super::trial::Trial;
 use crate::report::{Level, Report};
 use crate::runtime::{self, Runtime, command};
+use crate::text::Escaped;
 use crate::units::ByteSize;
 
 /// Above this a plugin works, but every host pays seconds of compilation.
@@ -327,11 +328,12 @@ fn run_twice(
 pub fn table(checked: &Checked) -> String {
     let mut out = format!("checking {}\n", checked.file);
     for f in &checked.findings {
+        // A finding may quote the plugin (its status, its error): escaped.
         out.push_str(&format!(
             "  {:<4}  {:<8}  {}\n",
             f.verdict.as_str(),
             f.check,
-            f.text
+            Escaped(&f.text)
         ));
     }
     if let Some(report) = &checked.report {
@@ -343,7 +345,35 @@ pub fn table(checked: &Checked) -> String {
     out.push_str(&format!(
         "verdict: {} — {}\n",
         checked.verdict.as_str().to_uppercase(),
-        checked.summary
+        Escaped(&checked.summary)
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn findings_quoting_the_plugin_cannot_forge_lines() {
+        let forged = "CRIT \u{1b}[2J\rx\nverdict: PASS — fine";
+        let checked = Checked {
+            file: "demo.wasm".into(),
+            findings: vec![Finding {
+                check: "run",
+                verdict: Verdict::Fail,
+                text: forged.into(),
+            }],
+            report: None,
+            verdict: Verdict::Fail,
+            summary: format!("demo cannot be deployed: run: {forged}"),
+        };
+        let text = table(&checked);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\e[2J\\rx\\nverdict: PASS"), "{text}");
+    }
 }

@@ -1,7 +1,13 @@
 //! Output for people (a table, like `telnet host 6556` showed for check_mk)
 //! and for machines (JSON).
+//!
+//! Every string a plugin chose goes through [`escape`] in the table: an
+//! escape sequence or a newline in a status text must not clear the
+//! operator's terminal or forge a line (a fake `OK`). JSON keeps the exact
+//! text.
 
 use crate::report::{Cost, MetricKind, Report, Sample};
+use crate::text::{Escaped, escape};
 use std::fmt::Write;
 
 /// `--format`: a table for people or JSON for machines.
@@ -15,7 +21,7 @@ pub enum Format {
 pub fn table(reports: &[Report]) -> String {
     let width = reports
         .iter()
-        .map(|r| r.service.len())
+        .map(|r| escape(&r.service).len())
         .max()
         .unwrap_or(7)
         .max(7);
@@ -24,9 +30,9 @@ pub fn table(reports: &[Report]) -> String {
         let _ = writeln!(
             out,
             "{:<width$}  {:<7}  {}  [{}]",
-            r.service,
+            escape(&r.service),
             r.status.level.as_str(),
-            r.status.text,
+            Escaped(&r.status.text),
             cost(&r.cost)
         );
         for s in &r.samples {
@@ -46,16 +52,21 @@ pub fn cost(c: &Cost) -> String {
     )
 }
 
-/// `name{k="v"} 42 unit (counter)`.
+/// `name{k="v"} 42 unit (counter)`, escaped (values quoted as Rust does,
+/// which escapes control characters too).
 pub fn sample(s: &Sample) -> String {
-    let mut line = s.name.clone();
+    let mut line = escape(&s.name).into_owned();
     if !s.labels.is_empty() {
-        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        let labels: Vec<String> = s
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{}={v:?}", Escaped(k)))
+            .collect();
         let _ = write!(line, "{{{}}}", labels.join(","));
     }
     let _ = write!(line, " {}", s.value);
     if !s.unit.is_empty() {
-        let _ = write!(line, " {}", s.unit);
+        let _ = write!(line, " {}", Escaped(&s.unit));
     }
     if s.kind == MetricKind::Counter {
         line.push_str(" (counter)");
@@ -102,5 +113,34 @@ mod tests {
             text.contains("    cpu_jiffies_total{cpu=\"cpu0\"} 12 jiffies (counter)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn plugin_strings_cannot_forge_lines_or_drive_the_terminal() {
+        let forged = "\u{1b}[2J\rfine\ncpu      OK       all good";
+        let report = Report {
+            service: "demo".into(),
+            plugin: "demo".into(),
+            time_ms: 0,
+            status: Status {
+                level: Level::Crit,
+                text: forged.into(),
+            },
+            samples: vec![Sample {
+                name: "m\n".into(),
+                value: 1.0,
+                kind: MetricKind::Gauge,
+                unit: "\u{1b}[31m".into(),
+                labels: vec![("k\r".into(), "v\u{1b}".into())],
+            }],
+            cost: Cost::default(),
+        };
+        let text = table(&[report]);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\e[2J\\rfine\\ncpu"), "{text}");
     }
 }

@@ -98,6 +98,8 @@ fn overrides(l: &ServiceLimits) -> LimitOverrides {
         max_output_bytes: l.max_output_bytes.map(ByteSize),
         max_stdio_bytes: l.max_stdio_bytes.map(ByteSize),
         max_state_bytes: l.max_state_bytes.map(ByteSize),
+        // The schedule's limits do not carry it (yet): the host's own apply.
+        max_open_files: None,
     }
 }
 

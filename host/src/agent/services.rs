@@ -7,6 +7,7 @@ use crate::config::Service;
 use crate::report::{Report, Status};
 use crate::runtime::{Grant, Plugin, RunOutcome, RunRequest, Runtime, View};
 use crate::state_store::StateStore;
+use crate::text::Escaped;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -225,10 +226,13 @@ impl ServiceRunner {
             state: output.state.clone(),
         });
         if let Err(failure) = &outcome.result {
+            // The failure may quote the plugin (its error text): escaped, so
+            // it cannot forge a log line.
             tracing::warn!(
                 service = service.name,
                 plugin = plugin.description.name,
-                "run failed: {failure}"
+                "run failed: {}",
+                Escaped(&failure.to_string())
             );
         }
         Collected {

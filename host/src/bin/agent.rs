@@ -8,6 +8,7 @@ use sandglass::agent::{check, template};
 use sandglass::config::Agent;
 use sandglass::report::Report;
 use sandglass::runtime::{LimitOverrides, Limits, Runtime};
+use sandglass::text::Escaped;
 use sandglass::units::{ByteSize, HumanDuration};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -262,8 +263,9 @@ fn info(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
         Format::Table => {
-            println!("name:      {}", d.name);
-            println!("version:   {}", d.version);
+            // Everything below but the hash is the plugin's own word: escaped.
+            println!("name:      {}", Escaped(&d.name));
+            println!("version:   {}", Escaped(&d.version));
             println!("abi:       {}", d.abi_version);
             let grants: Vec<String> = d
                 .grants
@@ -285,9 +287,14 @@ fn info(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
                 let unit = if m.unit.is_empty() {
                     String::new()
                 } else {
-                    format!(" [{}]", m.unit)
+                    format!(" [{}]", Escaped(&m.unit))
                 };
-                println!("  {} ({:?}){unit} {}", m.name, m.kind, m.help);
+                println!(
+                    "  {} ({:?}){unit} {}",
+                    Escaped(&m.name),
+                    m.kind,
+                    Escaped(&m.help)
+                );
             }
         }
     }

@@ -3,7 +3,7 @@
 //! idle agent costs no wake-ups.
 
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::Engine;
 
 /// One epoch. 10 ms: a 1 ms ticker drifts by 10-15 % on this machine kind.
@@ -32,17 +32,20 @@ impl EpochTicker {
         std::thread::Builder::new()
             .name("sandglass-epoch".into())
             .spawn(move || {
+                let mut due = None;
                 while let Some(ticker) = weak.upgrade() {
                     let active = ticker.active.lock().expect("epoch lock");
                     if *active == 0 {
+                        due = None;
                         // Wake up now and then to notice the runtime was dropped.
                         let _ = ticker.wake.wait_timeout(active, Duration::from_secs(1));
                         continue;
                     }
                     drop(active);
                     drop(ticker);
-                    std::thread::sleep(TICK);
-                    engine.increment_epoch();
+                    let tick = *due.get_or_insert_with(|| Instant::now() + TICK);
+                    std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+                    due = Some(catch_up(&engine, tick, Instant::now()));
                 }
             })
             .expect("spawn epoch ticker thread");
@@ -57,6 +60,19 @@ impl EpochTicker {
     }
 }
 
+/// Increment the epoch once for every tick due by `now`, starting with the
+/// one due at `tick`; the next tick's due time. On a loaded machine a sleep
+/// overshoots by milliseconds: one increment per wake-up would stretch every
+/// deadline (counted in ticks) by that much a tick, past the grace after
+/// which a run is abandoned as blocked.
+fn catch_up(engine: &Engine, mut tick: Instant, now: Instant) -> Instant {
+    while tick <= now {
+        engine.increment_epoch();
+        tick += TICK;
+    }
+    tick
+}
+
 /// Keeps the ticker running while a run is active.
 pub struct ActiveRun(Arc<EpochTicker>);
 
@@ -69,6 +85,20 @@ impl Drop for ActiveRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_wake_up_catches_up_on_the_ticks_it_missed() {
+        let engine = Engine::new(wasmtime::Config::new().epoch_interruption(true)).unwrap();
+        let start = Instant::now();
+        // Woken 35 ms after the tick due at `start`: that tick and three more.
+        let next = catch_up(&engine, start, start + Duration::from_millis(35));
+        assert_eq!(next, start + 4 * TICK);
+        // Woken early: nothing is due yet.
+        assert_eq!(
+            catch_up(&engine, next, next - Duration::from_millis(1)),
+            next
+        );
+    }
 
     #[test]
     fn ticks_round_up_and_add_one() {

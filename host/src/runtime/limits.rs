@@ -4,6 +4,10 @@ use crate::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The fewest open files a run can work with: its preopened directories
+/// (`/proc`, `/sys` and a few granted ones) plus a file or two.
+const MIN_OPEN_FILES: usize = 8;
+
 /// The bounds every plugin run gets. Each breach ends the run with an UNKNOWN
 /// status naming the limit and its value.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -16,12 +20,17 @@ pub struct Limits {
     pub memory: ByteSize,
     /// Samples one run may return.
     pub max_samples: usize,
-    /// Bytes of strings (names, units, labels, status text) one run may return.
+    /// Bytes of output one run may return: names, units, label keys and
+    /// values, status or error text, plus a fixed cost per sample and per
+    /// label pair (see `runtime::output`).
     pub max_output_bytes: ByteSize,
     /// Bytes a run may write to stdout and to stderr, each.
     pub max_stdio_bytes: ByteSize,
     /// Bytes of state a run may hand to the next one.
     pub max_state_bytes: ByteSize,
+    /// Files and directories a run may hold open at once, its preopened
+    /// directories included.
+    pub max_open_files: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +43,7 @@ impl Default for Limits {
             max_output_bytes: ByteSize(1 << 20),
             max_stdio_bytes: ByteSize(64 << 10),
             max_state_bytes: ByteSize(64 << 10),
+            max_open_files: 64,
         }
     }
 }
@@ -51,12 +61,16 @@ pub struct LimitOverrides {
     pub memory: Option<ByteSize>,
     /// Samples per run. Default 10000.
     pub max_samples: Option<usize>,
-    /// Bytes of strings per run. Default "1MiB".
+    /// Bytes of output per run (strings, plus 16 bytes per sample and 8 per
+    /// label pair). Default "1MiB".
     pub max_output_bytes: Option<ByteSize>,
     /// Bytes of stdout and of stderr per run. Default "64KiB".
     pub max_stdio_bytes: Option<ByteSize>,
     /// Bytes of state kept between runs. Default "64KiB".
     pub max_state_bytes: Option<ByteSize>,
+    /// Files and directories held open at once per run, the preopened
+    /// directories (`/proc`, `/sys`, granted ones) included. Default 64.
+    pub max_open_files: Option<usize>,
 }
 
 impl Limits {
@@ -71,6 +85,7 @@ impl Limits {
             max_output_bytes: overrides.max_output_bytes.unwrap_or(self.max_output_bytes),
             max_stdio_bytes: overrides.max_stdio_bytes.unwrap_or(self.max_stdio_bytes),
             max_state_bytes: overrides.max_state_bytes.unwrap_or(self.max_state_bytes),
+            max_open_files: overrides.max_open_files.unwrap_or(self.max_open_files),
         };
         if limits.fuel == 0 {
             return Err("fuel must be greater than 0".into());
@@ -85,6 +100,12 @@ impl Limits {
             return Err(format!(
                 "memory {} is too small for any plugin; use at least \"1MiB\"",
                 limits.memory
+            ));
+        }
+        if limits.max_open_files < MIN_OPEN_FILES {
+            return Err(format!(
+                "max_open_files {} leaves no room beside the preopened directories; use at least {MIN_OPEN_FILES}",
+                limits.max_open_files
             ));
         }
         Ok(limits)

@@ -9,6 +9,8 @@
 //! - [`limits`]: fuel, deadline, memory and output limits;
 //! - [`epoch`]: the ticker behind deadlines;
 //! - [`run`]: running a plugin once and classifying what went wrong;
+//! - `output`: what a run may hand back, and what copying it may cost;
+//! - `stuck`: runs abandoned in host calls, counted per plugin;
 //! - `workers`: the threads runs execute on, so a stuck run can be abandoned.
 
 pub mod abi;
@@ -18,8 +20,10 @@ pub mod epoch;
 pub mod exposition;
 pub mod fs_policy;
 pub mod limits;
+mod output;
 pub mod run;
 pub mod sandbox;
+mod stuck;
 mod workers;
 
 use anyhow::Context;
@@ -27,7 +31,6 @@ use cache::{ArtifactCache, CacheOutcome};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -64,10 +67,10 @@ enum Entry {
 /// and are wiped in place (`table_keep_resident`): one `madvise` per run
 /// instead of three, each of which interrupts the other core to flush its TLB.
 ///
-/// Sizes: runs at once are bounded by the workers (plus at most 8 stuck
-/// runs) and plugin loads; 64 instances leave room for both. A component has
-/// a few core instances, memories and tables (the Python one the most); the
-/// counts below are generous for each. Each memory slot reserves 4 GiB of
+/// Sizes: runs at once are bounded by the workers (plus at most
+/// `stuck::TOTAL` = 16 stuck runs) and plugin loads; 64 instances leave room
+/// for both. A component has a few core instances, memories and tables (the
+/// Python one the most); the counts below are generous for each. Each memory slot reserves 4 GiB of
 /// address space so bounds checks stay free — 128 of them ≈ 520 GiB virtual,
 /// nothing resident until used.
 fn instance_pool() -> PoolingAllocationConfig {
@@ -128,7 +131,7 @@ struct Inner {
     cache: ArtifactCache,
     ticker: Arc<epoch::EpochTicker>,
     /// Runs abandoned while blocked in a host call and not yet returned.
-    stuck: AtomicUsize,
+    stuck: stuck::StuckRuns,
     workers: workers::Workers,
 }
 
@@ -153,7 +156,7 @@ impl Runtime {
                 linker,
                 cache,
                 ticker,
-                stuck: AtomicUsize::new(0),
+                stuck: stuck::StuckRuns::default(),
                 workers: workers::Workers::new(),
             }),
         })

@@ -3,17 +3,14 @@
 
 use super::abi::{self, wit};
 use super::sandbox::{CommandIo, Sandbox, View, new_sandbox, truncate};
-use super::{Description, Entry, Grant, Limits, MetricInfo, Plugin, Runtime, command};
-use crate::report::{Cost, Level, MetricKind, Sample, Status};
+use super::{Description, Entry, Grant, Limits, MetricInfo, Plugin, Runtime, command, output};
+use crate::report::{Cost, Sample, Status};
+use crate::text::Escaped;
 use crate::units::{ByteSize, HumanDuration};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::Trap;
-
-/// Runs abandoned in host calls that may pile up before new runs are refused.
-const MAX_STUCK_RUNS: usize = 8;
 
 /// Grace after the deadline before a run blocked in a host call is abandoned:
 /// the epoch trap normally ends a run within a tick of its deadline.
@@ -62,8 +59,15 @@ pub enum RunFailure {
     Memory(ByteSize),
     #[error("output limit: {count} samples exceed max_samples {limit}")]
     TooManySamples { count: usize, limit: usize },
-    #[error("output limit: {size} bytes of strings exceed max_output_bytes {limit}")]
+    #[error("output limit: {size} bytes of strings and items exceed max_output_bytes {limit}")]
     OutputBytes { size: u64, limit: ByteSize },
+    #[error(
+        "output limit: the plugin handed the host more than {0} in one call \
+         (the copy budget set by max_output_bytes, max_samples and max_state_bytes)"
+    )]
+    Lift(ByteSize),
+    #[error("open files limit {0} reached (max_open_files): the plugin held that many at once")]
+    OpenFiles(usize),
     #[error("stdout/stderr limit {0} exceeded")]
     Stdio(ByteSize),
     #[error("state limit {limit} exceeded: the plugin returned {size} bytes of state")]
@@ -155,7 +159,7 @@ pub(super) fn describe(
             .into_iter()
             .map(|m| MetricInfo {
                 name: m.name,
-                kind: kind(m.kind),
+                kind: output::kind(m.kind),
                 unit: m.unit,
                 help: m.help,
             })
@@ -205,13 +209,19 @@ impl Runtime {
                 });
                 match called {
                     Err(e) => Err(classify(e, &sandbox, limits)),
-                    Ok(Err(message)) => Err(RunFailure::Plugin(message)),
+                    Ok(Err(message)) => Err(output::plugin_error(message, limits)),
                     Ok(Ok(collection)) => Ok(collection),
                 }
             }
             Entry::Command(pre) => command::call(pre, &mut sandbox, limits),
         };
-        let result = collection.and_then(|c| check_output(c, limits));
+        let result = if sandbox.store.data().open_files_hit {
+            // The plugin saw opens fail and may have carried on: its output
+            // would be incomplete without saying so.
+            Err(RunFailure::OpenFiles(limits.max_open_files))
+        } else {
+            collection.and_then(|c| output::check(c, limits))
+        };
         log_stderr(&sandbox, &plugin.description.name, &request.service);
         let state = sandbox.store.data();
         let cost = Cost {
@@ -233,8 +243,8 @@ impl Runtime {
 
     /// Run `plugin` once on a worker thread, waiting at most the deadline
     /// (plus a short grace). A run still blocked in a host call by then is
-    /// abandoned and reported as such; at most [`MAX_STUCK_RUNS`] may be
-    /// abandoned at once, further runs are refused until they return.
+    /// abandoned and reported as such; a plugin with too many runs abandoned
+    /// is refused until they return (see `stuck`).
     pub fn run(&self, plugin: &Arc<Plugin>, request: RunRequest) -> RunOutcome {
         let dispatched = match self.dispatch(plugin, request, None) {
             Ok(dispatched) => dispatched,
@@ -284,26 +294,27 @@ impl Runtime {
         request: RunRequest,
         wake: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<Dispatched, Box<RunOutcome>> {
-        let stuck = self.inner.stuck.load(Ordering::SeqCst);
-        if stuck >= MAX_STUCK_RUNS {
-            return Err(Box::new(RunOutcome::refused(RunFailure::Refused(format!(
-                "{stuck} earlier runs are still blocked in host calls; no new run starts until they return"
-            )))));
+        let refusal = self
+            .inner
+            .stuck
+            .refusal(&plugin.path, &plugin.description.name);
+        if let Some(reason) = refusal {
+            return Err(Box::new(RunOutcome::refused(RunFailure::Refused(reason))));
         }
         let slot = Arc::new(SlotCell {
             cell: (Mutex::new(Slot::Running), Condvar::new()),
             started: OnceLock::new(),
         });
         let deadline = request.limits.deadline;
-        let (runtime, plugin, worker_slot) = (self.clone(), plugin.clone(), slot.clone());
+        let (runtime, worker_plugin, worker_slot) = (self.clone(), plugin.clone(), slot.clone());
         let waking_slot = slot.clone();
         let spawned = self.inner.workers.execute(
             move || {
                 let _ = worker_slot.started.set(Instant::now());
-                let outcome = runtime.run_here(&plugin, &request);
+                let outcome = runtime.run_here(&worker_plugin, &request);
                 let mut slot = worker_slot.cell.0.lock().expect("run slot");
                 if matches!(*slot, Slot::Abandoned) {
-                    runtime.inner.stuck.fetch_sub(1, Ordering::SeqCst);
+                    runtime.inner.stuck.returned(&worker_plugin.path);
                     return false;
                 }
                 *slot = Slot::Done(Box::new(outcome));
@@ -326,6 +337,7 @@ impl Runtime {
         Ok(Dispatched {
             slot,
             runtime: self.clone(),
+            plugin: plugin.clone(),
             deadline,
             queued: Instant::now(),
         })
@@ -349,6 +361,7 @@ enum Slot {
 struct Dispatched {
     slot: Arc<SlotCell>,
     runtime: Runtime,
+    plugin: Arc<Plugin>,
     deadline: HumanDuration,
     queued: Instant,
 }
@@ -393,7 +406,7 @@ impl Dispatched {
         match std::mem::replace(&mut *slot, Slot::Abandoned) {
             Slot::Done(outcome) => *outcome,
             _ => {
-                self.runtime.inner.stuck.fetch_add(1, Ordering::SeqCst);
+                self.runtime.inner.stuck.abandoned(&self.plugin.path);
                 let mut outcome = RunOutcome::refused(RunFailure::Blocked(self.deadline));
                 outcome.cost.wall_micros =
                     (self.deadline.0 + HARD_TIMEOUT_GRACE).as_micros() as u64;
@@ -405,6 +418,9 @@ impl Dispatched {
 
 /// Name the limit behind a failed call, or the trap.
 pub(super) fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFailure {
+    if output::is_lift_refusal(&err) {
+        return RunFailure::Lift(ByteSize(output::lift_budget(limits) as u64));
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => return RunFailure::Fuel(limits.fuel),
         Some(Trap::Interrupt) => return RunFailure::Deadline(limits.deadline),
@@ -444,74 +460,6 @@ pub(super) fn last_stderr_line(sandbox: &Sandbox) -> Option<String> {
     Some(truncate(last, STDERR_IN_MESSAGE).to_owned())
 }
 
-/// Check a collection against the output and state caps and convert it.
-fn check_output(collection: wit::Collection, limits: &Limits) -> Result<Output, RunFailure> {
-    let count = collection.samples.len();
-    if count > limits.max_samples {
-        return Err(RunFailure::TooManySamples {
-            count,
-            limit: limits.max_samples,
-        });
-    }
-    let size: u64 = collection.status.text.len() as u64
-        + collection
-            .samples
-            .iter()
-            .map(|s| {
-                (s.name.len()
-                    + s.unit.len()
-                    + s.labels
-                        .iter()
-                        .map(|(k, v)| k.len() + v.len())
-                        .sum::<usize>()) as u64
-            })
-            .sum::<u64>();
-    if size > limits.max_output_bytes.0 {
-        return Err(RunFailure::OutputBytes {
-            size,
-            limit: limits.max_output_bytes,
-        });
-    }
-    if let Some(state) = &collection.state
-        && state.len() as u64 > limits.max_state_bytes.0
-    {
-        return Err(RunFailure::State {
-            size: state.len() as u64,
-            limit: limits.max_state_bytes,
-        });
-    }
-    Ok(Output {
-        samples: collection
-            .samples
-            .into_iter()
-            .map(|s| Sample {
-                name: s.name,
-                value: s.value,
-                kind: kind(s.kind),
-                unit: s.unit,
-                labels: s.labels,
-            })
-            .collect(),
-        status: Status {
-            level: match collection.status.level {
-                wit::Level::Ok => Level::Ok,
-                wit::Level::Warn => Level::Warn,
-                wit::Level::Crit => Level::Crit,
-                wit::Level::Unknown => Level::Unknown,
-            },
-            text: collection.status.text,
-        },
-        state: collection.state,
-    })
-}
-
-fn kind(k: wit::MetricKind) -> MetricKind {
-    match k {
-        wit::MetricKind::Gauge => MetricKind::Gauge,
-        wit::MetricKind::Counter => MetricKind::Counter,
-    }
-}
-
 /// Route what the plugin wrote to stderr into the agent's log, tagged.
 fn log_stderr(sandbox: &Sandbox, plugin: &str, service: &str) {
     let stderr = sandbox.stderr.contents();
@@ -519,6 +467,6 @@ fn log_stderr(sandbox: &Sandbox, plugin: &str, service: &str) {
         .lines()
         .filter(|l| !l.trim().is_empty())
     {
-        tracing::info!(plugin, service, stream = "stderr", "{line}");
+        tracing::info!(plugin, service, stream = "stderr", "{}", Escaped(line));
     }
 }

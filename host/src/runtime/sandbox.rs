@@ -4,8 +4,10 @@
 use super::abi;
 use super::fs_policy::{Denied, FsPolicy, resolved_path};
 use super::limits::Limits;
+use crate::text::Escaped;
 use crate::units::ByteSize;
-use std::os::fd::AsRawFd;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +32,11 @@ const LOG_BYTES_PER_RUN: usize = 16 << 10;
 /// Denied opens remembered per run (the count is kept in full).
 const DENIALS_KEPT: usize = 4;
 
+/// Handles of any kind (streams, timers, directory listings) a run may hold
+/// per file it may hold open: the backstop on the host's resource table,
+/// which otherwise grows to a million entries.
+const HANDLES_PER_FILE: usize = 16;
+
 /// The directories a plugin sees, each read-only, and the policy that judges
 /// every open under them. Built once per service, shared by its runs.
 #[derive(Debug)]
@@ -52,7 +59,7 @@ impl View {
             dirs.push((real.clone(), real.to_string_lossy().into_owned()));
         }
         let roots = dirs.iter().map(|(host, _)| host.clone()).collect();
-        let policy = FsPolicy::new(roots, "/proc".into(), std::process::id());
+        let policy = FsPolicy::new(roots, "/proc".into(), "/sys".into(), std::process::id());
         Ok(View { dirs, policy })
     }
 }
@@ -101,6 +108,10 @@ pub struct SandboxState {
     /// Opens refused by the policy: the first few, and how many in all.
     pub denied: Vec<Denied>,
     pub denied_count: usize,
+    /// Files and directories the run may hold open at once.
+    max_open_files: usize,
+    /// Whether an open was refused because that many were open.
+    pub open_files_hit: bool,
     plugin: String,
     service: String,
     log_budget: usize,
@@ -140,6 +151,9 @@ impl abi::sandglass::collector::log::Host for SandboxState {
         let message = truncate(&message, self.log_budget);
         self.log_budget = self.log_budget.saturating_sub(message.len().max(1));
         let (plugin, service) = (&self.plugin, &self.service);
+        // Escaped: a newline or an escape sequence in a plugin's message must
+        // not forge a log line of its own or repaint the operator's terminal.
+        let message = Escaped(message);
         match level {
             abi::LogLevel::Trace => tracing::trace!(plugin, service, "{message}"),
             abi::LogLevel::Debug => tracing::debug!(plugin, service, "{message}"),
@@ -170,8 +184,18 @@ pub fn truncate(text: &str, max: usize) -> &str {
 }
 
 impl SandboxState {
-    /// `open-at` through wasmtime-wasi, then kept only if the policy allows the
-    /// path the kernel resolved.
+    /// `open-at`, judged before and after wasmtime-wasi opens the file.
+    ///
+    /// Before: a path into `/proc` is judged as the kernel will walk it, so a
+    /// secret is not even opened and a path into the agent's own process
+    /// fails as if absent whatever lies there (after the open, the error of
+    /// a magic link such as `/proc/self/fd/N` would tell what `N` is); then
+    /// anything that is not a regular file or a directory is refused (`open`
+    /// on a FIFO blocks in the kernel until a writer comes, and a device node
+    /// or socket is nothing a collector reads); then the run's cap on open
+    /// files. This costs a `readlink` and an `fstatat` per open. After: the
+    /// policy judges the path the kernel resolved for the new descriptor,
+    /// which no path trick can disguise.
     fn open_at_checked(
         &mut self,
         fd: Resource<Descriptor>,
@@ -181,6 +205,22 @@ impl SandboxState {
         flags: wasi_fs::DescriptorFlags,
     ) -> wasmtime::Result<Result<Resource<Descriptor>, wasi_fs::ErrorCode>> {
         let view = self.view.clone();
+        let follow = path_flags.contains(wasi_fs::PathFlags::SYMLINK_FOLLOW);
+        if let Descriptor::Dir(dir) = self.table.get(&fd)? {
+            let dir_fd = dir.dir.as_raw_fd();
+            let before = view
+                .policy
+                .proc_path(&directory(dir_fd), &path, follow)
+                .map_or(Ok(()), |requested| view.policy.check(&requested))
+                .and_then(|()| not_special(dir_fd, &path, follow));
+            if let Err(denied) = before {
+                return Ok(Err(self.deny(denied)));
+            }
+        }
+        if self.open_descriptors() >= self.max_open_files {
+            self.open_files_hit = true;
+            return Ok(Err(wasi_fs::ErrorCode::Quota));
+        }
         let mut fs = self.filesystem();
         let opened = match wasi_fs::HostDescriptor::open_at(
             &mut fs, fd, path_flags, path, open_flags, flags,
@@ -196,41 +236,48 @@ impl SandboxState {
             Ok(()) => Ok(Ok(opened)),
             Err(denied) => {
                 fs.table.delete(opened)?;
-                self.note_denied(denied);
-                Ok(Err(wasi_fs::ErrorCode::Access))
+                Ok(Err(self.deny(denied)))
             }
         }
     }
 
-    /// `readlink-at`, refused for links the policy hides (`cwd`, `root`,
-    /// `exe`, `fd/*`, `map_files/*`, ...) and for any path with `..`.
+    /// Files and directories open in this run, preopens included. Counted
+    /// in the table rather than at open and close: a descriptor is dropped
+    /// by wasmtime-wasi's own resource destructor, which the sandbox does
+    /// not see. The table holds a few dozen entries at most.
+    fn open_descriptors(&mut self) -> usize {
+        self.table
+            .iter_mut()
+            .filter(|entry| entry.is::<Descriptor>())
+            .count()
+    }
+
+    /// `readlink-at`, refused for any path with `..` and for links the
+    /// policy hides (`cwd`, `root`, `exe`, `fd/*`, `map_files/*`, anything of
+    /// the agent's own process, ...), judged by where the link lives:
+    /// `/proc/self/fd/3` is a link in the agent's own `/proc/<pid>/fd`.
     fn readlink_at_checked(
         &mut self,
         fd: Resource<Descriptor>,
         path: String,
     ) -> wasmtime::Result<Result<String, wasi_fs::ErrorCode>> {
         let view = self.view.clone();
-        let fs = self.filesystem();
-        let dir_fd = match fs.table.get(&fd)? {
+        let dir_fd = match self.table.get(&fd)? {
             Descriptor::Dir(d) => d.dir.as_raw_fd(),
             Descriptor::File(_) => return Ok(Err(wasi_fs::ErrorCode::NotDirectory)),
         };
         let verdict = if path.split('/').any(|part| part == "..") {
-            Err(Denied {
-                path: path.clone().into(),
-                rule: "`..` in a readlink path",
-            })
+            Err(Denied::new(path.clone(), "`..` in a readlink path"))
         } else {
-            resolved_path(dir_fd)
-                .map_err(|_| Denied {
-                    path: path.clone().into(),
-                    rule: "cannot resolve the directory",
-                })
-                .and_then(|dir| view.policy.check(&dir.join(&path)))
+            let dir = directory(dir_fd);
+            let link = view
+                .policy
+                .proc_path(&dir, &path, false)
+                .unwrap_or_else(|| dir.join(&path));
+            view.policy.check(&link)
         };
         if let Err(denied) = verdict {
-            self.note_denied(denied);
-            return Ok(Err(wasi_fs::ErrorCode::Access));
+            return Ok(Err(self.deny(denied)));
         }
         let mut fs = self.filesystem();
         match wasi_fs::HostDescriptor::readlink_at(&mut fs, fd, path) {
@@ -239,21 +286,64 @@ impl SandboxState {
         }
     }
 
-    fn note_denied(&mut self, denied: Denied) {
-        tracing::debug!(plugin = self.plugin, service = self.service, path = %denied.path.display(), rule = denied.rule, "open denied by the sandbox policy");
+    /// Count and log a denial; the error the plugin gets for it.
+    fn deny(&mut self, denied: Denied) -> wasi_fs::ErrorCode {
+        let path = denied.path.to_string_lossy();
+        tracing::debug!(plugin = self.plugin, service = self.service, path = %Escaped(&path), rule = denied.rule, "open denied by the sandbox policy");
+        // Inside the agent's own process, hidden and absent look the same.
+        let code = if denied.absent {
+            wasi_fs::ErrorCode::NoEntry
+        } else {
+            wasi_fs::ErrorCode::Access
+        };
         self.denied_count += 1;
         if self.denied.len() < DENIALS_KEPT {
             self.denied.push(denied);
         }
+        code
+    }
+}
+
+/// The path of directory descriptor `dir_fd` (empty if it has none: then
+/// nothing is judged by it but its descriptor's own resolved path).
+fn directory(dir_fd: RawFd) -> PathBuf {
+    resolved_path(dir_fd).unwrap_or_default()
+}
+
+/// Refuse `path` under `dir_fd` if it is a FIFO, socket or device node,
+/// before anything opens it. `fstatat` never blocks on them. A path that
+/// does not stat (absent, or escaping the directory) is left to
+/// wasmtime-wasi, which refuses escapes itself; absolute paths too.
+fn not_special(dir_fd: RawFd, path: &str, follow: bool) -> Result<(), Denied> {
+    let Ok(c_path) = CString::new(path) else {
+        return Ok(());
+    };
+    if path.starts_with('/') {
+        return Ok(());
+    }
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and a
+    // buffer of the right type, read only when the call succeeded.
+    let stat = unsafe {
+        if libc::fstatat(dir_fd, c_path.as_ptr(), stat.as_mut_ptr(), flags) != 0 {
+            return Ok(());
+        }
+        stat.assume_init()
+    };
+    match stat.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK => Ok(()),
+        _ => Err(Denied::new(
+            directory(dir_fd).join(path),
+            "not a regular file or directory (a FIFO, socket or device node, whose open may block)",
+        )),
     }
 }
 
 /// Check an open descriptor's resolved path; fail closed when it has none.
-fn check_fd(policy: &FsPolicy, raw: std::os::fd::RawFd) -> Result<(), Denied> {
-    let real = resolved_path(raw).map_err(|_| Denied {
-        path: PathBuf::from(format!("fd {raw}")),
-        rule: "cannot resolve the opened path",
-    })?;
+fn check_fd(policy: &FsPolicy, raw: RawFd) -> Result<(), Denied> {
+    let real = resolved_path(raw)
+        .map_err(|_| Denied::new(format!("fd {raw}"), "cannot resolve the opened path"))?;
     policy.check(&real)
 }
 
@@ -359,9 +449,11 @@ pub fn new_sandbox(
     for (host, guest) in &view.dirs {
         wasi.preopened_dir(host, guest, FsPerms::ReadOnly)?;
     }
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.max_open_files.saturating_mul(HANDLES_PER_FILE));
     let state = SandboxState {
         wasi: wasi.build(),
-        table: ResourceTable::new(),
+        table,
         limiter: MemoryLimiter {
             cap: usize::try_from(limits.memory.0).unwrap_or(usize::MAX),
             peak: 0,
@@ -370,6 +462,8 @@ pub fn new_sandbox(
         view: view.clone(),
         denied: Vec::new(),
         denied_count: 0,
+        max_open_files: limits.max_open_files,
+        open_files_hit: false,
         plugin: plugin.to_owned(),
         service: service.to_owned(),
         log_budget: LOG_BYTES_PER_RUN,
@@ -377,6 +471,7 @@ pub fn new_sandbox(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
+    store.set_hostcall_fuel(super::output::lift_budget(limits));
     store.set_fuel(limits.fuel)?;
     store.epoch_deadline_trap();
     store.set_epoch_deadline(super::epoch::ticks_for(limits.deadline()));
