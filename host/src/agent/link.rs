@@ -12,7 +12,7 @@
 
 use super::installed::Installed;
 use super::services::{Collected, now_ms};
-use super::spool::Spool;
+use super::spool::{Budget, Spool};
 use crate::config::ConnectionConfig;
 use crate::protocol::{
     Ack, DEFAULT_MAX_FRAME, FrameCodec, Hello, Message, PROTOCOL_VERSION, Probe, ReportBatch,
@@ -334,7 +334,11 @@ async fn exchange(
                 state.stopping || unsent >= batch_max as u64 || batch_due.is_some_and(|t| t <= now);
             if unsent > 0 && due {
                 while in_flight.len() < MAX_IN_FLIGHT {
-                    let Some((seq, entries)) = state.spool.read(sent + 1, batch_max)? else {
+                    let budget = Budget {
+                        entries: batch_max,
+                        bytes: u64::MAX,
+                    };
+                    let Some((seq, entries)) = state.spool.read(sent + 1, budget)? else {
                         break;
                     };
                     let batch = ReportBatch {
