@@ -9,12 +9,15 @@
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
 //! - [`faults`]: kill -9 of either side, connections cut mid-frame, a full
 //!   spool, failover — every run counted end to end;
+//! - [`delivery`]: the largest reports through a receiver outage, a hung
+//!   receiver, a full agent disk: every report stored or counted as lost;
 //! - [`hostile`]: slow and idle connections at the receiver;
 //! - [`template`]: `agent plugin new` and `agent plugin check`;
 //! - [`tls`]: TLS with client certificates from the test CA script.
 
 mod command;
 mod common;
+mod delivery;
 mod faults;
 mod fleet;
 mod fleet_support;
