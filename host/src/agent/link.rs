@@ -29,6 +29,7 @@ use crate::tls;
 use anyhow::{Context, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,6 +72,9 @@ struct Established {
     refresh: Duration,
     /// The largest frame the receiver accepts.
     max_frame: u64,
+    /// The TCP socket under it (and under TLS), to see whether the
+    /// receiver takes what is sent.
+    socket: RawFd,
     /// Position of its receiver in the list.
     index: usize,
 }
@@ -164,6 +168,7 @@ enum Broken {
 struct Liveness {
     last_heard: Instant,
     dead_after: Duration,
+    socket: RawFd,
 }
 
 impl Liveness {
@@ -172,13 +177,49 @@ impl Liveness {
     }
 }
 
-/// Send `message`, but not past the liveness deadline: a hung receiver stops
-/// reading, and a write to it would wait forever once the socket is full.
-async fn write(framed: &mut Conn, message: Message, alive: &Liveness) -> Result<(), Broken> {
-    match tokio::time::timeout_at(alive.deadline(), framed.send(message)).await {
-        Ok(sent) => sent.map_err(|e| Broken::Failed(e.into())),
-        Err(_) => Err(Broken::Silent(alive.dead_after)),
+/// Send `message`. A hung receiver stops reading, and a write to it would
+/// wait forever once the socket is full; a receiver behind a slow link reads
+/// slowly. So a write that waits goes on while the receiver's host
+/// acknowledges bytes, and is given up when it did not for the whole
+/// liveness limit.
+async fn write(framed: &mut Conn, message: Message, alive: &mut Liveness) -> Result<(), Broken> {
+    let send = framed.send(message);
+    tokio::pin!(send);
+    let mut unacked = unacknowledged(alive.socket);
+    // A tenth of the limit at least, so that a write starting late in a
+    // quiet spell is not judged on a moment's stall.
+    let mut deadline = alive.deadline().max(Instant::now() + alive.dead_after / 10);
+    let mut waited = false;
+    loop {
+        match tokio::time::timeout_at(deadline, &mut send).await {
+            Ok(sent) => {
+                if waited {
+                    // It read what was sent: as good as hearing from it.
+                    alive.last_heard = Instant::now();
+                }
+                return sent.map_err(|e| Broken::Failed(e.into()));
+            }
+            Err(_) => {
+                let now = unacknowledged(alive.socket);
+                if now.is_none() || now == unacked {
+                    return Err(Broken::Silent(alive.dead_after));
+                }
+                (unacked, waited) = (now, true);
+                deadline = Instant::now() + alive.dead_after;
+            }
+        }
     }
+}
+
+/// Bytes sent on `socket` that the peer's host has not acknowledged yet
+/// (TIOCOUTQ): while a write waits, the count moves as long as the peer
+/// reads, and stands still when it has stopped.
+fn unacknowledged(socket: RawFd) -> Option<libc::c_int> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ stores one c_int through a pointer valid for it; an
+    // fd that is not a socket only makes the call fail.
+    let done = unsafe { libc::ioctl(socket, libc::TIOCOUTQ, &mut queued) };
+    (done == 0).then_some(queued)
 }
 
 /// Keep a connection to a receiver until `reports` closes (the agent is
@@ -280,11 +321,12 @@ async fn connect_any(
     for &index in order {
         let address = &config.receivers[index];
         match connect(config, address, hello.clone()).await {
-            Ok((framed, welcome)) => {
+            Ok((framed, welcome, socket)) => {
                 return Ok(Established {
                     framed,
                     refresh: Duration::from_millis(welcome.refresh_ms.max(1000)),
                     max_frame: welcome.max_frame,
+                    socket,
                     index,
                 });
             }
@@ -298,13 +340,14 @@ async fn connect(
     config: &LinkConfig,
     address: &str,
     mut hello: Hello,
-) -> anyhow::Result<(Conn, Welcome)> {
+) -> anyhow::Result<(Conn, Welcome, RawFd)> {
     let timeout = config.connection.timeout.0;
     let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .context("connect timed out")?
         .context("cannot connect")?;
     tcp.set_nodelay(true)?;
+    let socket = tcp.as_raw_fd();
     let mut stream: tls::Stream = match &config.tls {
         None => Box::new(tcp),
         Some(client) => tokio::time::timeout(timeout, client.connect(tcp, address))
@@ -331,7 +374,7 @@ async fn connect(
         .context("no Welcome from the receiver")?
         .context("the receiver closed the connection")??;
     match first {
-        Message::Welcome(welcome) if version == PROTOCOL_VERSION => Ok((framed, welcome)),
+        Message::Welcome(welcome) if version == PROTOCOL_VERSION => Ok((framed, welcome, socket)),
         Message::Error(f) => {
             tracing::error!(
                 receiver = address,
@@ -373,6 +416,7 @@ async fn exchange(
         mut framed,
         refresh,
         max_frame,
+        socket,
         index,
     } = established;
     let address = &config.receivers[index];
@@ -395,6 +439,7 @@ async fn exchange(
     let mut alive = Liveness {
         last_heard: now,
         dead_after: ping_every * 2,
+        socket,
     };
     let mut next_refresh = now + refresh;
     let mut next_ping = now + ping_every;
@@ -419,7 +464,7 @@ async fn exchange(
                     code: FaultCode::Moved,
                     text: format!("the agent moves back to {to}"),
                 });
-                if let Err(e) = write(&mut framed, moved, &alive).await {
+                if let Err(e) = write(&mut framed, moved, &mut alive).await {
                     tracing::debug!("could not say goodbye to {address}: {e}");
                 }
                 return Ok(Ended::Switch(next));
@@ -440,7 +485,7 @@ async fn exchange(
                     };
                     sent = batch.last_seq();
                     in_flight.push_back(sent);
-                    write(&mut framed, Message::Reports(batch), &alive).await?;
+                    write(&mut framed, Message::Reports(batch), &mut alive).await?;
                 }
                 // Still unsent: the next batch at once, or when acks open
                 // the window.
@@ -477,6 +522,9 @@ async fn exchange(
         .min()
         .expect("always some deadline");
         tokio::select! {
+            // Frames first: after a long write, what the receiver said
+            // meanwhile counts before its silence is judged.
+            biased;
             frame = framed.next() => {
                 let message = match frame {
                     None => return Err(anyhow!("the receiver closed the connection").into()),
@@ -512,7 +560,7 @@ async fn exchange(
                     Message::Unchanged(_) | Message::Pong(_) => {}
                     Message::Ping(Probe { nonce, .. }) => {
                         let pong = Message::Pong(Probe { nonce, time_ms: now_ms() });
-                        write(&mut framed, pong, &alive).await?;
+                        write(&mut framed, pong, &mut alive).await?;
                     }
                     Message::Error(f) => return Err(anyhow!("the receiver reports {f}").into()),
                     other => return Err(anyhow!("unexpected message from the receiver: {other:?}").into()),
@@ -550,12 +598,12 @@ async fn exchange(
                 }
                 if now >= next_refresh {
                     let request = Message::ScheduleRequest(Revision { revision: state.revision });
-                    write(&mut framed, request, &alive).await?;
+                    write(&mut framed, request, &mut alive).await?;
                     next_refresh = now + refresh;
                 }
                 if now >= next_ping {
                     let ping = Message::Ping(Probe { nonce: now_ms(), time_ms: now_ms() });
-                    write(&mut framed, ping, &alive).await?;
+                    write(&mut framed, ping, &mut alive).await?;
                     next_ping = now + ping_every;
                 }
                 if next_failback.is_some_and(|t| t <= now) && probe.is_none() && switch.is_none() {
@@ -803,14 +851,16 @@ mod tests {
         config.connection.ping_interval = HumanDuration(Duration::from_millis(200));
         // Trying the hung receiver again first would cost this long.
         config.connection.timeout = HumanDuration(Duration::from_secs(60));
-        let _link = start(config, spool(dir.path(), 3, 10));
+        // ~7 MB: more than the sockets hold, so the write to the silent
+        // receiver blocks too.
+        let _link = start(config, spool(dir.path(), 70, 100_000));
         // Welcomed, then silent: reads nothing, answers nothing, stays open.
         let (_silent, _) = within(10, welcome(&hung, DEFAULT_MAX_FRAME as u64)).await;
         let (mut peer, _) = within(20, welcome(&next, DEFAULT_MAX_FRAME as u64)).await;
         let batch = within(10, batch(&mut peer)).await;
         assert_eq!(
             (batch.seq, batch.entries.len()),
-            (1, 3),
+            (1, 70),
             "everything, again"
         );
         assert!(
@@ -819,5 +869,33 @@ mod tests {
                 .is_err(),
             "the hung receiver was tried again first"
         );
+    }
+
+    #[tokio::test]
+    async fn a_slow_link_is_waited_for_while_it_takes_bytes() {
+        use tokio::io::AsyncReadExt;
+        use tokio_util::codec::Decoder;
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = link_config(dir.path(), &[&receiver]);
+        // Silent for 400 ms means hung; the batch below takes seconds.
+        config.connection.ping_interval = HumanDuration(Duration::from_millis(200));
+        let _link = start(config, spool(dir.path(), 70, 100_000));
+        let (peer, _) = within(10, welcome(&receiver, DEFAULT_MAX_FRAME as u64)).await;
+        // Read the ~7 MB batch at ~1 MB/s, saying nothing meanwhile.
+        let mut parts = peer.into_parts();
+        let batch = 'read: loop {
+            while let Some(message) = parts.codec.decode(&mut parts.read_buf).unwrap() {
+                if let Message::Reports(batch) = message {
+                    break 'read batch;
+                }
+            }
+            let mut chunk = vec![0; 64 << 10];
+            let n = parts.io.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the agent gave up a receiver that was reading");
+            parts.read_buf.extend_from_slice(&chunk[..n]);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!((batch.seq, batch.entries.len()), (1, 70));
     }
 }
