@@ -96,8 +96,10 @@ pub struct ConnectionConfig {
     /// How often the agent pings the receiver. A receiver that sends
     /// nothing for twice this long (it hangs: stopped, or its host is) is
     /// left at once for the next receiver of the list, so a hung receiver
-    /// is noticed within 2 × `ping_interval` (20 s by default). Keep it
-    /// below half the receiver's `idle_timeout`. Default "10s".
+    /// is noticed within 2 × `ping_interval` (20 s by default; a write
+    /// blocked on it may add a tenth). A write to a slow receiver is waited
+    /// for as long as its host acknowledges bytes. Keep it below half the
+    /// receiver's `idle_timeout`. Default "10s".
     pub ping_interval: HumanDuration,
     /// Connected to a later receiver of the list, try the earlier ones again
     /// this often. Default "60s".
@@ -457,6 +459,11 @@ mod tests {
             Limits::default(),
             "the example documents the defaults"
         );
+        assert_eq!(
+            format!("{:?}", agent.connection),
+            format!("{:?}", ConnectionConfig::default()),
+            "the example documents the [connection] defaults"
+        );
     }
 
     #[test]
@@ -484,6 +491,8 @@ mod tests {
         assert!(format!("{err:#}").contains("host:port"), "{err:#}");
         let err = load_text(&format!("{base}[spool]\nmax_size = \"1KiB\"\n")).unwrap_err();
         assert!(format!("{err:#}").contains("[spool]"), "{err:#}");
+        let err = load_text(&format!("{base}[connection]\nping_interval = \"0s\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("ping_interval"), "{err:#}");
         let err =
             load_text(&format!("{base}[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\n")).unwrap_err();
         assert!(format!("{err:#}").contains("cert and key"), "{err:#}");
