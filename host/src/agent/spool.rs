@@ -334,26 +334,23 @@ impl Spool {
         if let Some(acked) = read_mark(&spool.acked_file) {
             spool.acked = spool.acked.max(acked.min(spool.active().next_seq - 1));
         }
-        let recovery = Recovery {
-            pending: 0,
-            damaged: damage.len() as u64,
-            lost: damage.iter().map(|d| d.lost(spool.acked)).sum(),
-        };
-        if recovery.lost > 0 {
-            let mut lost = Lost::default();
-            for d in &damage {
-                lost.reports(d.lost(spool.acked), d.first_ms, d.last_ms);
-            }
+        let mut lost = Lost::default();
+        for d in damage.iter().filter(|d| d.lost(spool.acked) > 0) {
+            lost.reports(d.lost(spool.acked), d.first_ms, d.last_ms);
+        }
+        let lost_entries = lost.reports;
+        if lost_entries > 0 {
             tracing::warn!(
                 spool = %dir.display(),
-                lost = recovery.lost,
+                lost = lost_entries,
                 "entries of the spool were damaged and are lost; recording the gap"
             );
             spool.append_gap(lost, "the agent's spool was damaged".into());
         }
         let recovery = Recovery {
             pending: spool.pending(),
-            ..recovery
+            damaged: damage.len() as u64,
+            lost: lost_entries,
         };
         Ok((spool, recovery))
     }
