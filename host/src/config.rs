@@ -87,11 +87,20 @@ pub struct ConnectionConfig {
     /// goes at once when no run is left in progress (a cycle's last report is
     /// in), so this only bounds the wait behind a slow run. Default "100ms".
     pub batch_delay: HumanDuration,
-    /// Most reports in one batch. Default 500.
+    /// Most reports in one batch. Default 500. A batch also stays below the
+    /// largest frame the receiver accepts (its `max_frame`, announced when
+    /// it welcomes the agent).
     pub batch_max: usize,
-    /// Time allowed to connect and be welcomed, and without any frame from
-    /// the receiver before the connection is deemed dead. Default "30s".
+    /// Time allowed to connect and be welcomed. Default "30s".
     pub timeout: HumanDuration,
+    /// How often the agent pings the receiver. A receiver that sends
+    /// nothing for twice this long (it hangs: stopped, or its host is) is
+    /// left at once for the next receiver of the list, so a hung receiver
+    /// is noticed within 2 × `ping_interval` (20 s by default; a write
+    /// blocked on it may add a tenth). A write to a slow receiver is waited
+    /// for as long as its host acknowledges bytes. Keep it below half the
+    /// receiver's `idle_timeout`. Default "10s".
+    pub ping_interval: HumanDuration,
     /// Connected to a later receiver of the list, try the earlier ones again
     /// this often. Default "60s".
     pub failback: HumanDuration,
@@ -146,6 +155,7 @@ impl Default for ConnectionConfig {
             batch_delay: HumanDuration(Duration::from_millis(100)),
             batch_max: 500,
             timeout: HumanDuration(Duration::from_secs(30)),
+            ping_interval: HumanDuration(Duration::from_secs(10)),
             failback: HumanDuration(Duration::from_secs(60)),
         }
     }
@@ -339,6 +349,9 @@ impl AgentConfig {
         if self.connection.batch_max == 0 {
             bail!("[connection]: batch_max must be at least 1");
         }
+        if self.connection.ping_interval.0 < Duration::from_millis(100) {
+            bail!("[connection]: ping_interval must be at least 100ms");
+        }
         if self.spool.max_size.0 < 64 << 10 {
             bail!("[spool]: max_size must be at least 64KiB");
         }
@@ -446,6 +459,11 @@ mod tests {
             Limits::default(),
             "the example documents the defaults"
         );
+        assert_eq!(
+            format!("{:?}", agent.connection),
+            format!("{:?}", ConnectionConfig::default()),
+            "the example documents the [connection] defaults"
+        );
     }
 
     #[test]
@@ -473,6 +491,8 @@ mod tests {
         assert!(format!("{err:#}").contains("host:port"), "{err:#}");
         let err = load_text(&format!("{base}[spool]\nmax_size = \"1KiB\"\n")).unwrap_err();
         assert!(format!("{err:#}").contains("[spool]"), "{err:#}");
+        let err = load_text(&format!("{base}[connection]\nping_interval = \"0s\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("ping_interval"), "{err:#}");
         let err =
             load_text(&format!("{base}[tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\n")).unwrap_err();
         assert!(format!("{err:#}").contains("cert and key"), "{err:#}");

@@ -9,6 +9,8 @@
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
 //! - [`faults`]: kill -9 of either side, connections cut mid-frame, a full
 //!   spool, failover — every run counted end to end;
+//! - [`delivery`]: the largest reports through a receiver outage, a hung
+//!   receiver, a full agent disk: every report stored or counted as lost;
 //! - [`hostile`]: slow and idle connections at the receiver;
 //! - [`hostile_plugins`]: plugins that attack the host and their neighbours
 //!   (output that is costly to copy, blocking files, stuck runs, held
@@ -18,6 +20,7 @@
 
 mod command;
 mod common;
+mod delivery;
 mod faults;
 mod fleet;
 mod fleet_support;
