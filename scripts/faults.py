@@ -230,14 +230,14 @@ class Receiver:
         return int((self.host().get("lost") or {}).get("reports") or 0)
 
     def rows(self):
-        """(N, T, time_ms, received_ms) of every stored report of the counter,
-        and how many other reports (not a counted run) are stored."""
+        """(N, T, time_ms, received_ms, seq) of every stored report of the
+        counter, and how many other reports (not a counted run) are stored."""
         if not self.database.exists():
             return [], 0
         try:
             db = sqlite3.connect("file:%s?mode=ro" % self.database, uri=True, timeout=10)
             found = db.execute(
-                "SELECT r.text, r.time_ms, r.received_ms FROM reports r "
+                "SELECT r.text, r.time_ms, r.received_ms, r.seq FROM reports r "
                 "JOIN services s ON s.id = r.service_id "
                 "WHERE s.host = ? AND s.name = 'counter'", (HOST,)).fetchall()
             db.close()
@@ -245,10 +245,10 @@ class Receiver:
             log("  (cannot read %s: %s)" % (self.database, e))
             return [], 0
         rows, other = [], 0
-        for text, time_ms, received_ms in found:
+        for text, time_ms, received_ms, seq in found:
             m = RUN.search(text)
             if m:
-                rows.append((int(m.group(1)), int(m.group(2)), time_ms, received_ms))
+                rows.append((int(m.group(1)), int(m.group(2)), time_ms, received_ms, seq))
             else:
                 other += 1
         return rows, other
@@ -322,7 +322,7 @@ class Agent:
 def stored_ids(receivers):
     ids = set()
     for r in receivers:
-        ids.update((n, t) for n, t, _, _ in r.rows()[0])
+        ids.update((n, t) for n, t, *_ in r.rows()[0])
     return ids
 
 
@@ -362,6 +362,7 @@ class Row:
         self.secs = 0.0
         self.notes = []
         self.error = None
+        self.own_clock = False   # the case moves the agent's clock
 
     def bad(self):
         return self.error is not None or self.lost > 0 or self.dup > 0
@@ -383,11 +384,17 @@ def tally(row, agent, receivers):
     """Fill the counts of `row` from the agent's logs and the receivers'
     databases and status (see the header)."""
     per_process = agent.runs()
-    rows, other = [], 0
-    for r in receivers:
+    rows, other, where, shifted = [], 0, {}, []
+    for i, r in enumerate(receivers):
         found, o = r.rows()
-        rows += [(n, t) for n, t, _, _ in found]
+        rows += [(n, t) for n, t, *_ in found]
         other += o
+        for n, t, time_ms, _, seq in found:
+            where.setdefault((n, t), []).append((i, seq))
+            # The stored report time against the run's start on the plugin's
+            # clock (the agent's clock: equal unless the case moves it).
+            if abs(time_ms - t // 1000) > 1000:
+                shifted.append(abs(time_ms - t // 1000))
     stored = set(rows)
     produced, redone = [], 0
     for i, runs in enumerate(per_process):
@@ -404,6 +411,14 @@ def tally(row, agent, receivers):
     row.produced = len(produced)
     row.stored = len(produced_ids & stored)
     row.dup = len(rows) - len(stored)
+    across = [w for w in where.values() if len(set(i for i, _ in w)) > 1]
+    if across:
+        same = all(len(set(seq for _, seq in w)) == 1 for w in across)
+        row.notes.append("%d run(s) stored on two receivers%s" % (
+            len(across), " with the same spool number" if same else ""))
+    if shifted and not row.own_clock:
+        row.notes.append("%d rows stored with a time > 1 s off the run's start (max %.1f s)"
+                         % (len(shifted), max(shifted) / 1000))
     row.gap = sum(r.lost() for r in receivers)
     missing = row.produced - row.stored
     row.lost = max(0, missing - row.gap)
@@ -418,9 +433,10 @@ def tally(row, agent, receivers):
         row.notes.append("%d other reports stored" % other)
     if len(per_process) > 1:
         row.notes.append("%d agent processes" % len(per_process))
-    flips = sum(r.log_text().count("-> UNREACHABLE") for r in receivers)
+    flips = ["%s x%d" % (r.dir.name, r.log_text().count("-> UNREACHABLE")) for r in receivers
+             if "-> UNREACHABLE" in r.log_text()]
     if flips:
-        row.notes.append("receiver log: host went UNREACHABLE %d time(s)" % flips)
+        row.notes.append("host went UNREACHABLE (receiver logs): " + ", ".join(flips))
     left = re.findall(r"stopping with (\d+) entries", agent.procs[-1][1].read_text(errors="replace"))
     if left:
         row.notes.append("%s entries left in the spool at the final stop" % left[-1])
@@ -481,15 +497,21 @@ def hung(d, o, row, two):
     resumed = time.time()
     row.notes.append("SIGSTOP %d s" % o["hang"])
     if two:
-        on_second = [rec for _, _, _, rec in receivers[1].rows()[0]]
+        on_second = [rec for _, _, _, rec, _ in receivers[1].rows()[0]]
         if on_second:
             row.notes.append("failover after %.1f s" % (min(on_second) / 1000 - stopped))
         else:
             row.notes.append("NO failover during the hang")
     time.sleep(5)
     result = finish(row, agent, receivers)
+    noticed = re.search(r"^(\S+)Z .*nothing heard from the receiver", agent.log_text(), re.M)
+    if noticed:
+        at = time.mktime(time.strptime(noticed.group(1)[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        result.notes.append("agent noticed the silence after %.0f s" % (at - stopped))
+    else:
+        result.notes.append("agent never noticed the silence")
     if not two:
-        after = sorted(rec for _, _, _, rec in first.rows()[0] if rec / 1000 > resumed)
+        after = sorted(rec for _, _, _, rec, _ in first.rows()[0] if rec / 1000 > resumed)
         if after:
             result.notes.append("delivery resumed %.1f s after SIGCONT" % (after[0] / 1000 - resumed))
     else:
@@ -641,6 +663,7 @@ def case_clock(d, o, row):
     agent only, monotonic clocks left alone)."""
     if not os.path.exists(FAKETIME_LIB):
         raise RuntimeError("libfaketime missing: apt-get install faketime")
+    row.own_clock = True
     offset = d / "faketime"
     offset.write_text("+0\n")
     rec = Receiver(d / "r").start()
@@ -659,8 +682,8 @@ def case_clock(d, o, row):
         time.sleep(0.5)
     result = finish(row, agent, [rec])
     rows = rec.rows()[0]
-    after = [abs(t - r) for _, _, t, r in rows if r / 1000 >= step]
-    late = [abs(t - r) for _, _, t, r in rows if r / 1000 >= step + 11]
+    after = [abs(t - r) for _, _, t, r, _ in rows if r / 1000 >= step]
+    late = [abs(t - r) for _, _, t, r, _ in rows if r / 1000 >= step + 11]
     skewed = sum(1 for x in after if x > 1000)
     result.notes.append("step -1 h; max |time-arrival| after step %.1f s (%d of %d rows > 1 s), "
                         "from step+11 s %.1f s" % (max(after or [0]) / 1000, skewed, len(after),
