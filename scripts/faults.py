@@ -12,6 +12,32 @@ What runs
   (agent-1.log, agent-2.log, ...), outside the agent's state_dir, so the log
   survives a full state disk and tells which process made which run.
 
+Cases (durations: full / --short)
+  kill        kill -9 of the receiver, then of the agent, alternating, random
+              0.2-1.5 s apart: 10 / 3 rounds.
+  hung2       SIGSTOP of the primary receiver for 40 / 25 s, then SIGCONT; a
+              standby second in the agent's list (failback 5 s).
+  hung1       the same with one receiver.
+  rdisk       the receiver's database on a 2 MiB tmpfs, filled with a filler
+              file for 40 / 15 s, then freed.
+  adisk       the agent's state_dir on a 16 MiB tmpfs, filled for 20 / 8 s.
+  spool-cut   [spool] max_size 256 KiB (16 KiB segments), 400-byte reports;
+              receiver killed, agent killed 12 / 8 s later (3+ segments
+              pending), 7 bytes cut from the end of the active segment, both
+              restarted, drained.
+  spool-flip  the same, one byte flipped in the middle of the active segment.
+  spool-old   the same, one byte flipped in the middle of the segment before.
+  spool-acked (beyond the issue's list) the receiver stays up; the agent is
+              killed and the last 2,000 bytes of its active segment, entries
+              the receiver already acknowledged, are cut (what a power cut
+              does to unsynced writes); the agent restarts.
+  failover    two receivers, the primary killed for 10 / 5 s, then restarted
+              (failback 1 s).
+  clock       libfaketime on the agent only (CLOCK_REALTIME; monotonic clocks
+              untouched): 12 s after start its clock steps 1 h back; 30 / 15 s
+              more. Notes: max |report time - arrival| after the step, and the
+              host's status polled every 0.5 s.
+
 What is counted
   run        one execution of the plugin: one `counted run N at T` line in an
              agent log. (N, T) names it; T tells apart runs that share N.
@@ -31,14 +57,23 @@ What is counted
              `reports` read with python's sqlite3, every receiver of the case,
              the whole window).
   dup        rows beyond the first of the same (N, T), over all receivers of
-             the case: a run stored twice (also across two receivers).
+             the case: a run stored twice. A run stored by two receivers
+             counts too (the row says so and whether both hold it under the
+             same spool number: a primary killed between its commit and its
+             acknowledgement leaves the agent no way to know, and the standby
+             stores it again).
   gap        `lost.reports` of host f in `receiver status --json`, summed over
              the case's receivers: reports the agent said it dropped.
   lost       produced - stored - gap, at least 0: neither stored nor counted
              by a gap. If the gaps count more than is missing, the row says
              `gaps over-count by K`.
   RSS        VmRSS of the agent after warm-up and at the end, before it is
-             stopped: the same process unless the row says otherwise.
+             stopped: the same process unless the row says otherwise (`*`).
+             A first agent process compiles the plugin and holds ~30 MiB; a
+             restarted one loads it from the cache and holds ~13 MiB.
+  notes      what else the case saw: report times stored > 1 s off the run's
+             start (the plugin's clock), UNREACHABLE transitions in the
+             receiver logs, failover, catch-up, clock-step figures.
 
 Each case ends by waiting until the agent has caught up (the newest run
 logged 1.5 s earlier is stored), measuring RSS, stopping the agent with
@@ -583,15 +618,37 @@ def case_adisk(d, o, row):
 
 def damaged(d, o, row, how):
     """Receiver away, agent killed with entries pending, the spool damaged
-    (`how`), both restarted, drained. 256 KiB spool: 16 KiB segments."""
+    (`how`), both restarted, drained. 256 KiB spool: 16 KiB segments.
+    `acked`: the receiver stays, and the tail cut from the active segment
+    holds entries it already stored (what a power cut does to unsynced
+    writes)."""
     rec = Receiver(d / "r", pad=300).start()
     agent = Agent(d, [rec], '[spool]\nmax_size = "256KiB"\n').start()
     assert wait_stored(agent, [rec], 5), "no runs stored"
     row.rss = (agent.rss(), 0)
     time.sleep(2)
-    rec.kill9()
     spool = agent.state_dir / "spool"
     segments = lambda: sorted(spool.glob("*.spool"))
+    if how == "acked":
+        end = time.time() + 30
+        while time.time() < end and segments()[-1].stat().st_size < 8192:
+            time.sleep(0.2)
+        agent.kill9()
+        target = segments()[-1]
+        cut = min(2000, target.stat().st_size // 2)
+        os.truncate(target, target.stat().st_size - cut)
+        row.notes.append("receiver up; %d bytes (acknowledged entries) cut from the active "
+                         "segment" % cut)
+        agent.start()
+        wait_stored(agent, [rec], 5)
+        row.rss = (agent.rss(), 0)
+        row.notes.append("RSS of the restarted agent")
+        result = finish(row, agent, [rec])
+        warn = re.findall(r"kept=(\d+)", agent.log_text())
+        if warn:
+            result.notes.append("agent log kept=%s" % ",".join(warn))
+        return result
+    rec.kill9()
     end = time.time() + 60
     time.sleep(o["spool_away"])
     while len(segments()) < 3 and time.time() < end:
@@ -636,6 +693,12 @@ def case_spool_flip(d, o, row):
 def case_spool_old(d, o, row):
     """Damaged spool: one byte flipped in the middle of an older segment."""
     return damaged(d, o, row, "old")
+
+
+def case_spool_acked(d, o, row):
+    """Damaged spool: the tail of the active segment, already acknowledged,
+    lost (a power cut), the receiver up all along."""
+    return damaged(d, o, row, "acked")
 
 
 def case_failover(d, o, row):
@@ -704,6 +767,7 @@ CASES = [
     ("spool-cut", case_spool_cut),
     ("spool-flip", case_spool_flip),
     ("spool-old", case_spool_old),
+    ("spool-acked", case_spool_acked),
     ("failover", case_failover),
     ("clock", case_clock),
 ]
