@@ -71,7 +71,7 @@ What is counted
              stopped: the same process unless the row says otherwise (`*`).
              A first agent process compiles the plugin and holds ~30 MiB; a
              restarted one loads it from the cache and holds ~13 MiB.
-  notes      what else the case saw: report times stored > 1 s off the run's
+  notes      what else the case saw: report times stored > 2 s off the run's
              start (the plugin's clock), UNREACHABLE transitions in the
              receiver logs, failover, catch-up, clock-step figures.
 
@@ -428,7 +428,7 @@ def tally(row, agent, receivers):
             where.setdefault((n, t), []).append((i, seq))
             # The stored report time against the run's start on the plugin's
             # clock (the agent's clock: equal unless the case moves it).
-            if abs(time_ms - t // 1000) > 1000:
+            if abs(time_ms - t // 1000) > 2000:
                 shifted.append(abs(time_ms - t // 1000))
     stored = set(rows)
     produced, redone = [], 0
@@ -452,7 +452,7 @@ def tally(row, agent, receivers):
         row.notes.append("%d run(s) stored on two receivers%s" % (
             len(across), " with the same spool number" if same else ""))
     if shifted and not row.own_clock:
-        row.notes.append("%d rows stored with a time > 1 s off the run's start (max %.1f s)"
+        row.notes.append("%d rows stored with a time > 2 s off the run's start (max %.1f s)"
                          % (len(shifted), max(shifted) / 1000))
     row.gap = sum(r.lost() for r in receivers)
     missing = row.produced - row.stored
