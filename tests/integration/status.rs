@@ -9,13 +9,14 @@ use sandglass::protocol::{FaultCode, Message};
 use std::process::Command;
 use std::time::Duration;
 
-fn host<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+/// Host `name` in `receiver status --json` (null until the receiver has
+/// recorded its hosts).
+fn host(status: &serde_json::Value, name: &str) -> serde_json::Value {
     status
         .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == name)
-        .unwrap()
+        .and_then(|hosts| hosts.iter().find(|h| h["name"] == name))
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn welcomed(agent: &mut RawAgent) {
