@@ -4,7 +4,8 @@
 //! numbers arrived, so every run lost or stored twice shows.
 //!
 //! `SANDGLASS_FAULT_KILLS` sets how many times the kill test kills each side
-//! (default 2); `scripts/faults.sh` runs it with 10 and prints the figures.
+//! (default 2). `scripts/faults.sh` is the full fault matrix, with more
+//! faults and longer runs than a test should take.
 
 use crate::common::{build_plugins, fixture};
 use crate::fleet_support::{Agent, Receiver, wait_until};
