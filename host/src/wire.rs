@@ -11,7 +11,7 @@
 /// first and are required; fields in the `added { ... }` block were appended
 /// later, each with the default it takes when a peer does not send it.
 ///
-/// ```ignore
+/// ```text
 /// wire_struct! {
 ///     #[derive(Clone, Debug, PartialEq)]
 ///     pub struct Welcome {
