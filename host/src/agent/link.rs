@@ -443,6 +443,7 @@ async fn exchange(
     };
     let mut next_refresh = now + refresh;
     let mut next_ping = now + ping_every;
+    let mut wall_clock = WallClock::new();
     let mut batch_due = (state.spool.last_seq() > sent).then_some(now);
     let mut flush_deadline: Option<Instant> = None;
     let failback = config.connection.failback.0;
@@ -569,6 +570,12 @@ async fn exchange(
             report = state.reports.recv(), if !state.stopping => {
                 let was_empty = state.spool.last_seq() == sent;
                 state.take(report);
+                if wall_clock.stepped() {
+                    // The receiver corrects report times by the offset it
+                    // measures; a Ping now makes it measure again.
+                    tracing::warn!("the system clock stepped; asking the receiver to measure the offset again");
+                    next_ping = Instant::now();
+                }
                 // One frame per cycle: at once after its last report, and
                 // at most `batch_delay` after its first.
                 if state.in_progress.load(Ordering::SeqCst) == 0 {
@@ -618,6 +625,34 @@ async fn exchange(
     }
 }
 
+/// Notices the wall clock stepping (an NTP step, `date -s`) by comparing
+/// it with the monotonic clock between two looks.
+struct WallClock {
+    wall_ms: u64,
+    mono: std::time::Instant,
+}
+
+impl WallClock {
+    /// A step larger than this counts; below, it is drift or rounding.
+    const STEP_MS: u64 = 1000;
+
+    fn new() -> WallClock {
+        WallClock {
+            wall_ms: now_ms(),
+            mono: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether the wall clock moved apart from the monotonic one since the
+    /// last look.
+    fn stepped(&mut self) -> bool {
+        let (wall_ms, mono) = (now_ms(), std::time::Instant::now());
+        let expected = self.wall_ms + mono.duration_since(self.mono).as_millis() as u64;
+        *self = WallClock { wall_ms, mono };
+        wall_ms.abs_diff(expected) > Self::STEP_MS
+    }
+}
+
 /// Batches up to `seq` are answered (stored, or refused): out of flight.
 fn settle(in_flight: &mut VecDeque<u64>, seq: u64) {
     while in_flight.front().is_some_and(|last| *last <= seq) {
@@ -633,6 +668,17 @@ mod tests {
     use crate::units::HumanDuration;
     use std::path::Path;
     use tokio::net::TcpListener;
+
+    #[test]
+    fn a_step_of_the_wall_clock_is_noticed_and_steady_time_is_not() {
+        assert!(!WallClock::new().stepped());
+        let mut behind = WallClock {
+            wall_ms: now_ms() + 3_600_000,
+            mono: std::time::Instant::now(),
+        };
+        assert!(behind.stepped(), "an hour back");
+        assert!(!behind.stepped(), "and then steady again");
+    }
 
     /// The receiver's end of a connection, played by the test.
     type Peer = Framed<TcpStream, FrameCodec>;

@@ -16,6 +16,10 @@ use std::time::Duration;
 /// How often the receiver pings each agent.
 pub const PING_EVERY: Duration = Duration::from_secs(10);
 
+/// A disagreement between an agent's Ping time and the applied offset
+/// larger than this means the agent's clock stepped.
+const STEP_MS: i64 = 1000;
+
 /// Offsets below this are left alone: NTP keeps healthy hosts far closer,
 /// and correcting a few ms of jitter would only move times around.
 pub const MIN_CORRECTION_MS: i64 = 250;
@@ -56,6 +60,14 @@ impl Offset {
             nonce,
             time_ms: now_ms,
         })
+    }
+
+    /// Whether the clock reading an agent put in its own Ping disagrees
+    /// with the applied offset by more than a second (one-way delay
+    /// included): its clock stepped, so measure again now instead of at the
+    /// next Ping. An agent pings at once when it sees its clock step.
+    pub fn disagrees(&self, agent_ms: u64, now_ms: u64) -> bool {
+        agent_ms != 0 && (difference(now_ms, agent_ms) - self.applied_ms).abs() > STEP_MS
     }
 
     /// Take the agent's Pong, received at `now_ms`; returns a description
@@ -141,6 +153,15 @@ mod tests {
         // 800 ms off, but measured over a 4 s round trip: unknowable.
         assert_eq!(pong(&mut o, 10_000, 11_200, 14_000), None);
         assert_eq!(o.applied(), 0);
+    }
+
+    #[test]
+    fn an_agent_ping_after_a_clock_step_asks_for_a_new_measurement() {
+        const T: u64 = 1_700_000_000_000;
+        let o = Offset::from_hello(T, T);
+        assert!(!o.disagrees(T + 5, T + 10), "delay is not a step");
+        assert!(o.disagrees(T - 3_600_000, T + 10));
+        assert!(!o.disagrees(0, T), "no time given");
     }
 
     #[test]

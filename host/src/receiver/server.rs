@@ -21,6 +21,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -521,6 +522,8 @@ async fn connection(
 ) -> anyhow::Result<()> {
     let settings = shared.model().settings.clone();
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    // The socket under TLS and framing, to see whether the agent left.
+    let socket = stream.as_raw_fd();
     let (in_handshake, evicted) = shared.handshakes.enter(id, settings.max_handshakes);
     let attempt = tokio::select! {
         () = evicted.cancelled() => bail!("dropped in its handshake to make room for newer connections (max_handshakes)"),
@@ -618,6 +621,15 @@ async fn connection(
             Ok(Some(Ok(message))) => message,
         };
         match message {
+            // A batch that waited in the socket while this receiver was
+            // stopped (SIGSTOP, a hung host) after the agent gave up on it:
+            // the agent keeps it and sends it elsewhere; storing it here too
+            // would store it twice.
+            Message::Reports(_) if peer_closed(socket) => {
+                break Err(anyhow::anyhow!(
+                    "the agent closed the connection; its unanswered batches are not stored here"
+                ));
+            }
             Message::Reports(batch) => match batches::judge(batch) {
                 Verdict::Store(batch) => {
                     let (seq, last_seq) = (batch.seq, batch.last_seq());
@@ -664,11 +676,15 @@ async fn connection(
                 };
                 let _ = outbound.try_send(answer);
             }
-            Message::Ping(Probe { nonce, .. }) => {
+            Message::Ping(Probe { nonce, time_ms }) => {
+                let now = now_ms();
                 let _ = outbound.try_send(Message::Pong(Probe {
                     nonce,
-                    time_ms: now_ms(),
+                    time_ms: now,
                 }));
+                if clock.disagrees(time_ms, now) {
+                    let _ = outbound.try_send(clock.ping(now));
+                }
             }
             Message::Pong(probe) => {
                 if let Some(step) = clock.pong(probe, now_ms()) {
@@ -800,6 +816,20 @@ fn register(
             .expect("tracker lock")
             .warn(host, warning, now_ms());
     }
+}
+
+/// Whether the agent has closed its side of the connection: a FIN waits
+/// behind the data still buffered. Our agent never half-closes a connection
+/// it expects answers on, so a closed side means it has given up on it.
+fn peer_closed(socket: RawFd) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: socket,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a socket this connection owns; no wait.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    ready > 0 && pollfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Queue the batch for the store; its outcome arrives after the commit.
