@@ -219,14 +219,9 @@ fn decode_all(input: &[u8]) -> (usize, u64) {
     let base = IN_USE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let mut decoded = 0;
-    loop {
-        match codec.decode_eof(&mut buf) {
-            Ok(Some(message)) => {
-                decoded += 1;
-                drop(message)
-            }
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(message)) = codec.decode_eof(&mut buf) {
+        decoded += 1;
+        drop(message);
     }
     (PEAK.load(Ordering::Relaxed).saturating_sub(base), decoded)
 }

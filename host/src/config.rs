@@ -308,7 +308,7 @@ impl AgentConfig {
                 plugin_dir.join(format!("{}.wasm", s.plugin))
             };
             let files_granted = s.grants.contains(&GrantName::Files);
-            if files_granted != !s.files.is_empty() {
+            if files_granted == s.files.is_empty() {
                 bail!(
                     "[services.{name}]: grant \"files\" and a non-empty `files` list go together; set both or neither"
                 );

@@ -25,8 +25,11 @@ pub struct ServiceRunner {
     states: Arc<StateStore>,
     plugins: Mutex<HashMap<PathBuf, Loaded>>,
     /// Filesystem views by grant, built once: a view opens its directories.
-    views: Mutex<HashMap<(bool, Vec<PathBuf>), Arc<View>>>,
+    views: Mutex<HashMap<ViewKey, Arc<View>>>,
 }
+
+/// What tells views apart: the `sys` grant and the granted directories.
+type ViewKey = (bool, Vec<PathBuf>);
 
 /// A run's report, and the plugin state it leaves for the next run. The
 /// state is kept only by [`Collected::keep_state`], which `agent run` calls

@@ -361,7 +361,7 @@ fn judge_host(host: &HostTrack, late: &[(String, String)], now_ms: u64) -> (Host
 }
 
 fn seconds(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", ms as f64 / 1000.0)

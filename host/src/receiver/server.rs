@@ -303,7 +303,7 @@ async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if ticks % HEARTBEAT_TICKS == 0 {
+        if ticks.is_multiple_of(HEARTBEAT_TICKS) {
             shared
                 .store
                 .send(Op::Heartbeat {
