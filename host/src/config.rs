@@ -91,7 +91,10 @@ pub struct ConnectionConfig {
     /// largest frame the receiver accepts (its `max_frame`, announced when
     /// it welcomes the agent).
     pub batch_max: usize,
-    /// Time allowed to connect and be welcomed. Default "30s".
+    /// Time allowed to connect and be welcomed. Default "30s". Once
+    /// connected, the receiver's preamble and Welcome are waited for at most
+    /// 2 × `ping_interval`: a receiver whose backlog took the connection but
+    /// that says nothing hangs.
     pub timeout: HumanDuration,
     /// How often the agent pings the receiver. A receiver that sends
     /// nothing for twice this long (it hangs: stopped, or its host is) is

@@ -25,6 +25,7 @@ use crate::protocol::{
     Rejected, ReportBatch, Revision, Schedule, Welcome, read_preamble, write_preamble,
 };
 use crate::runtime::abi::ABI_VERSION;
+use crate::text::Escaped;
 use crate::tls;
 use anyhow::{Context, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -355,7 +356,11 @@ async fn connect(
             .context("TLS handshake timed out")??,
     };
     write_preamble(&mut stream).await?;
-    let version = tokio::time::timeout(timeout, read_preamble(&mut stream))
+    // A live receiver answers at once; one that accepted the connection but
+    // says nothing hangs (its backlog took the connect): no longer than the
+    // silence that ends a session.
+    let answer = timeout.min(config.connection.ping_interval.0 * 2);
+    let version = tokio::time::timeout(answer, read_preamble(&mut stream))
         .await
         .context("no answer from the receiver")?
         .with_context(|| match config.tls {
@@ -369,18 +374,15 @@ async fn connect(
         hello.time_ms = now_ms();
         framed.send(Message::Hello(hello)).await?;
     }
-    let first = tokio::time::timeout(timeout, framed.next())
+    let first = tokio::time::timeout(answer, framed.next())
         .await
         .context("no Welcome from the receiver")?
         .context("the receiver closed the connection")??;
     match first {
         Message::Welcome(welcome) if version == PROTOCOL_VERSION => Ok((framed, welcome, socket)),
         Message::Error(f) => {
-            tracing::error!(
-                receiver = address,
-                "the receiver refused this agent: {}",
-                f.text
-            );
+            let f = Escaped(&f.to_string()).to_string();
+            tracing::error!(receiver = address, "the receiver refused this agent: {f}");
             bail!("refused by the receiver: {f}")
         }
         _ if version != PROTOCOL_VERSION => {
@@ -915,6 +917,25 @@ mod tests {
                 .is_err(),
             "the hung receiver was tried again first"
         );
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_takes_the_connection_but_never_answers_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hung, next) = (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let mut config = link_config(dir.path(), &[&hung, &next]);
+        config.connection.ping_interval = HumanDuration(Duration::from_millis(200));
+        config.connection.timeout = HumanDuration(Duration::from_secs(60));
+        let _link = start(config, spool(dir.path(), 3, 10));
+        // `hung` never accepts: the kernel's backlog takes the connection and
+        // nothing ever answers. The agent moves on within 2 x ping_interval,
+        // not the 60 s connect timeout.
+        let (mut peer, _) = within(5, welcome(&next, DEFAULT_MAX_FRAME as u64)).await;
+        let batch = within(5, batch(&mut peer)).await;
+        assert_eq!((batch.seq, batch.entries.len()), (1, 3));
     }
 
     #[tokio::test]
