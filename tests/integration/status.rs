@@ -95,4 +95,13 @@ fn status_says_when_the_receiver_is_down_and_survives_a_broken_config() {
     assert!(ok, "{warning}");
     assert!(warning.contains("no_such_key"), "{warning}");
     assert!(table.contains("\na "), "{table}");
+    // A database SQLite cannot read: the error names the file.
+    let database = receiver.config.with_file_name("receiver.db");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+    }
+    std::fs::write(&database, b"this is not a database, not even a little").unwrap();
+    let (_, error, ok) = status_command(&receiver.config);
+    assert!(!ok);
+    assert!(error.contains(&database.display().to_string()), "{error}");
 }
