@@ -888,17 +888,23 @@ mod tests {
         assert!(agent.await.unwrap().is_err(), "no Welcome came");
     }
 
-    #[tokio::test]
-    async fn a_silent_receiver_is_left_for_the_next_one_at_once() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Two receivers, the first about to hang; pings every 200 ms, and a
+    /// connect timeout long enough that waiting for it shows.
+    async fn hung_and_next(dir: &Path) -> (TcpListener, TcpListener, LinkConfig) {
         let (hung, next) = (
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
         );
-        let mut config = link_config(dir.path(), &[&hung, &next]);
+        let mut config = link_config(dir, &[&hung, &next]);
         config.connection.ping_interval = HumanDuration(Duration::from_millis(200));
-        // Trying the hung receiver again first would cost this long.
         config.connection.timeout = HumanDuration(Duration::from_secs(60));
+        (hung, next, config)
+    }
+
+    #[tokio::test]
+    async fn a_silent_receiver_is_left_for_the_next_one_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hung, next, config) = hung_and_next(dir.path()).await;
         // ~7 MB: more than the sockets hold, so the write to the silent
         // receiver blocks too.
         let _link = start(config, spool(dir.path(), 70, 100_000));
@@ -922,13 +928,7 @@ mod tests {
     #[tokio::test]
     async fn a_receiver_that_takes_the_connection_but_never_answers_is_not_waited_for() {
         let dir = tempfile::tempdir().unwrap();
-        let (hung, next) = (
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        );
-        let mut config = link_config(dir.path(), &[&hung, &next]);
-        config.connection.ping_interval = HumanDuration(Duration::from_millis(200));
-        config.connection.timeout = HumanDuration(Duration::from_secs(60));
+        let (_hung, next, config) = hung_and_next(dir.path()).await;
         let _link = start(config, spool(dir.path(), 3, 10));
         // `hung` never accepts: the kernel's backlog takes the connection and
         // nothing ever answers. The agent moves on within 2 x ping_interval,
