@@ -93,3 +93,18 @@ macro_rules! export_collector {
 pub mod __private {
     pub use crate::collector::{collect, describe};
 }
+
+#[cfg(test)]
+mod abi_version {
+    /// The SDK's ABI version is the one `wit/` declares, which the host
+    /// checks plugins against.
+    #[test]
+    fn is_the_wit_package_version() {
+        let wit = include_str!("../../wit/collector.wit");
+        let declared = wit
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package sandglass:collector@"))
+            .and_then(|rest| rest.strip_suffix(';'));
+        assert_eq!(declared, Some(super::ABI_VERSION));
+    }
+}

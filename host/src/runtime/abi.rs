@@ -84,4 +84,16 @@ mod tests {
             "{err}"
         );
     }
+
+    /// The WIT package's version is the ABI version: the constant the host
+    /// checks plugins against must be the one `wit/` declares.
+    #[test]
+    fn the_abi_version_is_the_wit_package_version() {
+        let wit = include_str!("../../../wit/collector.wit");
+        let declared = wit
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package sandglass:collector@"))
+            .and_then(|rest| rest.strip_suffix(';'));
+        assert_eq!(declared, Some(ABI_VERSION));
+    }
 }
