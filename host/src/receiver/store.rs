@@ -581,13 +581,13 @@ fn write_batch(
             &gap,
         )?;
     }
-    let mut updated = stored;
+    let mut updated = stored.clone();
     updated.insert(batch.seq, batch.last_seq());
     if batch.settled > 0 {
         // Nothing at or below `settled` comes again: the holes there close.
         updated.insert(1, batch.settled);
     }
-    streams::save(tx, host, stream, &updated)?;
+    streams::save(tx, host, stream, &stored, &updated)?;
     caches.stored.insert(key, updated);
     let mut update = tx.prepare_cached(
         "UPDATE services SET last_ms = ?2, level = ?3, text = ?4

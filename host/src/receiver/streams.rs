@@ -90,15 +90,27 @@ pub fn load(tx: &Connection, host: &str, stream: u64) -> rusqlite::Result<RangeS
     Ok(set)
 }
 
-/// Replace the stored ranges of (host, stream) by `set`.
-pub fn save(tx: &Connection, host: &str, stream: u64, set: &RangeSet) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM stored_ranges WHERE host = ?1 AND stream = ?2")?
-        .execute(params![host, stream as i64])?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO stored_ranges (host, stream, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)",
+/// Write the change from `old` to `new` of the ranges of (host, stream):
+/// in the common case (a batch extends the one range) one row is updated.
+pub fn save(
+    tx: &Connection,
+    host: &str,
+    stream: u64,
+    old: &RangeSet,
+    new: &RangeSet,
+) -> rusqlite::Result<()> {
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM stored_ranges WHERE host = ?1 AND stream = ?2 AND first_seq = ?3",
     )?;
-    for (first, last) in set.ranges() {
-        insert.execute(params![host, stream as i64, first, last])?;
+    for (first, _) in old.ranges().filter(|(f, _)| !new.ranges.contains_key(f)) {
+        delete.execute(params![host, stream as i64, first])?;
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO stored_ranges (host, stream, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (host, stream, first_seq) DO UPDATE SET last_seq = excluded.last_seq",
+    )?;
+    for (first, last) in new.ranges().filter(|(f, l)| old.ranges.get(f) != Some(l)) {
+        upsert.execute(params![host, stream as i64, first, last])?;
     }
     Ok(())
 }
@@ -173,8 +185,14 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
         let s = set(&[(1, 10), (15, 15), (1 << 62, (1 << 62) + 3)]);
-        save(&conn, "h", u64::MAX, &s).unwrap();
+        save(&conn, "h", u64::MAX, &RangeSet::default(), &s).unwrap();
         assert_eq!(load(&conn, "h", u64::MAX).unwrap(), s);
+        // A change writes only what changed, and the result is the same.
+        let mut grown = s.clone();
+        grown.insert(11, 14);
+        grown.insert(1 << 40, 1 << 40);
+        save(&conn, "h", u64::MAX, &s, &grown).unwrap();
+        assert_eq!(load(&conn, "h", u64::MAX).unwrap(), grown);
         assert_eq!(load(&conn, "h", 1).unwrap(), RangeSet::default());
     }
 }
