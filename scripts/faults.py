@@ -566,6 +566,18 @@ def case_hung1(d, o, row):
     return hung(d, o, row, two=False)
 
 
+def full_disk_for(disk, agent, receivers, secs, row):
+    """Let runs flow, fill `disk` for `secs`, free it, and count."""
+    assert wait_stored(agent, receivers, 5), "no runs stored"
+    row.rss = (agent.rss(), 0)
+    time.sleep(2)
+    filler = fill(disk)
+    time.sleep(secs)
+    filler.unlink()
+    row.notes.append("full %d s" % secs)
+    return finish(row, agent, receivers)
+
+
 def case_rdisk(d, o, row):
     """The receiver's database on a 2 MiB tmpfs, filled, freed after a while."""
     disk = d / "rdisk"
@@ -573,14 +585,7 @@ def case_rdisk(d, o, row):
     try:
         rec = Receiver(d / "r", database=disk / "receiver.db").start()
         agent = Agent(d, [rec]).start()
-        assert wait_stored(agent, [rec], 5), "no runs stored"
-        row.rss = (agent.rss(), 0)
-        time.sleep(2)
-        filler = fill(disk)
-        time.sleep(o["rdisk_full"])
-        filler.unlink()
-        row.notes.append("full %d s" % o["rdisk_full"])
-        result = finish(row, agent, [rec])
+        result = full_disk_for(disk, agent, [rec], o["rdisk_full"], row)
         failed = rec.log_text().count("store write failed")
         used = sum(f.stat().st_size for f in disk.glob("receiver.db*"))
         result.notes.append("%d failed store writes logged; database+WAL %d KiB at the end"
@@ -599,14 +604,7 @@ def case_adisk(d, o, row):
     try:
         rec = Receiver(d / "r").start()
         agent = Agent(d, [rec], state_dir=disk).start()
-        assert wait_stored(agent, [rec], 5), "no runs stored"
-        row.rss = (agent.rss(), 0)
-        time.sleep(2)
-        filler = fill(disk)
-        time.sleep(o["adisk_full"])
-        filler.unlink()
-        row.notes.append("full %d s" % o["adisk_full"])
-        result = finish(row, agent, [rec])
+        result = full_disk_for(disk, agent, [rec], o["adisk_full"], row)
         errors = agent.log_text().count("this report is lost")
         result.notes.append("%d 'report is lost' log lines" % errors)
         return result
