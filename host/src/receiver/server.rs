@@ -140,6 +140,7 @@ impl Server {
         // No agent is connected to a receiver that is only starting (one
         // that crashed left its hosts marked connected).
         conn.execute("UPDATE hosts SET connected = 0", [])
+            .and_then(|_| store::write_heartbeat(&conn, now_ms(), true))
             .context("cannot update the store")?;
         let (hosts, services) = store::remembered(&conn).context("cannot read the store")?;
         let mut tracker = Tracker::default();

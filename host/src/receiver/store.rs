@@ -187,6 +187,19 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// Record that the receiver is alive at `time_ms` (or, `running` false,
+/// stopping). Also written directly once before the receiver listens, so
+/// that `receiver status` never sees a listening receiver without one.
+pub fn write_heartbeat(conn: &Connection, time_ms: u64, running: bool) -> rusqlite::Result<()> {
+    let mut set = conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?;
+    set.execute(params!["heartbeat_ms", time_ms])?;
+    set.execute(params!["running", running as i64])?;
+    Ok(())
+}
+
 /// Open an existing database for reading (status and query commands).
 pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
     if !path.exists() {
@@ -459,14 +472,7 @@ fn apply_op(
                 )?;
             }
         }
-        Op::Heartbeat { time_ms, running } => {
-            let mut set = tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?;
-            set.execute(params!["heartbeat_ms", time_ms])?;
-            set.execute(params!["running", *running as i64])?;
-        }
+        Op::Heartbeat { time_ms, running } => write_heartbeat(tx, *time_ms, *running)?,
         Op::Changes { changes } => {
             for c in changes {
                 tx.execute(
