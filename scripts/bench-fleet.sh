@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # One descriptor per connection on each side, plus the store's.
 ulimit -n "$(( $(ulimit -Hn) < 65536 ? $(ulimit -Hn) : 65536 ))" 2>/dev/null || true
-cargo bench -p sandglass --bench fleet
+bash scripts/build.sh
+cargo bench -p sandglass-tests --bench fleet

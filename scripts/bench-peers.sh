@@ -22,5 +22,5 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 bash scripts/build-plugins.sh >/dev/null
-cargo build --release -p sandglass
+bash scripts/build.sh
 python3 scripts/bench-peers.py "$@"

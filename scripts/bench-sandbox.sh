@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Sandbox benchmark (see host/benches/sandbox.rs): sandbox entry, collectors
+# Sandbox benchmark (see tests/benches/sandbox.rs): sandbox entry, collectors
 # vs native parsers, cold vs warm start, RSS. Prints one table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-plugins.sh >/dev/null
 # GNU time measures the agent's peak RSS.
 [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
-cargo bench -p sandglass --bench sandbox
+bash scripts/build.sh
+cargo bench -p sandglass-tests --bench sandbox

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build-plugins.sh
-cargo build --release -p sandglass
+bash scripts/build.sh
 mkdir -p target/demo
 bin=target/release
 "$bin/receiver" run --config examples/receiver.toml >target/demo/receiver.out 2>target/demo/receiver.log &

@@ -20,7 +20,7 @@ for a in "$@"; do
   if [[ $a == --no-build ]]; then build=0; else args+=("$a"); fi
 done
 if ((build)); then
-  cargo build --release -p sandglass --bins >&2
+  bash scripts/build.sh >&2
   bash scripts/build-plugins.sh >/dev/null
 fi
 if [[ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 && $(id -u) == 0 ]]; then

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-600}
-SANDGLASS_FUZZ_SECS=$secs cargo test --release -p sandglass --test fuzz -- --nocapture 2>&1 |
+SANDGLASS_FUZZ_SECS=$secs cargo test --release -p sandglass-protocol --test fuzz -- --nocapture 2>&1 |
   grep -E "fuzz:|panicked|finding|test result"

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-10}
 bash scripts/build-plugins.sh >/dev/null
-cargo build --release -p sandglass
+bash scripts/build.sh
 bin=target/release
 work=$(mktemp -d /tmp/sandglass-soak.XXXXXX)
 mkdir -p "$work/plugins"

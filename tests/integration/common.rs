@@ -1,48 +1,16 @@
 //! Helpers: build the plugins once per test run, run the agent binary.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// Build core plugins and fixtures (a no-op when they are up to date), once
-/// per test process, so a test never runs against a stale or missing wasm.
-pub fn build_plugins() {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let status = Command::new("bash")
-            .arg(root().join("scripts/build-plugins.sh"))
-            .status()
-            .expect("run scripts/build-plugins.sh");
-        assert!(status.success(), "scripts/build-plugins.sh failed");
-    });
-}
-
-/// A core plugin's wasm.
-pub fn plugin(name: &str) -> PathBuf {
-    build_plugins();
-    root().join("target/plugins").join(format!("{name}.wasm"))
-}
-
-/// A fixture plugin's wasm.
-pub fn fixture(name: &str) -> PathBuf {
-    build_plugins();
-    root().join("target/fixtures").join(format!("{name}.wasm"))
-}
+pub use sandglass_tests::{build_plugins, fixture, plugin, root};
 
 /// Run the agent binary with `args`; returns its output and wall time.
 pub fn agent(args: &[&str]) -> (Output, Duration) {
     let start = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_agent"))
+    let output = Command::new(sandglass_tests::binary("agent"))
         .args(args)
         .output()
         .expect("run agent");

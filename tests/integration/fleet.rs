@@ -307,7 +307,7 @@ services = ["uptime", "cpu", "ghost", "pinned"]
     let _agent = Agent::start(dir.path(), "a", TOKEN_A, &address);
     assert!(
         wait_until(Duration::from_secs(10), || {
-            sandglass::state_store::peek(&states, "cpu").is_some()
+            sandglass_agent::state_store::peek(&states, "cpu").is_some()
         }),
         "cpu ran from the cached schedule"
     );

@@ -39,7 +39,7 @@ impl Receiver {
         )
         .unwrap();
         let log = dir.join("receiver.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_receiver"))
+        let mut child = Command::new(sandglass_tests::binary("receiver"))
             .args([
                 "run",
                 "--config",
@@ -118,7 +118,7 @@ impl Receiver {
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_receiver"))
+        let out = Command::new(sandglass_tests::binary("receiver"))
             .args(args)
             .output()
             .unwrap();
@@ -234,7 +234,7 @@ impl Agent {
         )
         .unwrap();
         let log = dir.join(format!("{host}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        let child = Command::new(sandglass_tests::binary("agent"))
             .args(["run", "--config", config.to_str().unwrap()])
             .stderr(
                 std::fs::OpenOptions::new()
@@ -254,7 +254,7 @@ impl Agent {
 
     /// The plugin state kept for `service`, as text.
     pub fn state(&self, service: &str) -> Option<String> {
-        let state = sandglass::state_store::peek(&self.state_dir.join("state"), service)?;
+        let state = sandglass_agent::state_store::peek(&self.state_dir.join("state"), service)?;
         String::from_utf8(state).ok()
     }
 

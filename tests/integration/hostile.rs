@@ -53,7 +53,7 @@ fn trickle_until_closed(address: &str, bytes: &[u8], limit: Duration) -> bool {
 
 #[test]
 fn slow_and_idle_connections_are_dropped_and_do_not_keep_agents_out() {
-    sandglass::daemon::raise_open_files_limit();
+    sandglass_daemon::raise_open_files_limit();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model());
     // Slow loris: a valid preamble and Hello prefix, one byte a second.

@@ -45,7 +45,7 @@ fn write_config(dir: &Path, services: &str) -> PathBuf {
 #[allow(clippy::zombie_processes)]
 fn once_measured(config: &Path) -> (Vec<Value>, u64) {
     let stderr = tempfile::tempfile().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
+    let mut child = Command::new(sandglass_tests::binary("agent"))
         .args([
             "once",
             "--config",
@@ -326,7 +326,7 @@ impl Lease {
 
 #[test]
 fn a_plugin_that_keeps_getting_stuck_is_refused_alone() {
-    use sandglass::runtime::{LimitOverrides, Limits, RunRequest, Runtime, View};
+    use sandglass_runtime::{LimitOverrides, Limits, RunRequest, Runtime, View};
     use std::sync::Arc;
     build_plugins();
     let dir = tempfile::tempdir().unwrap();
@@ -481,7 +481,7 @@ const FORGED: &str = "\u{1b}[2J\rreal status\ncpu      OK       forged line";
 fn plugin_text_cannot_drive_the_terminal_or_forge_lines() {
     let path = fixture("misbehave");
     let run = |format: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_agent"))
+        let output = Command::new(sandglass_tests::binary("agent"))
             .args([
                 "plugin",
                 "run",
@@ -528,7 +528,7 @@ plugin = "FIXTURES/misbehave.wasm"
 params = { mode = "ansi", fail = "yes" }
 "#,
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_agent"))
+    let output = Command::new(sandglass_tests::binary("agent"))
         .args([
             "once",
             "--config",

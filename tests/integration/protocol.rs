@@ -6,9 +6,9 @@
 
 use crate::fleet_support::{Receiver, wait_until};
 use bytes::BytesMut;
-use sandglass::agent::services::now_ms;
-use sandglass::protocol::*;
-use sandglass::report::{Cost, MetricKind, Report, Sample, Status};
+use sandglass_core::report::{Cost, MetricKind, Report, Sample, Status};
+use sandglass_core::time::now_ms;
+use sandglass_protocol::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -115,7 +115,7 @@ fn report(time_ms: u64, text: &str) -> Entry {
         plugin: "uptime".into(),
         time_ms,
         status: Status {
-            level: sandglass::report::Level::Ok,
+            level: sandglass_core::report::Level::Ok,
             text: text.into(),
         },
         samples: vec![Sample {
@@ -298,7 +298,7 @@ fn control_characters_from_a_peer_cannot_forge_a_log_line_or_a_status_line() {
         "a forged log line: {log}"
     );
     assert!(!log.contains('\u{1b}'), "an escape sequence in the log");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_receiver"))
+    let output = std::process::Command::new(sandglass_tests::binary("receiver"))
         .args(["status", "--config", receiver.config.to_str().unwrap()])
         .output()
         .unwrap();

@@ -165,7 +165,7 @@ fn garbage_file_is_refused_clearly() {
 #[test]
 fn plugin_log_lines_reach_the_agent_log_tagged_and_capped() {
     let path = fixture("misbehave");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+    let output = std::process::Command::new(sandglass_tests::binary("agent"))
         .args([
             "plugin",
             "run",
@@ -204,7 +204,7 @@ fn a_run_queued_before_a_slow_one_is_not_held_up_by_it() {
     // held while the worker goes on to the slow run; its outcome must still
     // be taken as soon as it is there, not given up as blocked after the
     // quick run's own 2 s deadline.
-    use sandglass::runtime::{LimitOverrides, Limits, RunRequest, Runtime, View};
+    use sandglass_runtime::{LimitOverrides, Limits, RunRequest, Runtime, View};
     use std::sync::Arc;
     crate::common::build_plugins();
     let runtime = Runtime::new(None).unwrap();

@@ -5,7 +5,7 @@
 
 use crate::fleet_support::{Receiver, wait_until};
 use crate::protocol::{RawAgent, model};
-use sandglass::protocol::{FaultCode, Message};
+use sandglass_protocol::{FaultCode, Message};
 use std::process::Command;
 use std::time::Duration;
 
@@ -62,7 +62,7 @@ fn two_agents_with_one_host_id_are_named_and_the_connected_flag_stays_exact() {
 }
 
 fn status_command(config: &std::path::Path) -> (String, String, bool) {
-    let out = Command::new(env!("CARGO_BIN_EXE_receiver"))
+    let out = Command::new(sandglass_tests::binary("receiver"))
         .args(["status", "--config", config.to_str().unwrap()])
         .output()
         .unwrap();

@@ -1,0 +1,158 @@
+//! `agent run`: the long-running agent. Starts from the cached schedule (so
+//! it collects even when the receiver is away at start), connects to the
+//! receiver, applies every schedule it receives, reloads its own config on
+//! SIGHUP, and on SIGTERM / Ctrl-C lets running plugins finish and flushes
+//! what it can.
+
+use super::link::{self, LinkConfig};
+use super::schedule::{ScheduleCache, services};
+use super::scheduler::Scheduler;
+use super::services::ServiceRunner;
+use super::spool::Spool;
+use crate::config::Agent;
+use anyhow::Context;
+use sandglass_daemon::tls;
+use sandglass_protocol::Schedule;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+
+/// How long a stopping agent waits for its connection to flush.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+fn link_config(agent: &Agent, config: &Path) -> anyhow::Result<LinkConfig> {
+    let missing = |key: &str| {
+        anyhow::anyhow!(
+            "{}: `agent run` needs `{key}`: set {key} = ... at the top of the file",
+            config.display()
+        )
+    };
+    if agent.receivers.is_empty() {
+        return Err(missing("receiver"));
+    }
+    let tls = agent
+        .tls
+        .as_ref()
+        .map(|t| {
+            let identity = t.cert.as_deref().zip(t.key.as_deref());
+            tls::Client::new(&t.ca, identity, t.server_name.clone())
+        })
+        .transpose()
+        .with_context(|| format!("{}: [tls]", config.display()))?;
+    Ok(LinkConfig {
+        receivers: agent.receivers.clone(),
+        host_id: agent.host_id.clone(),
+        token: agent.token.clone().ok_or_else(|| missing("token"))?,
+        plugin_dir: agent.plugin_dir.clone(),
+        hash_cache: agent.state_dir.join("installed"),
+        connection: agent.connection.clone(),
+        tls,
+    })
+}
+
+/// What the running link was started with; a reload that changes it needs
+/// a restart. (Compared, never logged: it holds the token.)
+fn link_settings(agent: &Agent) -> String {
+    format!(
+        "{:?}",
+        (
+            &agent.receivers,
+            &agent.host_id,
+            &agent.token,
+            &agent.connection,
+            &agent.spool,
+            &agent.tls
+        )
+    )
+}
+
+/// Run until `shutdown` resolves.
+pub async fn run(
+    config: &Path,
+    reload: Arc<Notify>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut agent = Agent::load(config)?;
+    let link_setup = link_config(&agent, config)?;
+    let started_with = link_settings(&agent);
+    let spool_dir = agent.state_dir.join("spool");
+    let (spool, recovery) = Spool::open(&spool_dir, agent.spool.max_size.0)?;
+    if recovery.pending > 0 {
+        tracing::info!(
+            pending = recovery.pending,
+            "the spool holds entries from before the restart; sending them first"
+        );
+    }
+    let runner = Arc::new(
+        ServiceRunner::new(&agent.state_dir)
+            .with_context(|| format!("cannot use state_dir {}", agent.state_dir.display()))?,
+    );
+    let cache = ScheduleCache::new(&agent.state_dir);
+    let (report_tx, report_rx) = mpsc::channel(1024);
+    let in_progress = Arc::new(AtomicUsize::new(0));
+    let mut scheduler = Scheduler::new(
+        runner,
+        agent.host_id.clone(),
+        report_tx,
+        in_progress.clone(),
+    );
+    let cached = cache.load();
+    let revision = cached.as_ref().map_or(0, |s| s.revision);
+    let mut current: Option<Schedule> = None;
+    if let Some(schedule) = cached {
+        tracing::info!(
+            revision = schedule.revision,
+            "starting with the cached schedule until the receiver says otherwise"
+        );
+        scheduler.apply(services(&schedule, &agent));
+        current = Some(schedule);
+    }
+    let (schedule_tx, mut schedule_rx) = watch::channel(None);
+    let link = tokio::spawn(link::run(
+        link_setup,
+        spool,
+        report_rx,
+        in_progress,
+        schedule_tx,
+        revision,
+    ));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed = schedule_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let Some(schedule) = schedule_rx.borrow_and_update().clone() else { continue };
+                cache.save(&schedule);
+                scheduler.apply(services(&schedule, &agent));
+                tracing::info!(revision = schedule.revision, services = ?scheduler.running(), "schedule applied");
+                current = Some(schedule);
+            }
+            () = reload.notified() => {
+                match Agent::load(config) {
+                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
+                    Ok(reloaded) => {
+                        if link_settings(&reloaded) != started_with {
+                            tracing::warn!("receiver, host_id, token, [connection], [spool] and [tls] changes apply after a restart");
+                        }
+                        agent = reloaded;
+                        if let Some(schedule) = &current {
+                            scheduler.apply(services(schedule, &agent));
+                        }
+                        tracing::info!("configuration reloaded");
+                    }
+                }
+            }
+        }
+    }
+    // Let running plugins finish; their reports still go out.
+    scheduler.stop().await;
+    if tokio::time::timeout(STOP_WAIT, link).await.is_err() {
+        tracing::warn!("the connection did not flush in time");
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! `agent`: the Sandglass host agent. Parses flags, reads config, calls the library.
+
+use clap::{Parser, Subcommand};
+use sandglass_agent::config::Agent;
+use sandglass_agent::services::ServiceRunner;
+use sandglass_agent::tools::trial::Trial;
+use sandglass_agent::tools::{check, template};
+use sandglass_core::render;
+use sandglass_core::report::Report;
+use sandglass_core::text::Escaped;
+use sandglass_core::units::{ByteSize, HumanDuration};
+use sandglass_runtime::{LimitOverrides, Limits, Runtime};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// `--format`: a table for people or JSON for machines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "Sandglass agent: runs sandboxed collector plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the receiver and run its schedule until SIGTERM or Ctrl-C (SIGHUP reloads the config).
+    Run {
+        /// The agent configuration file.
+        #[arg(long, default_value = "/etc/sandglass/agent.toml")]
+        config: PathBuf,
+    },
+    /// Run every configured service once, each in its own sandbox, and print the results.
+    Once {
+        /// The agent configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Run only these services (repeatable); default all.
+        #[arg(long = "service")]
+        services: Vec<String>,
+    },
+    /// Inspect and try plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Print a plugin's name, version, ABI version, grants, interval and metrics.
+    Info {
+        /// The plugin component (`.wasm`).
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Run a plugin once in the sandbox and print its output and what the run cost.
+    Run {
+        /// The plugin (`.wasm`: a component, or a wasip1 command module).
+        file: PathBuf,
+        #[command(flatten)]
+        trial: TrialArgs,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Validate a plugin (size, ABI, imports, grants), run it in the sandbox
+    /// against the real /proc, show its output and cost, and give a verdict.
+    /// Exits 1 when the plugin cannot be deployed.
+    Check {
+        /// The plugin (`.wasm`: a component, or a wasip1 command module).
+        file: PathBuf,
+        #[command(flatten)]
+        trial: TrialArgs,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Create a new plugin crate from the template in plugin-sdk/template.
+    New {
+        /// The plugin's name: lower-case letters, digits and '-'.
+        name: String,
+        /// Create the crate in DIR/NAME (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The plugin-sdk directory to depend on (default: the one beside
+        /// the source tree this agent was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+/// Grants, parameters, state and limits for trying a plugin.
+#[derive(clap::Args)]
+struct TrialArgs {
+    /// A parameter for the plugin, `key=value` (repeatable).
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// Grant `sys` (read-only /sys) or `files` (with --files).
+    #[arg(long = "grant")]
+    grants: Vec<String>,
+    /// A directory to grant read-only with `--grant files` (repeatable).
+    #[arg(long = "files")]
+    files: Vec<PathBuf>,
+    /// Keep the plugin's state in this file between invocations.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Fuel limit (default 1000000000).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Wall-clock deadline, e.g. `2s` (default 2s).
+    #[arg(long)]
+    deadline: Option<HumanDuration>,
+    /// Memory limit, e.g. `32MiB` (default 32MiB).
+    #[arg(long)]
+    memory: Option<ByteSize>,
+}
+
+impl TrialArgs {
+    fn trial(self) -> anyhow::Result<Trial> {
+        let overrides = LimitOverrides {
+            fuel: self.fuel,
+            deadline: self.deadline,
+            memory: self.memory,
+            ..Default::default()
+        };
+        let mut trial = Trial {
+            params: self.params,
+            files: self.files,
+            state_file: self.state,
+            limits: Limits::default()
+                .with(&overrides)
+                .map_err(anyhow::Error::msg)?,
+            ..Default::default()
+        };
+        trial.grant(&self.grants)?;
+        Ok(trial)
+    }
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let long_running = matches!(cli.command, Command::Run { .. });
+    sandglass_daemon::main("agent", long_running, || run(cli));
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let reload = Arc::new(tokio::sync::Notify::new());
+                let shutdown = sandglass_daemon::signals(reload.clone())?;
+                sandglass_agent::daemon::run(&config, reload, shutdown).await
+            })
+        }
+        Command::Once {
+            config,
+            format,
+            services,
+        } => once(&config, format, &services),
+        Command::Plugin {
+            command: PluginCommand::Info { file, format },
+        } => info(&file, format),
+        Command::Plugin {
+            command:
+                PluginCommand::Run {
+                    file,
+                    trial,
+                    format,
+                },
+        } => {
+            let runtime = Runtime::new(None)?;
+            let plugin = runtime.load(&file)?;
+            let (report, _) = trial.trial()?.run(&runtime, &plugin)?;
+            print_reports(std::slice::from_ref(&report), format)
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Check {
+                    file,
+                    trial,
+                    format,
+                },
+        } => {
+            let checked = check::check(&Runtime::new(None)?, &file, &trial.trial()?);
+            match format {
+                Format::Table => print!("{}", check::table(&checked)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&checked)?),
+            }
+            if checked.verdict == check::Verdict::Fail {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::New { name, dir, sdk },
+        } => {
+            let sdk = sdk.or_else(template::default_sdk).ok_or_else(|| {
+                anyhow::anyhow!("cannot find plugin-sdk: pass --sdk DIR, the plugin-sdk directory of a Sandglass source tree")
+            })?;
+            let made = template::create(&name, &dir, &sdk, &std::env::current_exe()?)?;
+            let wasm = format!(
+                "target/wasm32-wasip2/release/{}.wasm",
+                name.replace('-', "_")
+            );
+            println!("created plugin {name} in {}", made.display());
+            println!("next:");
+            println!("  cd {}", made.display());
+            println!("  cargo build --release --target wasm32-wasip2");
+            println!("  cargo test --release");
+            println!("  agent plugin check {wasm}");
+            Ok(())
+        }
+    }
+}
+
+fn once(config: &std::path::Path, format: Format, only: &[String]) -> anyhow::Result<()> {
+    let agent = Agent::load(config)?;
+    for name in only {
+        if !agent.services.iter().any(|s| &s.name == name) {
+            anyhow::bail!("no service {name:?} in {}", config.display());
+        }
+    }
+    let runner = ServiceRunner::new(&agent.state_dir)?;
+    let reports: Vec<Report> = agent
+        .services
+        .iter()
+        .filter(|s| only.is_empty() || only.contains(&s.name))
+        .map(|s| runner.run(s).keep_state())
+        .collect();
+    print_reports(&reports, format)
+}
+
+fn print_reports(reports: &[Report], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Table => print!("{}", render::table(reports)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(reports)?),
+    }
+    Ok(())
+}
+
+fn info(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
+    let runtime = Runtime::new(None)?;
+    let plugin = runtime.load(file)?;
+    let d = &plugin.description;
+    match format {
+        Format::Json => {
+            let value = serde_json::json!({ "sha256": plugin.sha256, "description": d });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        Format::Table => {
+            // Everything below but the hash is the plugin's own word: escaped.
+            println!("name:      {}", Escaped(&d.name));
+            println!("version:   {}", Escaped(&d.version));
+            println!("abi:       {}", d.abi_version);
+            let grants: Vec<String> = d
+                .grants
+                .iter()
+                .map(|g| format!("{g:?}").to_lowercase())
+                .collect();
+            println!(
+                "grants:    {}",
+                if grants.is_empty() {
+                    "none (read-only /proc only)".into()
+                } else {
+                    grants.join(", ")
+                }
+            );
+            println!("interval:  {}s", d.interval_seconds);
+            println!("sha256:    {}", plugin.sha256);
+            println!("metrics:");
+            for m in &d.metrics {
+                let unit = if m.unit.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", Escaped(&m.unit))
+                };
+                println!(
+                    "  {} ({:?}){unit} {}",
+                    Escaped(&m.name),
+                    m.kind,
+                    Escaped(&m.help)
+                );
+            }
+        }
+    }
+    Ok(())
+}

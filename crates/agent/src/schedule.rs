@@ -1,0 +1,212 @@
+//! The receiver's schedule on the agent's side: turned into services this
+//! agent will run (within what its own `[allow]` permits), and cached on
+//! disk so that a start without the receiver keeps collecting.
+
+use crate::config::{Agent, Service};
+use sandglass_core::files::write_atomic;
+use sandglass_core::names::check_name;
+use sandglass_core::units::{ByteSize, HumanDuration};
+use sandglass_protocol::GrantName;
+use sandglass_protocol::{Schedule, ScheduledService, ServiceLimits};
+use sandglass_runtime::LimitOverrides;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Shortest interval the agent accepts; shorter ones are raised to it.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The services of `schedule` as this agent runs them. A service the agent
+/// refuses (bad name, a grant not allowed, impossible limits) is kept, with
+/// the reason, so it reports UNKNOWN instead of going silent.
+pub fn services(schedule: &Schedule, agent: &Agent) -> Vec<Service> {
+    schedule
+        .services
+        .iter()
+        .filter(|s| check_name(&s.name).is_ok())
+        .map(|s| service(s, agent))
+        .collect()
+}
+
+fn service(s: &ScheduledService, agent: &Agent) -> Service {
+    let mut refused = Vec::new();
+    let plugin_path = match check_name(&s.plugin) {
+        Ok(()) => agent.plugin_dir.join(format!("{}.wasm", s.plugin)),
+        Err(e) => {
+            refused.push(format!("plugin {e}"));
+            PathBuf::new()
+        }
+    };
+    let limits = agent
+        .limits
+        .with(&overrides(&s.limits))
+        .unwrap_or_else(|e| {
+            refused.push(format!("the schedule's limits are unusable: {e}"));
+            agent.limits.clone()
+        });
+    let sys = s.grants.contains(&GrantName::Sys);
+    if sys && !agent.allow.sys {
+        refused.push(
+            "the schedule grants \"sys\", which this host does not allow: set [allow] sys = true in the agent config"
+                .into(),
+        );
+    }
+    let files: Vec<PathBuf> = if s.grants.contains(&GrantName::Files) {
+        s.files.iter().map(PathBuf::from).collect()
+    } else {
+        Vec::new()
+    };
+    for f in &files {
+        if !allowed(f, &agent.allow.files) {
+            refused.push(format!(
+                "the schedule grants files in {}, which this host does not allow: add it to [allow] files in the agent config",
+                f.display()
+            ));
+        }
+    }
+    Service {
+        name: s.name.clone(),
+        plugin: s.plugin.clone(),
+        plugin_path,
+        params: s.params.clone(),
+        sys,
+        files,
+        limits,
+        sha256: s.sha256.clone(),
+        interval: Duration::from_millis(s.interval_ms).max(MIN_INTERVAL),
+        refused: (!refused.is_empty()).then(|| refused.join("; ")),
+    }
+}
+
+/// Whether `dir` lies inside one of the allowed directories, judged on the
+/// resolved paths so `..` and symlinks cannot leave them.
+fn allowed(dir: &Path, allow: &[PathBuf]) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    allow
+        .iter()
+        .filter_map(|a| a.canonicalize().ok())
+        .any(|a| dir.starts_with(a))
+}
+
+fn overrides(l: &ServiceLimits) -> LimitOverrides {
+    LimitOverrides {
+        fuel: l.fuel,
+        deadline: l
+            .deadline_ms
+            .map(|ms| HumanDuration(Duration::from_millis(ms))),
+        memory: l.memory.map(ByteSize),
+        max_samples: l.max_samples.map(|n| n as usize),
+        max_output_bytes: l.max_output_bytes.map(ByteSize),
+        max_stdio_bytes: l.max_stdio_bytes.map(ByteSize),
+        max_state_bytes: l.max_state_bytes.map(ByteSize),
+        // The schedule's limits do not carry it (yet): the host's own apply.
+        max_open_files: None,
+    }
+}
+
+/// The last schedule received, kept in `<state_dir>/schedule.msgpack`.
+pub struct ScheduleCache {
+    path: PathBuf,
+}
+
+impl ScheduleCache {
+    pub fn new(state_dir: &Path) -> ScheduleCache {
+        ScheduleCache {
+            path: state_dir.join("schedule.msgpack"),
+        }
+    }
+
+    /// The cached schedule; a damaged file is logged and ignored.
+    pub fn load(&self) -> Option<Schedule> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        rmp_serde::from_slice(&bytes)
+            .inspect_err(|e| {
+                tracing::warn!(path = %self.path.display(), "ignoring a damaged schedule cache: {e}")
+            })
+            .ok()
+    }
+
+    pub fn save(&self, schedule: &Schedule) {
+        let result = rmp_serde::to_vec(schedule)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_atomic(&self.path, &bytes));
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), "cannot cache the schedule: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(dir: &Path, allow: &str) -> Agent {
+        let path = dir.join("agent.toml");
+        std::fs::write(
+            &path,
+            format!("plugin_dir = \"plugins\"\nstate_dir = \"state\"\n{allow}"),
+        )
+        .unwrap();
+        Agent::load(&path).unwrap()
+    }
+
+    fn scheduled(grants: Vec<GrantName>, files: Vec<String>) -> ScheduledService {
+        ScheduledService {
+            name: "logs".into(),
+            plugin: "logwatch".into(),
+            sha256: None,
+            interval_ms: 2000,
+            params: vec![],
+            grants,
+            files,
+            limits: ServiceLimits {
+                memory: Some(8 << 20),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn grants_are_bounded_by_the_hosts_allow_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(logs.join("app")).unwrap();
+        let a = agent(dir.path(), "[allow]\nsys = false\nfiles = [\"logs\"]\n");
+        let inside = service(
+            &scheduled(
+                vec![GrantName::Files],
+                vec![logs.join("app").display().to_string()],
+            ),
+            &a,
+        );
+        assert_eq!(inside.refused, None);
+        assert_eq!(inside.limits.memory.0, 8 << 20);
+        assert!(inside.plugin_path.ends_with("plugins/logwatch.wasm"));
+        let escape = service(
+            &scheduled(
+                vec![GrantName::Files],
+                vec![logs.join("app/../..").display().to_string()],
+            ),
+            &a,
+        );
+        assert!(escape.refused.unwrap().contains("[allow] files"));
+        let sys = service(&scheduled(vec![GrantName::Sys], vec![]), &a);
+        assert!(sys.refused.unwrap().contains("[allow] sys"));
+    }
+
+    #[test]
+    fn cache_round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ScheduleCache::new(dir.path());
+        assert_eq!(cache.load(), None);
+        let schedule = Schedule {
+            revision: 9,
+            services: vec![scheduled(vec![], vec![])],
+        };
+        cache.save(&schedule);
+        assert_eq!(cache.load(), Some(schedule));
+        std::fs::write(dir.path().join("schedule.msgpack"), b"\xc1junk").unwrap();
+        assert_eq!(cache.load(), None);
+    }
+}

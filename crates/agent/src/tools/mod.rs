@@ -1,0 +1,10 @@
+//! Tools for plugin authors, on one plugin file and apart from the daemon:
+//!
+//! - [`trial`]: `agent plugin run`, one run with its report and cost;
+//! - [`check`]: `agent plugin check`, a plugin judged against what the
+//!   sandbox allows, with a verdict per point;
+//! - [`template`]: `agent plugin new`, a plugin crate from plugin-sdk/template.
+
+pub mod check;
+pub mod template;
+pub mod trial;

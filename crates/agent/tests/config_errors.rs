@@ -1,0 +1,44 @@
+//! The `agent` binary on configuration it must refuse: the error names the
+//! file, the line and the key, and the agent exits non-zero before running
+//! anything.
+
+use std::process::Command;
+
+fn agent_once(config: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["once", "--config", config.to_str().unwrap()])
+        .output()
+        .expect("run agent")
+}
+
+#[test]
+fn bad_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let text = format!(
+        "plugin_dir = {:?}\nstate_dir = {:?}\n[services.cpu]\nplugin = \"cpu\"\n[services.typo]\nplugin = \"cpu\"\nparms = {{ a = 1 }}\n",
+        dir.path(),
+        dir.path().join("state")
+    );
+    std::fs::write(&config, &text).unwrap();
+    let output = agent_once(&config);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("agent.toml") && stderr.contains("parms"),
+        "{stderr}"
+    );
+    let line = text.lines().position(|l| l.starts_with("parms")).unwrap() + 1;
+    assert!(stderr.contains(&format!("line {line}")), "{stderr}");
+    assert!(!dir.path().join("state").exists(), "nothing ran");
+}
+
+#[test]
+fn a_missing_config_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nowhere.toml");
+    let output = agent_once(&config);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&config.display().to_string()), "{stderr}");
+}

@@ -1,0 +1,579 @@
+//! `receiver.toml`: where to listen and store, and the fleet model of seed
+//! 002 — hosts, host groups, templates and services — resolved into one
+//! schedule per host. Unknown keys and dangling names are errors that say
+//! where and how to fix them.
+
+use anyhow::{Context, bail};
+use sandglass_core::config::{ParamValue, load_toml};
+use sandglass_core::hash::{sha256, sha256_hex};
+use sandglass_core::limits::LimitOverrides;
+use sandglass_core::names::check_name;
+use sandglass_core::units::{ByteSize, HumanDuration};
+use sandglass_protocol::GrantName;
+use sandglass_protocol::{
+    DEFAULT_MAX_FRAME, DEFAULT_PORT, Schedule, ScheduledService, ServiceLimits,
+};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `receiver.toml` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    database: PathBuf,
+    #[serde(default = "default_tolerance")]
+    late_tolerance: HumanDuration,
+    #[serde(default = "default_liveness")]
+    liveness_service: String,
+    #[serde(default = "default_refresh")]
+    schedule_refresh: HumanDuration,
+    plugin_dir: Option<PathBuf>,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_handshake_timeout")]
+    handshake_timeout: HumanDuration,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: HumanDuration,
+    #[serde(default = "default_max_frame")]
+    max_frame: ByteSize,
+    #[serde(default = "default_max_handshakes")]
+    max_handshakes: usize,
+    tls: Option<ServerTls>,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    templates: BTreeMap<String, RawTemplate>,
+    #[serde(default)]
+    groups: BTreeMap<String, RawGroup>,
+    #[serde(default)]
+    hosts: BTreeMap<String, RawHost>,
+}
+
+fn default_listen() -> String {
+    format!("127.0.0.1:{DEFAULT_PORT}")
+}
+fn default_tolerance() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_liveness() -> String {
+    "uptime".into()
+}
+fn default_refresh() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(90))
+}
+fn default_max_handshakes() -> usize {
+    1_000
+}
+fn default_max_frame() -> ByteSize {
+    ByteSize(DEFAULT_MAX_FRAME as u64)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    plugin: String,
+    interval: HumanDuration,
+    #[serde(default)]
+    params: BTreeMap<String, ParamValue>,
+    sha256: Option<String>,
+    #[serde(default)]
+    grants: Vec<GrantName>,
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    limits: LimitOverrides,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    services: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    templates: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    token: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    templates: Vec<String>,
+    #[serde(default)]
+    services: Vec<String>,
+    liveness_service: Option<String>,
+}
+
+/// Settings of the receiver process itself (not reloadable: listen and
+/// database need a restart; the rest apply on reload).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub listen: String,
+    pub database: PathBuf,
+    pub late_tolerance: Duration,
+    pub schedule_refresh: Duration,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_frame: usize,
+    /// Connections still in their handshake at once; past it the oldest of
+    /// them is dropped, so idle or slow connections cannot keep agents out.
+    pub max_handshakes: usize,
+    pub tls: Option<ServerTls>,
+}
+
+/// `[tls]` of the receiver.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The receiver's certificate chain and key, PEM.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// If set, every agent must present a certificate signed by this CA
+    /// (in addition to its token).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// One host as the receiver knows it.
+#[derive(Clone, Debug)]
+pub struct HostModel {
+    /// sha256 of the token: compared in constant time, never kept in clear.
+    pub token_hash: [u8; 32],
+    pub schedule: Schedule,
+    /// The service whose lateness makes the host UNREACHABLE.
+    pub liveness_service: String,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub settings: Settings,
+    pub hosts: BTreeMap<String, HostModel>,
+}
+
+impl Model {
+    /// Read and validate `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Model> {
+        load_toml(path, RawConfig::resolve)
+    }
+}
+
+/// The database a configuration names, for the read-only commands: when the
+/// file has errors elsewhere, its `database` key alone is enough to show
+/// what the running receiver stored (the error comes back as a warning).
+pub fn database_of(path: &Path) -> anyhow::Result<(PathBuf, Option<anyhow::Error>)> {
+    let error = match Model::load(path) {
+        Ok(model) => return Ok((model.settings.database, None)),
+        Err(e) => e,
+    };
+    let database = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| table.get("database")?.as_str().map(PathBuf::from));
+    match database {
+        Some(database) => {
+            let base = path.parent().unwrap_or(Path::new("."));
+            Ok((base.join(database), Some(error)))
+        }
+        None => Err(error),
+    }
+}
+
+/// Constant-time equality of two token digests: the time taken does not
+/// tell an attacker how many leading bytes were right.
+pub fn token_matches(expected: &[u8; 32], token: &str) -> bool {
+    let given = sha256(token.as_bytes());
+    let diff = expected
+        .iter()
+        .zip(given.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(diff) == 0
+}
+
+impl RawConfig {
+    fn resolve(self, base: &Path) -> anyhow::Result<Model> {
+        if self.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        if self.max_handshakes == 0 || self.max_handshakes >= self.max_connections {
+            bail!(
+                "max_handshakes ({}) must be at least 1 and below max_connections ({}), so agents that finished their handshake always find room",
+                self.max_handshakes,
+                self.max_connections
+            );
+        }
+        if self.max_frame.0 < 64 << 10 || self.max_frame.0 > 1 << 30 {
+            bail!(
+                "max_frame {} must lie between 64KiB and 1GiB",
+                self.max_frame
+            );
+        }
+        let pins = match &self.plugin_dir {
+            Some(dir) => Some(PluginPins::scan(&base.join(dir))?),
+            None => None,
+        };
+        let mut services = BTreeMap::new();
+        for (name, s) in &self.services {
+            let service = resolve_service(name, s, pins.as_ref())
+                .map_err(|e| anyhow::anyhow!("[services.{name}]: {e}"))?;
+            services.insert(name.clone(), service);
+        }
+        for (name, t) in &self.templates {
+            for s in &t.services {
+                if !services.contains_key(s) {
+                    bail!(
+                        "[templates.{name}]: no service {s:?}: define [services.{s}] or remove it from the template"
+                    );
+                }
+            }
+        }
+        for (name, g) in &self.groups {
+            for t in &g.templates {
+                if !self.templates.contains_key(t) {
+                    bail!(
+                        "[groups.{name}]: no template {t:?}: define [templates.{t}] or remove it from the group"
+                    );
+                }
+            }
+        }
+        let mut hosts = BTreeMap::new();
+        for (name, h) in &self.hosts {
+            check_name(name).map_err(|e| anyhow::anyhow!("[hosts.{name}]: host {e}"))?;
+            let host = self
+                .resolve_host(h, &services)
+                .map_err(|e| anyhow::anyhow!("[hosts.{name}]: {e}"))?;
+            hosts.insert(name.clone(), host);
+        }
+        Ok(Model {
+            settings: Settings {
+                listen: self.listen,
+                database: base.join(self.database),
+                late_tolerance: self.late_tolerance.0,
+                schedule_refresh: self.schedule_refresh.0.max(Duration::from_secs(1)),
+                max_connections: self.max_connections,
+                handshake_timeout: self.handshake_timeout.0,
+                idle_timeout: self.idle_timeout.0,
+                max_frame: self.max_frame.0 as usize,
+                max_handshakes: self.max_handshakes,
+                tls: self.tls.map(|t| ServerTls {
+                    cert: base.join(t.cert),
+                    key: base.join(t.key),
+                    client_ca: t.client_ca.map(|c| base.join(c)),
+                }),
+            },
+            hosts,
+        })
+    }
+
+    /// host -> services, host -> templates -> services and
+    /// host -> groups -> templates -> services, each service once.
+    fn resolve_host(
+        &self,
+        h: &RawHost,
+        services: &BTreeMap<String, ScheduledService>,
+    ) -> anyhow::Result<HostModel> {
+        if h.token.len() < 8 {
+            bail!(
+                "token is shorter than 8 characters: use a long random one (e.g. `openssl rand -hex 16`)"
+            );
+        }
+        let mut templates: BTreeSet<&str> = h.templates.iter().map(String::as_str).collect();
+        for g in &h.groups {
+            let group = self.groups.get(g).ok_or_else(|| {
+                anyhow::anyhow!("no group {g:?}: define [groups.{g}] or remove it")
+            })?;
+            templates.extend(group.templates.iter().map(String::as_str));
+        }
+        let mut names: BTreeSet<&str> = h.services.iter().map(String::as_str).collect();
+        for t in templates {
+            let template = self.templates.get(t).ok_or_else(|| {
+                anyhow::anyhow!("no template {t:?}: define [templates.{t}] or remove it")
+            })?;
+            names.extend(template.services.iter().map(String::as_str));
+        }
+        let scheduled = names
+            .into_iter()
+            .map(|s| {
+                services.get(s).cloned().ok_or_else(|| {
+                    anyhow::anyhow!("no service {s:?}: define [services.{s}] or remove it")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let liveness_service = h
+            .liveness_service
+            .clone()
+            .unwrap_or_else(|| self.liveness_service.clone());
+        if !scheduled.iter().any(|s| s.name == liveness_service) {
+            bail!(
+                "the host does not run its liveness service {liveness_service:?}: add it (through a template) or set liveness_service for the host"
+            );
+        }
+        Ok(HostModel {
+            token_hash: sha256(h.token.as_bytes()),
+            schedule: Schedule {
+                revision: revision(&scheduled),
+                services: scheduled,
+            },
+            liveness_service,
+        })
+    }
+}
+
+fn resolve_service(
+    name: &str,
+    s: &RawService,
+    pins: Option<&PluginPins>,
+) -> anyhow::Result<ScheduledService> {
+    check_name(name).map_err(|e| anyhow::anyhow!("service {e}"))?;
+    check_name(&s.plugin).map_err(|e| anyhow::anyhow!("plugin {e}"))?;
+    if s.interval.0 < Duration::from_millis(100) {
+        bail!("interval {} is below 100ms", s.interval);
+    }
+    sandglass_core::limits::Limits::default()
+        .with(&s.limits)
+        .map_err(|e| anyhow::anyhow!("limits: {e}"))?;
+    if s.grants.contains(&GrantName::Files) == s.files.is_empty() {
+        bail!("grant \"files\" and a non-empty `files` list go together; set both or neither");
+    }
+    let sha256 = match (&s.sha256, pins) {
+        (Some(sha), _) => {
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("sha256 {sha:?} is not 64 hex digits (see `agent plugin info FILE`)");
+            }
+            Some(sha.to_ascii_lowercase())
+        }
+        (None, Some(pins)) => Some(pins.sha256(&s.plugin)?),
+        (None, None) => None,
+    };
+    let l = &s.limits;
+    Ok(ScheduledService {
+        name: name.to_owned(),
+        plugin: s.plugin.clone(),
+        sha256,
+        interval_ms: s.interval.0.as_millis() as u64,
+        params: s
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_text()))
+            .collect(),
+        grants: s.grants.clone(),
+        files: s.files.clone(),
+        limits: ServiceLimits {
+            fuel: l.fuel,
+            deadline_ms: l.deadline.map(|d| d.0.as_millis() as u64),
+            memory: l.memory.map(|b| b.0),
+            max_samples: l.max_samples.map(|n| n as u64),
+            max_output_bytes: l.max_output_bytes.map(|b| b.0),
+            max_stdio_bytes: l.max_stdio_bytes.map(|b| b.0),
+            max_state_bytes: l.max_state_bytes.map(|b| b.0),
+        },
+    })
+}
+
+/// A schedule's revision: a hash of its content, so it changes exactly when
+/// the content does, across receiver restarts too. Never 0 (0 = "none").
+fn revision(services: &[ScheduledService]) -> u64 {
+    let bytes = rmp_serde::to_vec(services).expect("a schedule always encodes");
+    let digest = sha256(&bytes);
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
+}
+
+/// sha256 of every plugin in the receiver's `plugin_dir`, pinned into the
+/// schedules of services that do not pin one themselves.
+struct PluginPins {
+    dir: PathBuf,
+    sha256: BTreeMap<String, String>,
+}
+
+impl PluginPins {
+    fn scan(dir: &Path) -> anyhow::Result<PluginPins> {
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("plugin_dir {}: cannot list it", dir.display()))?;
+        let mut sha256 = BTreeMap::new();
+        for entry in entries {
+            let path = entry?.path();
+            if let (Some(stem), Some("wasm")) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|e| e.to_str()),
+            ) {
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                sha256.insert(stem.to_owned(), sha256_hex(&bytes));
+            }
+        }
+        Ok(PluginPins {
+            dir: dir.to_owned(),
+            sha256,
+        })
+    }
+
+    fn sha256(&self, plugin: &str) -> anyhow::Result<String> {
+        self.sha256.get(plugin).cloned().ok_or_else(|| {
+            anyhow::anyhow!(
+                "plugin {plugin:?} is not in plugin_dir {}: build it there, set sha256 explicitly, or remove plugin_dir",
+                self.dir.display()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<Model> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        std::fs::write(&path, text).unwrap();
+        Model::load(&path)
+    }
+
+    const FLEET: &str = r#"
+database = "db.sqlite"
+[services.uptime]
+plugin = "uptime"
+interval = "10s"
+[services.cpu]
+plugin = "cpu"
+interval = "5s"
+params = { warn = 90 }
+[services.nginx]
+plugin = "nginx"
+interval = "30s"
+[templates.linux]
+services = ["uptime", "cpu"]
+[templates.web]
+services = ["nginx"]
+[groups.web]
+templates = ["linux", "web"]
+[hosts.web-01]
+token = "0123456789abcdef"
+groups = ["web"]
+[hosts.db-01]
+token = "fedcba9876543210"
+templates = ["linux"]
+"#;
+
+    #[test]
+    fn hosts_get_services_through_groups_and_templates() {
+        let model = load(FLEET).unwrap();
+        let names = |h: &str| -> Vec<String> {
+            model.hosts[h]
+                .schedule
+                .services
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        assert_eq!(names("web-01"), ["cpu", "nginx", "uptime"]);
+        assert_eq!(names("db-01"), ["cpu", "uptime"]);
+        let cpu = &model.hosts["db-01"].schedule.services[0];
+        assert_eq!(cpu.interval_ms, 5000);
+        assert_eq!(cpu.params, [("warn".to_string(), "90".to_string())]);
+        assert_eq!(model.settings.late_tolerance, Duration::from_secs(5));
+        assert!(model.settings.database.ends_with("db.sqlite"));
+    }
+
+    #[test]
+    fn the_revision_follows_the_content() {
+        let a = load(FLEET).unwrap();
+        let again = load(FLEET).unwrap();
+        assert_eq!(
+            a.hosts["db-01"].schedule.revision,
+            again.hosts["db-01"].schedule.revision
+        );
+        let changed = load(&FLEET.replace("interval = \"5s\"", "interval = \"2s\"")).unwrap();
+        assert_ne!(
+            a.hosts["db-01"].schedule.revision,
+            changed.hosts["db-01"].schedule.revision
+        );
+        assert_ne!(a.hosts["web-01"].schedule.revision, 0);
+    }
+
+    #[test]
+    fn dangling_names_and_bad_values_say_where() {
+        let err = load(&FLEET.replace(
+            "templates = [\"linux\", \"web\"]",
+            "templates = [\"linux\", \"webb\"]",
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("[groups.web]: no template \"webb\""),
+            "{err:#}"
+        );
+        let err =
+            load(&FLEET.replace("services = [\"nginx\"]", "services = [\"nginx\", \"disk\"]"))
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("[templates.web]"), "{err:#}");
+        let err = load(&FLEET.replace("\"fedcba9876543210\"", "\"short\"")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("[hosts.db-01]: token"),
+            "{err:#}"
+        );
+        let err = load(&FLEET.replace(
+            "[hosts.db-01]\n",
+            "[hosts.db-01]\nliveness_service = \"nginx\"\n",
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("liveness service \"nginx\""),
+            "{err:#}"
+        );
+        let err = load(&FLEET.replace("interval = \"30s\"", "intervall = \"30s\"")).unwrap_err();
+        assert!(format!("{err:#}").contains("intervall"), "{err:#}");
+    }
+
+    #[test]
+    fn tokens_compare_by_digest() {
+        let model = load(FLEET).unwrap();
+        let hash = &model.hosts["web-01"].token_hash;
+        assert!(token_matches(hash, "0123456789abcdef"));
+        assert!(!token_matches(hash, "0123456789abcdeF"));
+        assert!(!token_matches(hash, ""));
+    }
+
+    #[test]
+    fn plugin_dir_pins_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::write(dir.path().join("plugins/uptime.wasm"), b"not really wasm").unwrap();
+        std::fs::write(dir.path().join("plugins/cpu.wasm"), b"cpu").unwrap();
+        let path = dir.path().join("receiver.toml");
+        std::fs::write(&path, format!("plugin_dir = \"plugins\"\n{FLEET}")).unwrap();
+        let err = Model::load(&path).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("plugin \"nginx\" is not in plugin_dir"),
+            "{err:#}"
+        );
+        std::fs::write(dir.path().join("plugins/nginx.wasm"), b"nginx").unwrap();
+        let model = Model::load(&path).unwrap();
+        let uptime = model.hosts["db-01"]
+            .schedule
+            .services
+            .iter()
+            .find(|s| s.name == "uptime")
+            .unwrap();
+        assert_eq!(
+            uptime.sha256.as_deref(),
+            Some(sha256_hex(b"not really wasm").as_str())
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The plugin runtime: one engine, compiled plugins, a fresh sandbox per run.
+//!
+//! - [`abi`]: host bindings of `wit/collector.wit` and the ABI version check;
+//! - [`cache`]: precompiled components on disk;
+//! - [`command`]: plugins that are plain WASI commands, and [`exposition`],
+//!   the text they print;
+//! - [`sandbox`]: the store a run gets, its imports, and the filesystem hooks;
+//! - [`fs_policy`]: which resolved paths a plugin may open;
+//! - [`epoch`]: the ticker behind deadlines;
+//! - [`run`]: running a plugin once and classifying what went wrong;
+//! - `output`: what a run may hand back, and what copying it may cost;
+//! - `stuck`: runs abandoned in host calls, counted per plugin;
+//! - `workers`: the threads runs execute on, so a stuck run can be abandoned.
+
+pub mod abi;
+pub mod cache;
+pub mod command;
+pub mod epoch;
+pub mod exposition;
+pub mod fs_policy;
+mod output;
+pub mod run;
+pub mod sandbox;
+mod stuck;
+mod workers;
+
+use anyhow::Context;
+use cache::{ArtifactCache, CacheOutcome};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use run::{Output, RunFailure, RunOutcome, RunRequest};
+pub use sandbox::View;
+pub use sandglass_core::limits::{LimitOverrides, Limits};
+
+/// A loaded plugin: compiled, version-checked and described.
+pub struct Plugin {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub description: Description,
+    pub cache: CacheOutcome,
+    entry: Entry,
+}
+
+/// How a plugin is called.
+enum Entry {
+    /// A `plugin-sdk` component: `collect` returns samples.
+    Collector(abi::CollectorPre<sandbox::SandboxState>),
+    /// A WASI command printing exposition text.
+    Command(wasmtime_wasi::p2::bindings::sync::CommandPre<sandbox::SandboxState>),
+}
+
+/// Slots for plugin instances, reserved once and reused by every run.
+///
+/// A fresh instance per run stays the rule; the pool only recycles the
+/// memory behind it (wiped between runs). Without it each run mmaps a 4 GiB
+/// reservation, mprotects it, page-faults its first pages in and munmaps it
+/// all again: sandbox entry 55 µs against 34 µs pooled, the cpu collector
+/// 149 against 112 µs (`bash scripts/bench-hot-paths.sh`). Keeping pages
+/// resident between runs (`linear_memory_keep_resident`) was measured too and
+/// gains nothing: the wipe costs what the page faults did. Tables are small
+/// and are wiped in place (`table_keep_resident`): one `madvise` per run
+/// instead of three, each of which interrupts the other core to flush its TLB.
+///
+/// Sizes: runs at once are bounded by the workers (plus at most
+/// `stuck::TOTAL` = 16 stuck runs) and plugin loads; 64 instances leave room
+/// for both. A component has a few core instances, memories and tables (the
+/// Python one the most); the counts below are generous for each. Each memory slot reserves 4 GiB of
+/// address space so bounds checks stay free — 128 of them ≈ 520 GiB virtual,
+/// nothing resident until used.
+fn instance_pool() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(64)
+        .total_core_instances(512)
+        .total_memories(128)
+        .total_tables(256)
+        .max_memories_per_module(2)
+        .max_tables_per_module(4)
+        .table_elements(100_000)
+        .table_keep_resident(64 << 10);
+    pool
+}
+
+/// Plugin files above this size are refused: compiling one would take the
+/// agent seconds and tens of MiB.
+pub const MAX_PLUGIN_BYTES: usize = 128 << 20;
+
+/// What a plugin says about itself (`describe`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Description {
+    pub name: String,
+    pub version: String,
+    pub abi_version: &'static str,
+    pub grants: Vec<Grant>,
+    pub interval_seconds: u32,
+    pub metrics: Vec<MetricInfo>,
+}
+
+/// A capability beyond the default read-only `/proc` view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    Sys,
+    Files,
+}
+
+/// A metric a plugin documents.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MetricInfo {
+    pub name: String,
+    pub kind: sandglass_core::report::MetricKind,
+    pub unit: String,
+    pub help: String,
+}
+
+/// Shared by every run: the engine, the linker, the cache and the ticker.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<sandbox::SandboxState>,
+    cache: ArtifactCache,
+    ticker: Arc<epoch::EpochTicker>,
+    /// Runs abandoned while blocked in a host call and not yet returned.
+    stuck: stuck::StuckRuns,
+    workers: workers::Workers,
+}
+
+impl Runtime {
+    /// A runtime caching compiled plugins in `cache_dir` (none: no cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(instance_pool()));
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context(
+            "cannot reserve address space for the plugin instance pool (about 520 GiB of \
+             virtual memory, none of it resident): lift `ulimit -v` for the agent",
+        )?;
+        let linker = sandbox::linker(&engine)?;
+        let cache = ArtifactCache::new(cache_dir, &engine);
+        let ticker = epoch::EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                ticker,
+                stuck: stuck::StuckRuns::default(),
+                workers: workers::Workers::new(),
+            }),
+        })
+    }
+
+    /// Load the plugin at `path`: read, hash, compile (or load from cache),
+    /// check its ABI version and imports, and ask it to describe itself.
+    pub fn load(&self, path: &Path) -> anyhow::Result<Arc<Plugin>> {
+        let wasm = std::fs::read(path)
+            .with_context(|| format!("cannot read plugin {}", path.display()))?;
+        self.load_bytes(path, &wasm)
+            .with_context(|| format!("cannot load plugin {}", path.display()))
+    }
+
+    fn load_bytes(&self, path: &Path, wasm: &[u8]) -> anyhow::Result<Arc<Plugin>> {
+        let inner = &self.inner;
+        if wasm.len() > MAX_PLUGIN_BYTES {
+            anyhow::bail!(
+                "the file is {} bytes, above the {MAX_PLUGIN_BYTES}-byte limit for a plugin",
+                wasm.len()
+            );
+        }
+        // The hash (what a schedule pins) is of the file as shipped.
+        let sha256 = sandglass_core::hash::sha256_hex(wasm);
+        let wrapped;
+        let component_bytes = if command::is_core_module(wasm) {
+            wrapped = command::componentize(wasm)?;
+            &wrapped[..]
+        } else {
+            wasm
+        };
+        let (component, cache) = inner.cache.load(&inner.engine, component_bytes, &sha256)?;
+        let ty = component.component_type();
+        let exported = abi::check_exports(ty.exports(&inner.engine).map(|(name, _)| name))
+            .map_err(anyhow::Error::msg)?;
+        let pre = inner.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("the plugin imports something the sandbox does not provide: {e:#}")
+        })?;
+        let (entry, description) = match exported {
+            abi::Exported::Collector => {
+                let pre = abi::CollectorPre::new(pre)?;
+                let description = run::describe(self, &pre, path)?;
+                (Entry::Collector(pre), description)
+            }
+            abi::Exported::Command => {
+                let pre = wasmtime_wasi::p2::bindings::sync::CommandPre::new(pre)?;
+                (Entry::Command(pre), command::description(file_stem(path)))
+            }
+        };
+        Ok(Arc::new(Plugin {
+            path: path.to_owned(),
+            sha256,
+            description,
+            cache,
+            entry,
+        }))
+    }
+
+    /// The names a component imports, for `agent plugin check`.
+    pub fn imports(&self, plugin: &Plugin) -> Vec<String> {
+        let ty = match &plugin.entry {
+            Entry::Collector(pre) => pre.instance_pre().component(),
+            Entry::Command(pre) => pre.instance_pre().component(),
+        }
+        .component_type();
+        ty.imports(&self.inner.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+}
+
+/// A file's name without its extension: a command plugin's name.
+pub fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
