@@ -14,7 +14,8 @@
 //! parsed; exit status 0 is required.
 
 use super::abi::wit;
-use super::run::{RunFailure, last_stderr_line};
+use super::diagnose::{classify, last_stderr_line};
+use super::failure::RunFailure;
 use super::sandbox::Sandbox;
 use super::{Description, exposition};
 use sandglass_core::limits::Limits;
@@ -90,7 +91,7 @@ pub fn call(
         // The preview1 adapter turns every non-zero exit status into 1.
         Err(e) => match e.downcast_ref::<I32Exit>() {
             Some(I32Exit(code)) => *code != 0,
-            None => return Err(super::run::classify(e, sandbox, limits)),
+            None => return Err(classify(e, sandbox, limits)),
         },
     };
     if failed {

@@ -39,7 +39,7 @@ pub fn parse(text: &str) -> Result<wit::Collection, String> {
         let fail = |what: &str| {
             format!(
                 "line {number}: {what}: {:?}",
-                super::sandbox::truncate(line, QUOTED)
+                sandglass_core::text::truncate(line, QUOTED)
             )
         };
         if line.is_empty() {

@@ -7,22 +7,27 @@
 //! - [`sandbox`]: the store a run gets, its imports, and the filesystem hooks;
 //! - [`fs_policy`]: which resolved paths a plugin may open;
 //! - [`epoch`]: the ticker behind deadlines;
-//! - [`run`]: running a plugin once and classifying what went wrong;
+//! - [`run`]: running a plugin once on the calling thread;
+//! - [`failure`]: why a run produced nothing usable, named exactly, and
+//!   `diagnose`, which tells it from a failed call;
+//! - [`dispatch`]: runs on worker threads, bounded by their deadline even
+//!   when a run blocks in a host call;
 //! - `output`: what a run may hand back, and what copying it may cost;
 //! - `stuck`: runs abandoned in host calls, counted per plugin;
-//! - `workers`: the threads runs execute on, so a stuck run can be abandoned.
 
 pub mod abi;
 pub mod cache;
 pub mod command;
+mod diagnose;
+mod dispatch;
 pub mod epoch;
 pub mod exposition;
+pub mod failure;
 pub mod fs_policy;
 mod output;
 pub mod run;
 pub mod sandbox;
 mod stuck;
-mod workers;
 
 use anyhow::Context;
 use cache::{ArtifactCache, CacheOutcome};
@@ -31,7 +36,9 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use run::{Output, RunFailure, RunOutcome, RunRequest};
+pub use failure::RunFailure;
+pub use output::Output;
+pub use run::{RunOutcome, RunRequest};
 pub use sandbox::View;
 pub use sandglass_core::limits::{LimitOverrides, Limits};
 
@@ -129,7 +136,7 @@ struct Inner {
     ticker: Arc<epoch::EpochTicker>,
     /// Runs abandoned while blocked in a host call and not yet returned.
     stuck: stuck::StuckRuns,
-    workers: workers::Workers,
+    workers: dispatch::Workers,
 }
 
 impl Runtime {
@@ -154,7 +161,7 @@ impl Runtime {
                 cache,
                 ticker,
                 stuck: stuck::StuckRuns::default(),
-                workers: workers::Workers::new(),
+                workers: dispatch::Workers::new(),
             }),
         })
     }

@@ -10,10 +10,19 @@
 //! host-call fuel is set from the same caps ([`lift_budget`]).
 
 use super::abi::wit;
-use super::run::{Output, RunFailure};
-use super::sandbox::truncate;
+use super::failure::RunFailure;
 use sandglass_core::limits::Limits;
 use sandglass_core::report::{Level, MetricKind, Sample, Status};
+use sandglass_core::text::truncate;
+
+/// What a successful run returned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub samples: Vec<Sample>,
+    pub status: Status,
+    /// The state for the next run (none: keep none).
+    pub state: Option<Vec<u8>>,
+}
 
 /// What a sample costs beside its strings (value, kind, list headers).
 const SAMPLE_COST: u64 = 16;

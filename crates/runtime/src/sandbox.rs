@@ -4,7 +4,7 @@
 use super::abi;
 use super::fs_policy::{Denied, FsPolicy, resolved_path};
 use sandglass_core::limits::Limits;
-use sandglass_core::text::Escaped;
+use sandglass_core::text::{Escaped, truncate};
 use sandglass_core::units::ByteSize;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
@@ -169,18 +169,6 @@ impl abi::sandglass::collector::log::Host for SandboxState {
             );
         }
     }
-}
-
-/// `text` cut to at most `max` bytes on a character boundary.
-pub fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 impl SandboxState {

@@ -8,7 +8,7 @@
 //! instead of waking a thread each: that alone took a five-service cycle's
 //! run threads from 2,208 to 1,777 µs of CPU per second. A worker slow or stuck
 //! in a host call delays the jobs behind it only until their waiters ask for a
-//! [`Workers::spare`] — see `START_WAIT` in `run.rs`. Workers live for the
+//! [`Workers::spare`] — see `START_WAIT` in the dispatch module. Workers live for the
 //! process.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
