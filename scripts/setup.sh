@@ -8,10 +8,12 @@ for target in wasm32-wasip2 wasm32-wasip1; do
   grep -qx "$target" <<<"$installed" || rustup target add "$target"
 done
 
-# C plugins: clang's wasm32 backend, lld, wasi-libc and compiler-rt for wasm32.
-c_packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32)
+# Debian packages: for C plugins, clang's wasm32 backend, lld, wasi-libc and
+# compiler-rt for wasm32; systemd for `systemd-analyze verify` of the
+# packaged units (tests/integration/packaging.rs).
+packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 systemd)
 missing=()
-for p in "${c_packages[@]}"; do
+for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then

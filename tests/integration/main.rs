@@ -15,6 +15,7 @@
 //! - [`hostile_plugins`]: plugins that attack the host and their neighbours
 //!   (output that is costly to copy, blocking files, stuck runs, held
 //!   descriptors, `/proc` and `/sys` secrets, terminal escapes);
+//! - [`packaging`]: `packaging/install.sh` and the systemd units;
 //! - [`template`]: `agent plugin new` and `agent plugin check`;
 //! - [`tls`]: TLS with client certificates from the test CA script.
 
@@ -28,6 +29,7 @@ mod hostile;
 mod hostile_plugins;
 mod logwatch;
 mod once;
+mod packaging;
 mod protocol;
 mod sandbox;
 mod secrets;

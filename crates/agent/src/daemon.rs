@@ -22,7 +22,9 @@ use tokio::sync::{Notify, mpsc, watch};
 /// How long a stopping agent waits for its connection to flush.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
-fn link_config(agent: &Agent, config: &Path) -> anyhow::Result<LinkConfig> {
+/// What the link needs from the configuration; an error names what is
+/// missing or broken (also used by `agent check`).
+pub(crate) fn link_config(agent: &Agent, config: &Path) -> anyhow::Result<LinkConfig> {
     let missing = |key: &str| {
         anyhow::anyhow!(
             "{}: `agent run` needs `{key}`: set {key} = ... at the top of the file",

@@ -5,7 +5,8 @@
 //! plugin author uses on one plugin file.
 //!
 //! Layout:
-//! - [`config`]: `agent.toml`, strict and documented;
+//! - [`config`]: `agent.toml`, strict and documented; [`config_check`]:
+//!   `agent check`, what `agent run` would trip over, before it runs;
 //! - [`services`]: running services through the runtime, with their state,
 //!   pins, grants and limits — shared by `once` and the scheduler;
 //! - [`state_store`]: per-service plugin state kept on disk between runs;
@@ -18,6 +19,7 @@
 //! - [`tools`]: `agent plugin run`, `check` and `new`, for plugin authors.
 
 pub mod config;
+pub mod config_check;
 pub mod daemon;
 pub mod installed;
 pub mod link;

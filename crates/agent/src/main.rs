@@ -39,6 +39,14 @@ enum Command {
         #[arg(long, default_value = "/etc/sandglass/agent.toml")]
         config: PathBuf,
     },
+    /// Check a configuration as `agent run` would use it, without running
+    /// anything: the file, receiver and token, TLS files, plugins, state
+    /// directory. Lists every problem; exits 1 when there is one.
+    Check {
+        /// The agent configuration file.
+        #[arg(long, default_value = "/etc/sandglass/agent.toml")]
+        config: PathBuf,
+    },
     /// Run every configured service once, each in its own sandbox, and print the results.
     Once {
         /// The agent configuration file.
@@ -174,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sandglass_agent::daemon::run(&config, reload, shutdown).await
             })
         }
+        Command::Check { config } => check_config(&config),
         Command::Once {
             config,
             format,
@@ -233,6 +242,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn check_config(config: &std::path::Path) -> anyhow::Result<()> {
+    let checked = sandglass_agent::config_check::check(config);
+    for line in &checked.summary {
+        println!("{line}");
+    }
+    for warning in &checked.warnings {
+        println!("warning: {}", Escaped(warning));
+    }
+    if checked.problems.is_empty() {
+        println!("{}: OK", config.display());
+        return Ok(());
+    }
+    for problem in &checked.problems {
+        eprintln!("agent: {}", Escaped(problem));
+    }
+    anyhow::bail!(
+        "{}: {} problem(s); `agent run` would not start",
+        config.display(),
+        checked.problems.len()
+    )
 }
 
 fn once(config: &std::path::Path, format: Format, only: &[String]) -> anyhow::Result<()> {
