@@ -5,7 +5,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
-/// A duration written as `<number><unit>`, unit one of `ms`, `s`, `m`, `h`.
+/// A duration written as `<number><unit>`, unit one of `ms`, `s`, `m`, `h`,
+/// `d`, `w`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
@@ -25,14 +26,19 @@ fn split_number(text: &str) -> Option<(u64, &str)> {
 impl std::str::FromStr for HumanDuration {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad =
-            || format!("invalid duration {text:?}: write e.g. \"500ms\", \"2s\", \"1m\" or \"1h\"");
+        let bad = || {
+            format!(
+                "invalid duration {text:?}: write e.g. \"500ms\", \"2s\", \"1m\", \"1h\", \"7d\" or \"2w\""
+            )
+        };
         let (n, unit) = split_number(text).ok_or_else(bad)?;
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            "w" => Duration::from_secs(n.saturating_mul(7 * 86_400)),
             _ => return Err(bad()),
         };
         Ok(HumanDuration(d))
@@ -135,6 +141,14 @@ mod tests {
         assert_eq!(
             "1m".parse::<HumanDuration>().unwrap().0,
             Duration::from_secs(60)
+        );
+        assert_eq!(
+            "7d".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            "2w".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(14 * 86_400)
         );
         let err = "2".parse::<HumanDuration>().unwrap_err();
         assert!(err.contains("\"2s\""), "{err}");

@@ -15,4 +15,5 @@ pub mod liveness;
 pub mod server;
 pub mod store;
 pub mod streams;
+pub mod triggers;
 pub mod view;
