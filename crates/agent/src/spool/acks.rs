@@ -34,7 +34,7 @@ pub(super) fn open_mark(dir: &Path, name: &str) -> anyhow::Result<File> {
 }
 
 /// The number in a mark file, if it is whole.
-pub(super) fn read_mark(file: &File) -> Option<u64> {
+fn read_mark(file: &File) -> Option<u64> {
     let mut bytes = [0u8; 12];
     file.read_exact_at(&mut bytes, 0).ok()?;
     let seq = u64::from_le_bytes(bytes[..8].try_into().ok()?);
@@ -42,7 +42,7 @@ pub(super) fn read_mark(file: &File) -> Option<u64> {
     (crc32fast::hash(&bytes[..8]) == crc).then_some(seq)
 }
 
-pub(super) fn write_mark(file: &File, seq: u64) -> std::io::Result<()> {
+fn write_mark(file: &File, seq: u64) -> std::io::Result<()> {
     let mut record = seq.to_le_bytes().to_vec();
     record.extend_from_slice(&crc32fast::hash(&seq.to_le_bytes()).to_le_bytes());
     file.write_all_at(&record, 0)

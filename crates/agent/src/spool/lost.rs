@@ -11,7 +11,7 @@ pub(super) struct Lost {
     pub(super) reports: u64,
     /// Reports that earlier gap entries, given up in turn, had counted:
     /// carried into the new gap, not counted as new losses.
-    pub(super) folded: u64,
+    folded: u64,
     /// Times of the oldest and newest (u64::MAX and 0: none known yet).
     pub(super) first_ms: u64,
     pub(super) last_ms: u64,
@@ -35,14 +35,14 @@ impl Lost {
     }
 
     /// Widen the time range; 0 is "unknown".
-    pub(super) fn times(&mut self, first_ms: u64, last_ms: u64) {
+    fn times(&mut self, first_ms: u64, last_ms: u64) {
         if first_ms > 0 {
             self.first_ms = self.first_ms.min(first_ms);
         }
         self.last_ms = self.last_ms.max(last_ms);
     }
 
-    pub(super) fn fold(&mut self, gap: &Gap) {
+    fn fold(&mut self, gap: &Gap) {
         self.folded += gap.reports;
         self.times(gap.first_ms, gap.last_ms);
     }

@@ -9,14 +9,14 @@ use std::os::unix::fs::FileExt;
 
 pub(super) const HEADER: usize = 25;
 /// A record above this is damage, not data (reports are capped far below).
-pub(super) const MAX_PAYLOAD: u32 = 64 << 20;
+const MAX_PAYLOAD: u32 = 64 << 20;
 pub(super) const KIND_REPORT: u8 = 0;
 pub(super) const KIND_GAP: u8 = 1;
 
 /// Resynchronising after damage, a record is believed only if its number is
 /// at most this far above the last good one: random bytes almost never pass,
 /// and no restart skips more.
-pub(super) const MAX_SKIP: u64 = 1 << 32;
+const MAX_SKIP: u64 = 1 << 32;
 
 /// Bytes an entry takes in a `Reports` frame besides its payload: the
 /// `{"Report": ...}` map around it (8 bytes; a gap's 5), with room to spare.

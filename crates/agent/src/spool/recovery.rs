@@ -64,7 +64,7 @@ pub(super) struct Damage {
     pub(super) from: u64,
     pub(super) to: u64,
     /// At most this many records fit in the damaged bytes.
-    pub(super) most: u64,
+    most: u64,
     pub(super) first_ms: u64,
     pub(super) last_ms: u64,
 }
@@ -82,7 +82,7 @@ impl Damage {
 /// reader resynchronises on the next valid record with a larger number,
 /// rewrites the segment without the damaged bytes (so the damage is counted
 /// once) and returns the numbers each damaged stretch may have held.
-pub(super) fn read_segment(path: &Path, name: u64) -> anyhow::Result<(Segment, Vec<Damage>)> {
+fn read_segment(path: &Path, name: u64) -> anyhow::Result<(Segment, Vec<Damage>)> {
     let data = std::fs::read(path)
         .with_context(|| format!("cannot read spool segment {}", path.display()))?;
     let mut records: Vec<Record> = Vec::new();
@@ -154,7 +154,7 @@ pub(super) fn read_segment(path: &Path, name: u64) -> anyhow::Result<(Segment, V
 
 /// Replace the segment's file by its valid records only, through a
 /// temporary file, so a crash leaves either the old file or the new one.
-pub(super) fn rewrite(segment: &mut Segment, data: &[u8]) -> anyhow::Result<()> {
+fn rewrite(segment: &mut Segment, data: &[u8]) -> anyhow::Result<()> {
     let mut kept = Vec::with_capacity(data.len());
     for record in &mut segment.records {
         let start = record.offset as usize;
@@ -172,7 +172,7 @@ pub(super) fn rewrite(segment: &mut Segment, data: &[u8]) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub(super) fn modified_ms(path: &Path) -> Option<u64> {
+fn modified_ms(path: &Path) -> Option<u64> {
     let modified = std::fs::metadata(path).ok()?.modified().ok()?;
     let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
     Some(since.as_millis() as u64)

@@ -46,9 +46,9 @@ impl Segment {
 pub(super) struct Unwritten {
     pub(super) lost: Lost,
     /// When the first write failed.
-    pub(super) since_ms: u64,
+    since_ms: u64,
     /// Why: a full disk (said in plain words), or the error.
-    pub(super) cause: Option<String>,
+    cause: Option<String>,
 }
 
 impl Unwritten {
@@ -75,7 +75,7 @@ impl Spool {
         }
     }
 
-    pub(super) fn write_gap(&mut self, gap: &Gap) -> anyhow::Result<u64> {
+    fn write_gap(&mut self, gap: &Gap) -> anyhow::Result<u64> {
         let payload = rmp_serde::to_vec(gap)?;
         self.write(KIND_GAP, gap.last_ms, &payload)
     }
@@ -189,7 +189,7 @@ impl Spool {
 }
 
 /// Whether a write failed because the disk (or the quota) is full.
-pub(super) fn is_full(error: &anyhow::Error) -> bool {
+fn is_full(error: &anyhow::Error) -> bool {
     error
         .chain()
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
@@ -197,7 +197,7 @@ pub(super) fn is_full(error: &anyhow::Error) -> bool {
 }
 
 /// `ms` (Unix time) as `2026-12-02T15:04:05Z`, for texts an operator reads.
-pub(super) fn utc(ms: u64) -> String {
+fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, time) = ((secs / 86_400) as i64, secs % 86_400);
     // The civil date of a day number (H. Hinnant's `civil_from_days`).
