@@ -76,17 +76,10 @@ pub async fn run(
     reload: Arc<Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut agent = Agent::load(config)?;
+    let agent = Agent::load(config)?;
     let link_setup = link_config(&agent, config)?;
     let started_with = link_settings(&agent);
-    let spool_dir = agent.state_dir.join("spool");
-    let (spool, recovery) = Spool::open(&spool_dir, agent.spool.max_size.0)?;
-    if recovery.pending > 0 {
-        tracing::info!(
-            pending = recovery.pending,
-            "the spool holds entries from before the restart; sending them first"
-        );
-    }
+    let spool = open_spool(&agent)?;
     let runner = Arc::new(
         ServiceRunner::new(&agent.state_dir)
             .with_context(|| format!("cannot use state_dir {}", agent.state_dir.display()))?,
@@ -94,24 +87,22 @@ pub async fn run(
     let cache = ScheduleCache::new(&agent.state_dir);
     let (report_tx, report_rx) = mpsc::channel(1024);
     let in_progress = Arc::new(AtomicUsize::new(0));
-    let mut scheduler = Scheduler::new(
+    let scheduler = Scheduler::new(
         runner,
         agent.host_id.clone(),
         report_tx,
         in_progress.clone(),
     );
-    let cached = cache.load();
-    let revision = cached.as_ref().map_or(0, |s| s.revision);
-    let mut current: Option<Schedule> = None;
-    if let Some(schedule) = cached {
-        tracing::info!(
-            revision = schedule.revision,
-            "starting with the cached schedule until the receiver says otherwise"
-        );
-        scheduler.apply(services(&schedule, &agent));
-        current = Some(schedule);
-    }
-    let (schedule_tx, mut schedule_rx) = watch::channel(None);
+    let mut daemon = Daemon {
+        config,
+        agent,
+        started_with,
+        scheduler,
+        cache,
+        current: None,
+    };
+    let revision = daemon.start_from_cache();
+    let (schedule_tx, schedule_rx) = watch::channel(None);
     let link = tokio::spawn(link::run(
         link_setup,
         spool,
@@ -120,41 +111,107 @@ pub async fn run(
         schedule_tx,
         revision,
     ));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            changed = schedule_rx.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let Some(schedule) = schedule_rx.borrow_and_update().clone() else { continue };
-                cache.save(&schedule);
-                scheduler.apply(services(&schedule, &agent));
-                tracing::info!(revision = schedule.revision, services = ?scheduler.running(), "schedule applied");
-                current = Some(schedule);
-            }
-            () = reload.notified() => {
-                match Agent::load(config) {
-                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
-                    Ok(reloaded) => {
-                        if link_settings(&reloaded) != started_with {
-                            tracing::warn!("receiver, host_id, token, [connection], [spool] and [tls] changes apply after a restart");
-                        }
-                        agent = reloaded;
-                        if let Some(schedule) = &current {
-                            scheduler.apply(services(schedule, &agent));
-                        }
-                        tracing::info!("configuration reloaded");
-                    }
-                }
-            }
-        }
-    }
+    daemon.serve(reload, schedule_rx, shutdown).await;
     // Let running plugins finish; their reports still go out.
-    scheduler.stop().await;
+    daemon.scheduler.stop().await;
     if tokio::time::timeout(STOP_WAIT, link).await.is_err() {
         tracing::warn!("the connection did not flush in time");
     }
     Ok(())
+}
+
+/// Open the spool, saying when it holds entries from before a restart.
+fn open_spool(agent: &Agent) -> anyhow::Result<Spool> {
+    let spool_dir = agent.state_dir.join("spool");
+    let (spool, recovery) = Spool::open(&spool_dir, agent.spool.max_size.0)?;
+    if recovery.pending > 0 {
+        tracing::info!(
+            pending = recovery.pending,
+            "the spool holds entries from before the restart; sending them first"
+        );
+    }
+    Ok(spool)
+}
+
+/// The running agent, apart from its link: the configuration and the
+/// schedule it runs.
+struct Daemon<'a> {
+    config: &'a Path,
+    agent: Agent,
+    /// [`link_settings`] at start.
+    started_with: String,
+    scheduler: Scheduler,
+    cache: ScheduleCache,
+    /// The schedule running, if any.
+    current: Option<Schedule>,
+}
+
+impl Daemon<'_> {
+    /// Start with the cached schedule, if there is one; returns its
+    /// revision (0: none), which the link asks the receiver about.
+    fn start_from_cache(&mut self) -> u64 {
+        let cached = self.cache.load();
+        let revision = cached.as_ref().map_or(0, |s| s.revision);
+        if let Some(schedule) = cached {
+            tracing::info!(
+                revision = schedule.revision,
+                "starting with the cached schedule until the receiver says otherwise"
+            );
+            self.scheduler.apply(services(&schedule, &self.agent));
+            self.current = Some(schedule);
+        }
+        revision
+    }
+
+    /// Apply the schedules the link receives and reload the configuration
+    /// on `reload`, until `shutdown` resolves or the link ends.
+    async fn serve(
+        &mut self,
+        reload: Arc<Notify>,
+        mut schedules: watch::Receiver<Option<Schedule>>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                changed = schedules.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let Some(schedule) = schedules.borrow_and_update().clone() else { continue };
+                    self.apply(schedule);
+                }
+                () = reload.notified() => self.reload(),
+            }
+        }
+    }
+
+    /// A new schedule from the receiver: keep it for the next start and run it.
+    fn apply(&mut self, schedule: Schedule) {
+        self.cache.save(&schedule);
+        self.scheduler.apply(services(&schedule, &self.agent));
+        tracing::info!(revision = schedule.revision, services = ?self.scheduler.running(), "schedule applied");
+        self.current = Some(schedule);
+    }
+
+    /// SIGHUP: load the configuration again and apply it to the running
+    /// schedule; keep the running one if the file is wrong.
+    fn reload(&mut self) {
+        match Agent::load(self.config) {
+            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
+            Ok(reloaded) => {
+                if link_settings(&reloaded) != self.started_with {
+                    tracing::warn!(
+                        "receiver, host_id, token, [connection], [spool] and [tls] changes apply after a restart"
+                    );
+                }
+                self.agent = reloaded;
+                if let Some(schedule) = &self.current {
+                    self.scheduler.apply(services(schedule, &self.agent));
+                }
+                tracing::info!("configuration reloaded");
+            }
+        }
+    }
 }
