@@ -27,7 +27,6 @@ use sandglass_receiver::liveness::Tracker;
 use sandglass_receiver::store::{Op, Store};
 use sandglass_runtime::{Limits, RunRequest, Runtime, View};
 use sandglass_tests::root;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio_util::codec::{Decoder, Encoder};
 

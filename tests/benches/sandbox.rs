@@ -201,13 +201,14 @@ fn agent_rss(plugins_dir: &Path, names: &[&str]) {
     // GNU time reports the agent's own peak RSS. getrusage(RUSAGE_CHILDREN)
     // from this process would not: a child's peak includes the image it had
     // before exec, which is this (large) benchmark process.
+    let agent = sandglass_tests::binary("agent");
     let once = || {
         let start = Instant::now();
         let output = std::process::Command::new("/usr/bin/time")
             .args([
                 "-f",
                 "%M",
-                sandglass_tests::binary("agent"),
+                agent.to_str().unwrap(),
                 "once",
                 "--config",
                 path.to_str().unwrap(),

@@ -110,7 +110,7 @@ mod tests {
     use super::*;
 
     fn sha(bytes: &[u8]) -> String {
-        sha256_hex(&bytes)
+        sha256_hex(bytes)
     }
 
     #[test]
