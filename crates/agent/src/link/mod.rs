@@ -105,15 +105,28 @@ impl State {
         self.spool.with(append).await;
     }
 
-    /// Drive `work` to its end while spooling the reports that arrive.
-    async fn spooling<T>(&mut self, work: impl Future<Output = T>) -> T {
+    /// Drive `work` to its end while spooling the reports that arrive; none
+    /// if the agent stops first. Outside a session there is nothing to
+    /// flush, so a stopping agent does not wait for a connect or a backoff
+    /// (SIGTERM with the receiver down ends the agent at once; what is
+    /// spooled goes out at the next start).
+    async fn spooling<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
         tokio::pin!(work);
-        loop {
+        while !self.stopping {
             tokio::select! {
-                out = &mut work => return out,
-                report = self.reports.recv(), if !self.stopping => self.take(report).await,
+                out = &mut work => return Some(out),
+                report = self.reports.recv() => self.take(report).await,
             }
         }
+        None
+    }
+
+    /// The agent stops while no receiver is connected.
+    fn stop_unconnected(&self, why: &str) {
+        tracing::warn!(
+            "{why}; stopping with {} entries in the spool, sent at the next start",
+            self.spool.peek(Spool::pending)
+        );
     }
 
     fn hello(&mut self, config: &LinkConfig) -> Hello {
@@ -182,7 +195,11 @@ async fn deliver(config: &Arc<LinkConfig>, state: &mut State) {
             Some(e) => Ok(e),
             None => {
                 let hello = state.hello(config);
-                state.spooling(connect_any(config, hello, &order)).await
+                let Some(connected) = state.spooling(connect_any(config, hello, &order)).await
+                else {
+                    return state.stop_unconnected("not connected");
+                };
+                connected
             }
         };
         order = rotated(all, 0);
@@ -209,11 +226,7 @@ async fn deliver(config: &Arc<LinkConfig>, state: &mut State) {
             Err(e) => e,
         };
         if state.stopping {
-            tracing::warn!(
-                "{failure:#}; stopping with {} entries in the spool, sent at the next start",
-                state.spool.peek(Spool::pending)
-            );
-            return;
+            return state.stop_unconnected(&format!("{failure:#}"));
         }
         tracing::warn!(
             "{failure:#}; reconnecting in about {} ms",
@@ -221,7 +234,9 @@ async fn deliver(config: &Arc<LinkConfig>, state: &mut State) {
         );
         // Jitter of ±25% so a fleet does not reconnect in lockstep.
         let wake = Instant::now() + backoff.mul_f64(0.75 + fastrand::f64() * 0.5);
-        state.spooling(tokio::time::sleep_until(wake)).await;
+        if state.spooling(tokio::time::sleep_until(wake)).await.is_none() {
+            return state.stop_unconnected("waiting to reconnect");
+        }
         backoff = (backoff * 2).min(config.connection.reconnect_max.0);
     }
 }
