@@ -4,7 +4,7 @@
 
 use super::{Shared, fault, scheduled_op};
 use crate::config::Model;
-use crate::liveness::Change;
+use crate::liveness::{Change, HostStatus};
 use crate::store::Op;
 use sandglass_core::text::Escaped;
 use sandglass_core::time::now_ms;
@@ -52,25 +52,13 @@ pub(super) async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToke
 
 /// Log a host's change of status (services' changes are not logged).
 fn log_host_change(c: &Change) {
-    if c.service.is_some() {
+    let Some((old, new)) = c.host_statuses() else {
         return;
-    }
-    if c.new == "OK" {
-        tracing::info!(
-            host = c.host,
-            "{} -> {}: {}",
-            c.old,
-            c.new,
-            Escaped(&c.reason)
-        );
+    };
+    if new == HostStatus::Ok {
+        tracing::info!(host = c.host, "{old} -> {new}: {}", Escaped(&c.reason));
     } else {
-        tracing::warn!(
-            host = c.host,
-            "{} -> {}: {}",
-            c.old,
-            c.new,
-            Escaped(&c.reason)
-        );
+        tracing::warn!(host = c.host, "{old} -> {new}: {}", Escaped(&c.reason));
     }
 }
 

@@ -10,7 +10,7 @@ mod handshake;
 use crate::config::Model;
 use crate::duplicates::Duplicates;
 use crate::liveness::Tracker;
-use crate::store::{self, Op, Store};
+use crate::store::{self, Op, ScheduledHost, ScheduledService, Store};
 use anyhow::Context;
 use handshake::Handshakes;
 use sandglass_core::text::Escaped;
@@ -221,15 +221,20 @@ fn scheduled_op(model: &Model, tracker: &Mutex<Tracker>) -> Op {
     let mut hosts = Vec::new();
     for (name, host) in &model.hosts {
         for s in &host.schedule.services {
-            services.push((
-                name.clone(),
-                s.name.clone(),
-                s.plugin.clone(),
-                s.interval_ms,
-            ));
+            services.push(ScheduledService {
+                host: name.clone(),
+                service: s.name.clone(),
+                plugin: s.plugin.clone(),
+                interval_ms: s.interval_ms,
+            });
         }
         if let Some((status, since, reason)) = tracker.host(name) {
-            hosts.push((name.clone(), status, since, reason.to_owned()));
+            hosts.push(ScheduledHost {
+                host: name.clone(),
+                status,
+                since_ms: since,
+                reason: reason.to_owned(),
+            });
         }
     }
     Op::Scheduled {

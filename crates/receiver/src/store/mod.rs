@@ -27,7 +27,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use read::{StoredReport, latest, remembered, reports};
+pub use read::{StoredReport, latest, parsed, remembered, reports};
 pub use schema::{open, open_existing, write_heartbeat};
 
 use crate::liveness::{Change, HostStatus, Tracker};
@@ -68,10 +68,11 @@ pub enum Op {
     Disconnected {
         host: String,
     },
-    /// The configuration's services per host: (host, service, plugin, interval).
+    /// The configuration's services per host, and the hosts' status (a
+    /// host the store does not know yet starts with it).
     Scheduled {
-        services: Vec<(String, String, String, u64)>,
-        hosts: Vec<(String, HostStatus, u64, String)>,
+        services: Vec<ScheduledService>,
+        hosts: Vec<ScheduledHost>,
         time_ms: u64,
     },
     /// Liveness changes, with the host's resulting status.
@@ -85,6 +86,24 @@ pub enum Op {
         time_ms: u64,
         running: bool,
     },
+}
+
+/// A service the configuration schedules on a host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduledService {
+    pub host: String,
+    pub service: String,
+    pub plugin: String,
+    pub interval_ms: u64,
+}
+
+/// A configured host and its status, since when and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduledHost {
+    pub host: String,
+    pub status: HostStatus,
+    pub since_ms: u64,
+    pub reason: String,
 }
 
 /// The newest report of a service in a committed batch, for liveness.

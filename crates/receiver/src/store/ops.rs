@@ -2,8 +2,8 @@
 //! the writer.
 
 use super::schema::write_heartbeat;
-use super::{Op, Seen};
-use crate::liveness::{Change, HostStatus};
+use super::{Op, ScheduledHost, ScheduledService, Seen};
+use crate::liveness::{Change, ServiceState, Subject};
 use crate::streams::{self, RangeSet};
 use rusqlite::{Connection, OptionalExtension, params};
 use sandglass_core::report::Level;
@@ -84,19 +84,19 @@ fn write_disconnected(tx: &Connection, host: &str) -> anyhow::Result<()> {
 /// status; services not in the list are no longer scheduled.
 fn write_scheduled(
     tx: &Connection,
-    services: &[(String, String, String, u64)],
-    hosts: &[(String, HostStatus, u64, String)],
+    services: &[ScheduledService],
+    hosts: &[ScheduledHost],
     time_ms: u64,
 ) -> anyhow::Result<()> {
-    for (host, status, since_ms, reason) in hosts {
+    for h in hosts {
         tx.execute(
             "INSERT INTO hosts (name, status, since_ms, reason) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (name) DO NOTHING",
-            params![host, status.as_str(), since_ms, reason],
+            params![h.host, h.status.as_str(), h.since_ms, h.reason],
         )?;
     }
     tx.execute("UPDATE services SET scheduled = 0", [])?;
-    for (host, service, plugin, interval_ms) in services {
+    for s in services {
         tx.execute(
             "INSERT INTO services (host, name, plugin, interval_ms, scheduled, scheduled_since_ms)
              VALUES (?1, ?2, ?3, ?4, 1, ?5)
@@ -108,7 +108,7 @@ fn write_scheduled(
                          AND services.scheduled_since_ms IS NOT NULL
                     THEN services.scheduled_since_ms ELSE excluded.scheduled_since_ms END,
                 interval_ms = excluded.interval_ms",
-            params![host, service, plugin, interval_ms, time_ms],
+            params![s.host, s.service, s.plugin, s.interval_ms, time_ms],
         )?;
     }
     Ok(())
@@ -118,18 +118,23 @@ fn write_scheduled(
 /// service's lateness.
 fn write_changes(tx: &Connection, changes: &[Change]) -> anyhow::Result<()> {
     for c in changes {
+        let (old, new) = c.texts();
         tx.execute(
             "INSERT INTO events (time_ms, host, service, old, new, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![c.time_ms, c.host, c.service, c.old, c.new, c.reason],
+            params![c.time_ms, c.host, c.service(), old, new, c.reason],
         )?;
-        match &c.service {
-            Some(service) => tx.execute(
+        match &c.subject {
+            Subject::Service { name, new, .. } => tx.execute(
                 "UPDATE services SET late = ?3 WHERE host = ?1 AND name = ?2",
-                params![c.host, service, (c.new == "LATE").then_some(&c.reason)],
+                params![
+                    c.host,
+                    name,
+                    (*new == ServiceState::Late).then_some(&c.reason)
+                ],
             )?,
-            None => tx.execute(
+            Subject::Host { new, .. } => tx.execute(
                 "UPDATE hosts SET status = ?2, since_ms = ?3, reason = ?4 WHERE name = ?1",
-                params![c.host, c.new, c.time_ms, c.reason],
+                params![c.host, new.as_str(), c.time_ms, c.reason],
             )?,
         };
     }

@@ -1,10 +1,22 @@
 //! What the store gives back: liveness after a restart, and the stored
 //! reports `receiver status` and `receiver query` show.
 
-use crate::liveness::{HostStatus, Remembered, RememberedHost};
+use crate::liveness::{Remembered, RememberedHost, UnknownState};
 use anyhow::Context;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use sandglass_core::report::{Level, Sample};
+
+/// Column `i` of `row`, a state stored as text: one this receiver does not
+/// know is an error that names it.
+pub fn parsed<T>(row: &Row<'_>, i: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = UnknownState>,
+{
+    row.get::<_, String>(i)?
+        .parse()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e)))
+}
 
 /// What the store remembers for liveness after a restart.
 pub fn remembered(conn: &Connection) -> anyhow::Result<(Vec<RememberedHost>, Vec<Remembered>)> {
@@ -13,12 +25,13 @@ pub fn remembered(conn: &Connection) -> anyhow::Result<(Vec<RememberedHost>, Vec
         .query_map([], |r| {
             Ok(RememberedHost {
                 host: r.get(0)?,
-                status: HostStatus::parse(&r.get::<_, String>(1)?),
+                status: parsed(r, 1)?,
                 since_ms: r.get(2)?,
                 reason: r.get(3)?,
             })
         })?
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .context("cannot read the hosts' status")?;
     let services = conn
         .prepare(
             "SELECT host, name, interval_ms, scheduled_since_ms, last_ms, late, level, text

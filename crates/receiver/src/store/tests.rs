@@ -87,7 +87,12 @@ fn start_on(
     store
         .tx
         .blocking_send(Op::Scheduled {
-            services: vec![("h".into(), "svc".into(), "p".into(), 1_000)],
+            services: vec![ScheduledService {
+                host: "h".into(),
+                service: "svc".into(),
+                plugin: "p".into(),
+                interval_ms: 1_000,
+            }],
             hosts: vec![],
             time_ms: 0,
         })
@@ -257,4 +262,23 @@ fn reports_of_services_never_scheduled_are_counted_not_stored() {
     assert_eq!(lost, 1);
     assert!(reason.contains("service ghost"), "{reason}");
     assert_eq!(count(&conn, "services"), 1, "no row for the ghost");
+}
+
+#[test]
+fn an_unknown_host_status_in_the_database_is_an_error_that_names_it() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    drop(store);
+    writer.join().unwrap();
+    let conn = open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO hosts (name, status, since_ms, reason) VALUES ('h', 'SIDEWAYS', 0, '')",
+        [],
+    )
+    .unwrap();
+    let e = remembered(&conn)
+        .err()
+        .expect("an unknown status is an error");
+    let text = format!("{e:#}");
+    assert!(text.contains(r#"unknown host status "SIDEWAYS""#), "{text}");
 }
