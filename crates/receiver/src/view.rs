@@ -1,7 +1,8 @@
 //! What `receiver status` and `receiver query` print, read from the store of
 //! the running receiver (SQLite in WAL mode lets readers in while it writes).
 
-use super::store::{self, StoredReport};
+use crate::liveness::HostStatus;
+use crate::store::{self, StoredReport};
 use rusqlite::{Connection, OptionalExtension};
 use sandglass_core::render;
 use sandglass_core::report::Sample;
@@ -43,7 +44,7 @@ pub fn receiver(conn: &Connection, now_ms: u64) -> anyhow::Result<ReceiverView> 
 #[derive(Debug, Serialize)]
 pub struct HostView {
     pub name: String,
-    pub status: String,
+    pub status: HostStatus,
     pub since_ms: u64,
     pub reason: String,
     pub connected: bool,
@@ -92,7 +93,7 @@ pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
         .query_map([], |r| {
             Ok(HostView {
                 name: r.get(0)?,
-                status: r.get(1)?,
+                status: store::parsed(r, 1)?,
                 since_ms: r.get(2)?,
                 reason: r.get(3)?,
                 connected: r.get(4)?,

@@ -14,60 +14,12 @@
 //! "Arrived" is judged on the report's own (skew-corrected) time, and only
 //! the newest time counts: re-sent old reports cannot make a status flap.
 
+mod state;
+
 use super::config::Model;
 use sandglass_core::report::Level;
+pub use state::{Change, HostStatus, ServiceState, Subject, UnknownState};
 use std::collections::BTreeMap;
-use std::fmt;
-
-/// A host's status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostStatus {
-    Pending,
-    Ok,
-    Problem,
-    Unreachable,
-    Moved,
-}
-
-impl HostStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostStatus::Pending => "PENDING",
-            HostStatus::Ok => "OK",
-            HostStatus::Problem => "PROBLEM",
-            HostStatus::Unreachable => "UNREACHABLE",
-            HostStatus::Moved => "MOVED",
-        }
-    }
-
-    pub fn parse(text: &str) -> HostStatus {
-        match text {
-            "OK" => HostStatus::Ok,
-            "PROBLEM" => HostStatus::Problem,
-            "UNREACHABLE" => HostStatus::Unreachable,
-            "MOVED" => HostStatus::Moved,
-            _ => HostStatus::Pending,
-        }
-    }
-}
-
-impl fmt::Display for HostStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One status change, as stored in the event log.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Change {
-    pub host: String,
-    /// None for the host's own status.
-    pub service: Option<String>,
-    pub old: String,
-    pub new: String,
-    pub reason: String,
-    pub time_ms: u64,
-}
 
 #[derive(Clone, Debug)]
 struct ServiceTrack {
@@ -234,9 +186,10 @@ impl Tracker {
         h.reason = reason.clone();
         Some(Change {
             host: host.to_owned(),
-            service: None,
-            old: old.as_str().into(),
-            new: HostStatus::Moved.as_str().into(),
+            subject: Subject::Host {
+                old,
+                new: HostStatus::Moved,
+            },
             reason,
             time_ms: now_ms,
         })
@@ -264,9 +217,11 @@ impl Tracker {
                 if now_late.is_some() != s.late.is_some() {
                     changes.push(Change {
                         host: host_name.clone(),
-                        service: Some(name.clone()),
-                        old: if s.late.is_some() { "LATE" } else { "FRESH" }.into(),
-                        new: if now_late.is_some() { "LATE" } else { "FRESH" }.into(),
+                        subject: Subject::Service {
+                            name: name.clone(),
+                            old: ServiceState::of(s.late.is_some()),
+                            new: ServiceState::of(now_late.is_some()),
+                        },
                         reason: now_late
                             .clone()
                             .unwrap_or_else(|| "reports arrive again".into()),
@@ -283,9 +238,10 @@ impl Tracker {
                 if status != host.status {
                     changes.push(Change {
                         host: host_name.clone(),
-                        service: None,
-                        old: host.status.as_str().into(),
-                        new: status.as_str().into(),
+                        subject: Subject::Host {
+                            old: host.status,
+                            new: status,
+                        },
                         reason: reason.clone(),
                         time_ms: now_ms,
                     });
@@ -415,15 +371,16 @@ mod tests {
         assert_eq!(status(&t), HostStatus::Problem);
         assert!(t.host("h1").unwrap().2.contains("cpu: no data at all"));
         assert_eq!(changes.len(), 2, "{changes:?}");
-        assert_eq!(changes[0].service.as_deref(), Some("cpu"));
+        assert_eq!(changes[0].service(), Some("cpu"));
         assert_eq!(
-            (changes[1].old.as_str(), changes[1].new.as_str()),
-            ("OK", "PROBLEM")
+            changes[1].host_statuses(),
+            Some((HostStatus::Ok, HostStatus::Problem))
         );
         // uptime late: UNREACHABLE, and the reason names it.
         let changes = t.evaluate(27_001, TOL);
         assert_eq!(status(&t), HostStatus::Unreachable);
-        assert!(changes.iter().any(|c| c.new == "UNREACHABLE"
+        assert!(changes.iter().any(|c| c.host_statuses().map(|(_, new)| new)
+            == Some(HostStatus::Unreachable)
             && c.reason.contains("liveness service uptime: last report 15")));
         t.seen_ok("h1", "uptime", 28_000);
         t.seen_ok("h1", "cpu", 28_000);
@@ -495,12 +452,20 @@ mod tests {
         restarted.apply_model(&model("1s"), 60_000);
         let changes = restarted.evaluate(60_000, TOL);
         assert!(
-            changes
-                .iter()
-                .all(|c| c.service.is_none() || c.new == "LATE"),
+            changes.iter().all(|c| c.service().is_none()
+                || matches!(
+                    c.subject,
+                    Subject::Service {
+                        new: ServiceState::Late,
+                        ..
+                    }
+                )),
             "{changes:?}"
         );
-        assert!(!changes.iter().any(|c| c.service.is_none()), "{changes:?}");
+        assert!(
+            !changes.iter().any(|c| c.service().is_none()),
+            "{changes:?}"
+        );
         assert_eq!(status(&restarted), HostStatus::Unreachable);
     }
 
@@ -575,7 +540,10 @@ mod tests {
         t.seen_ok("h1", "cpu", 1_000);
         t.evaluate(1_500, TOL);
         let change = t.moved("h1", "moved to r1".into(), 2_000).unwrap();
-        assert_eq!((change.old.as_str(), change.new.as_str()), ("OK", "MOVED"));
+        assert_eq!(
+            change.host_statuses(),
+            Some((HostStatus::Ok, HostStatus::Moved))
+        );
         assert!(t.evaluate(60_000, TOL).is_empty(), "not judged while away");
         assert_eq!(status(&t), HostStatus::Moved);
         t.connected("h1");
@@ -583,5 +551,24 @@ mod tests {
         t.seen_ok("h1", "cpu", 61_000);
         t.evaluate(61_500, TOL);
         assert_eq!(status(&t), HostStatus::Ok);
+    }
+
+    #[test]
+    fn states_read_back_as_written_and_unknown_text_is_an_error() {
+        for s in [
+            HostStatus::Pending,
+            HostStatus::Ok,
+            HostStatus::Problem,
+            HostStatus::Unreachable,
+            HostStatus::Moved,
+        ] {
+            assert_eq!(s.as_str().parse::<HostStatus>(), Ok(s));
+        }
+        for s in [ServiceState::Fresh, ServiceState::Late] {
+            assert_eq!(s.as_str().parse::<ServiceState>(), Ok(s));
+        }
+        let e = "ok".parse::<HostStatus>().unwrap_err();
+        assert_eq!(e.to_string(), r#"unknown host status "ok""#);
+        assert!("STALE".parse::<ServiceState>().is_err());
     }
 }

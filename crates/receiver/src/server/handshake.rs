@@ -1,0 +1,182 @@
+//! A connection's handshake: TLS, the preamble and `Hello`, authenticated
+//! against the configuration, within `handshake_timeout`, and at most
+//! `max_handshakes` of them at once.
+
+use super::{Shared, fault};
+use crate::config::{Settings, token_matches};
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use sandglass_core::text::Escaped;
+use sandglass_daemon::tls;
+use sandglass_protocol::{
+    FaultCode, FrameCodec, HANDSHAKE_MAX_FRAME, Hello, Message, PROTOCOL_VERSION, ProtocolError,
+    read_preamble, write_preamble,
+};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// An agent's connection once framed.
+pub(super) type Conn = Framed<tls::Stream, FrameCodec>;
+
+/// Connections in their handshake, oldest first. Past `max_handshakes` the
+/// oldest is told to go: a real agent finishes its handshake in
+/// milliseconds, so the ones that linger are the idle and the slow.
+#[derive(Default)]
+pub(super) struct Handshakes {
+    pending: Mutex<BTreeMap<u64, CancellationToken>>,
+}
+
+/// Removes a connection from [`Handshakes`] when its handshake ends.
+struct InHandshake {
+    handshakes: Arc<Handshakes>,
+    id: u64,
+}
+
+impl Handshakes {
+    /// Register connection `id`; the token is cancelled if it is evicted.
+    fn enter(self: &Arc<Self>, id: u64, max: usize) -> (InHandshake, CancellationToken) {
+        let token = CancellationToken::new();
+        let mut pending = self.pending.lock().expect("handshakes lock");
+        pending.insert(id, token.clone());
+        while pending.len() > max {
+            if let Some((_, oldest)) = pending.pop_first() {
+                oldest.cancel();
+            }
+        }
+        (
+            InHandshake {
+                handshakes: self.clone(),
+                id,
+            },
+            token,
+        )
+    }
+}
+
+impl Drop for InHandshake {
+    fn drop(&mut self) {
+        self.handshakes
+            .pending
+            .lock()
+            .expect("handshakes lock")
+            .remove(&self.id);
+    }
+}
+
+/// Connection `id`'s handshake, unless it is evicted (`max_handshakes`) or
+/// takes longer than `handshake_timeout`. A refusal is logged.
+pub(super) async fn admit(
+    shared: &Shared,
+    stream: TcpStream,
+    addr: SocketAddr,
+    id: u64,
+    settings: &Settings,
+) -> anyhow::Result<(Conn, Hello)> {
+    let (in_handshake, evicted) = shared.handshakes.enter(id, settings.max_handshakes);
+    let attempt = tokio::select! {
+        () = evicted.cancelled() => bail!("dropped in its handshake to make room for newer connections (max_handshakes)"),
+        attempt = tokio::time::timeout(settings.handshake_timeout, handshake(stream, shared)) => attempt,
+    };
+    drop(in_handshake);
+    match attempt {
+        Ok(result) => result.map_err(|e| {
+            tracing::warn!(peer = %addr, "agent refused: {}", Escaped(&format!("{e:#}")));
+            e
+        }),
+        Err(_) => bail!("no Hello within handshake_timeout"),
+    }
+}
+
+/// The connection as a stream: TLS if the receiver is configured for it.
+async fn accept_tls(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> anyhow::Result<tls::Stream> {
+    Ok(match tls {
+        None => Box::new(tcp),
+        Some(acceptor) => Box::new(acceptor.accept(tcp).await.context("TLS handshake failed")?),
+    })
+}
+
+/// Send an error frame, then fail with the same text.
+pub(super) async fn refuse(framed: &mut Conn, code: FaultCode, text: String) -> anyhow::Error {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        framed.send(fault(code, text.clone())),
+    )
+    .await;
+    anyhow::anyhow!("{text}")
+}
+
+/// The fault to answer a broken frame with.
+pub(super) fn frame_fault(e: &ProtocolError) -> FaultCode {
+    match e {
+        ProtocolError::TooLarge { .. } => FaultCode::TooLarge,
+        _ => FaultCode::Malformed,
+    }
+}
+
+/// TLS, preamble and Hello.
+async fn handshake(tcp: TcpStream, shared: &Shared) -> anyhow::Result<(Conn, Hello)> {
+    let mut stream = accept_tls(tcp, shared.tls.as_ref()).await?;
+    let version = read_preamble(&mut stream).await?;
+    write_preamble(&mut stream).await?;
+    let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
+    if version != PROTOCOL_VERSION {
+        return Err(refuse(
+            &mut framed,
+            FaultCode::Version,
+            format!("the agent speaks protocol version {version}, this receiver speaks {PROTOCOL_VERSION}: upgrade the older side"),
+        )
+        .await);
+    }
+    let hello = match framed.next().await {
+        Some(Ok(Message::Hello(hello))) => hello,
+        Some(Ok(other)) => {
+            let text = format!("expected Hello as the first message, got {}", name(&other));
+            return Err(refuse(&mut framed, FaultCode::Protocol, text).await);
+        }
+        Some(Err(e)) => return Err(refuse(&mut framed, frame_fault(&e), e.to_string()).await),
+        None => bail!("closed before Hello"),
+    };
+    if let Some(text) = authenticate(shared, &hello) {
+        return Err(refuse(&mut framed, FaultCode::Auth, text).await);
+    }
+    Ok((framed, hello))
+}
+
+/// Why the configuration refuses `hello`, if it does.
+fn authenticate(shared: &Shared, hello: &Hello) -> Option<String> {
+    let model = shared.model();
+    match model.hosts.get(&hello.host_id) {
+        None => Some(format!(
+            "host {:?} is not known to this receiver: add [hosts.{}] to its configuration",
+            hello.host_id, hello.host_id
+        )),
+        Some(host) if !token_matches(&host.token_hash, &hello.token) => Some(format!(
+            "wrong token for host {}: the agent's token must equal [hosts.{}] token in the receiver's configuration",
+            hello.host_id, hello.host_id
+        )),
+        Some(_) => None,
+    }
+}
+
+/// A message kind's name, for errors.
+pub(super) fn name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "Hello",
+        Message::Welcome(_) => "Welcome",
+        Message::Schedule(_) => "Schedule",
+        Message::ScheduleRequest(_) => "ScheduleRequest",
+        Message::Unchanged(_) => "Unchanged",
+        Message::Reports(_) => "Reports",
+        Message::Ack(_) => "Ack",
+        Message::Rejected(_) => "Rejected",
+        Message::Error(_) => "Error",
+        Message::Ping(_) => "Ping",
+        Message::Pong(_) => "Pong",
+    }
+}

@@ -1,0 +1,300 @@
+//! The receiver's network side: accept agents (up to a connection cap),
+//! handshake and authenticate them, hand their batches to the store and
+//! acknowledge each after commit, push schedules when the configuration
+//! changes, and run the liveness clock.
+
+mod background;
+mod connection;
+mod handshake;
+
+use crate::config::Model;
+use crate::duplicates::Duplicates;
+use crate::liveness::Tracker;
+use crate::store::{self, Op, ScheduledHost, ScheduledService, Store};
+use anyhow::Context;
+use handshake::Handshakes;
+use sandglass_core::text::Escaped;
+use sandglass_core::time::now_ms;
+use sandglass_daemon::tls;
+use sandglass_protocol::{Fault, FaultCode, Message};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// A connected, authenticated agent.
+struct Peer {
+    id: u64,
+    addr: SocketAddr,
+    outbound: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+    /// The connection's slot under `max_connections`; a connection that
+    /// replaces this one without a slot of its own takes it over.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+struct Shared {
+    config_path: PathBuf,
+    model: RwLock<Arc<Model>>,
+    tracker: Arc<Mutex<Tracker>>,
+    store: Store,
+    peers: Mutex<HashMap<String, Peer>>,
+    next_id: AtomicU64,
+    tls: Option<TlsAcceptor>,
+    handshakes: Arc<Handshakes>,
+    duplicates: Mutex<Duplicates>,
+}
+
+impl Shared {
+    fn model(&self) -> Arc<Model> {
+        self.model.read().expect("model lock").clone()
+    }
+}
+
+/// A receiver with its configuration loaded and its store open, ready to
+/// serve.
+pub struct Server {
+    config_path: PathBuf,
+    model: Model,
+    tracker: Arc<Mutex<Tracker>>,
+    conn: rusqlite::Connection,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Server {
+    /// Load the configuration, open (or create) the store and restore what
+    /// it remembers for liveness.
+    pub fn open(config_path: &Path) -> anyhow::Result<Server> {
+        let model = Model::load(config_path)?;
+        let tls = model
+            .settings
+            .tls
+            .as_ref()
+            .map(|t| tls::acceptor(&t.cert, &t.key, t.client_ca.as_deref()))
+            .transpose()
+            .with_context(|| format!("{}: [tls]", config_path.display()))?;
+        let conn = store::open(&model.settings.database)?;
+        // No agent is connected to a receiver that is only starting (one
+        // that crashed left its hosts marked connected).
+        conn.execute("UPDATE hosts SET connected = 0", [])
+            .and_then(|_| store::write_heartbeat(&conn, now_ms(), true))
+            .context("cannot update the store")?;
+        let (hosts, services) = store::remembered(&conn).context("cannot read the store")?;
+        let mut tracker = Tracker::default();
+        tracker.start(now_ms());
+        tracker.remember(hosts, services);
+        tracker.apply_model(&model, now_ms());
+        Ok(Server {
+            config_path: config_path.to_owned(),
+            model,
+            tracker: Arc::new(Mutex::new(tracker)),
+            conn,
+            tls,
+        })
+    }
+
+    /// The configured listen address.
+    pub fn listen(&self) -> &str {
+        &self.model.settings.listen
+    }
+
+    /// The configured connection cap.
+    pub fn max_connections(&self) -> usize {
+        self.model.settings.max_connections
+    }
+
+    /// Serve agents on `listener` until `shutdown` resolves. `reload` asks
+    /// for the configuration to be read again (SIGHUP); file changes are
+    /// noticed by themselves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        reload: Arc<Notify>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Server {
+            config_path,
+            model,
+            tracker,
+            conn,
+            tls,
+        } = self;
+        let (store, writer) = Store::start(conn, tracker.clone());
+        store.send(scheduled_op(&model, &tracker)).await;
+        let cap = Arc::new(Semaphore::new(model.settings.max_connections));
+        let shared = Arc::new(Shared {
+            config_path,
+            model: RwLock::new(Arc::new(model)),
+            tracker,
+            store,
+            peers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            tls,
+            handshakes: Arc::default(),
+            duplicates: Mutex::default(),
+        });
+        serve(shared, cap, writer, listener, reload, shutdown).await
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    cap: Arc<Semaphore>,
+    writer: std::thread::JoinHandle<()>,
+    listener: TcpListener,
+    reload: Arc<Notify>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let mut background = JoinSet::new();
+    background.spawn(background::liveness_clock(shared.clone(), cancel.clone()));
+    background.spawn(background::config_watch(
+        shared.clone(),
+        reload,
+        cancel.clone(),
+    ));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    tracing::info!(address = %listener.local_addr()?, "receiver listening");
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                // Past the cap a connection still gets its handshake (bounded
+                // by max_handshakes), but only to let an agent replace its own
+                // stale connection; any other is told Busy.
+                let permit = cap.clone().try_acquire_owned().ok();
+                let over_cap = permit.is_none();
+                let shared = shared.clone();
+                let cancel = cancel.child_token();
+                connections.spawn(async move {
+                    if let Err(e) = connection::connection(&shared, stream, addr, cancel, permit).await {
+                        if over_cap {
+                            tracing::warn!(peer = %addr, "connection refused: at max_connections");
+                        } else {
+                            tracing::info!(peer = %addr, "connection closed: {}", Escaped(&format!("{e:#}")));
+                        }
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        }
+    }
+    tracing::info!("receiver shutting down");
+    cancel.cancel();
+    let drain = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    background.shutdown().await;
+    // Last word for `receiver status`: the data is no longer live.
+    shared.store.heartbeat(false).await;
+    drop(shared);
+    // The writer ends once every Store handle is gone, after committing
+    // what was queued.
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .ok();
+    Ok(())
+}
+
+/// The store op recording the configured services and hosts.
+fn scheduled_op(model: &Model, tracker: &Mutex<Tracker>) -> Op {
+    let tracker = tracker.lock().expect("tracker lock");
+    let mut services = Vec::new();
+    let mut hosts = Vec::new();
+    for (name, host) in &model.hosts {
+        for s in &host.schedule.services {
+            services.push(ScheduledService {
+                host: name.clone(),
+                service: s.name.clone(),
+                plugin: s.plugin.clone(),
+                interval_ms: s.interval_ms,
+            });
+        }
+        if let Some((status, since, reason)) = tracker.host(name) {
+            hosts.push(ScheduledHost {
+                host: name.clone(),
+                status,
+                since_ms: since,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+    Op::Scheduled {
+        services,
+        hosts,
+        time_ms: now_ms(),
+    }
+}
+
+fn fault(code: FaultCode, text: impl Into<String>) -> Message {
+    Message::Error(Fault {
+        code,
+        text: text.into(),
+    })
+}
+
+/// Make `peer` the host's connection; tell a connection it replaces to go,
+/// and warn when two agents keep replacing each other (a duplicated
+/// `host_id`). A peer without a slot under `max_connections` takes over the
+/// slot of the one it replaces.
+fn register(shared: &Shared, host: &str, mut peer: Peer) {
+    let addr = peer.addr;
+    let previous = {
+        let mut peers = shared.peers.lock().expect("peers lock");
+        let mut previous = peers.remove(host);
+        peer.permit = peer.permit.or_else(|| previous.as_mut()?.permit.take());
+        peers.insert(host.to_owned(), peer);
+        previous
+    };
+    let Some(previous) = previous else {
+        return;
+    };
+    let _ = previous.outbound.try_send(fault(
+        FaultCode::Replaced,
+        format!("another connection authenticated as host {host}"),
+    ));
+    previous.cancel.cancel();
+    let warning = shared.duplicates.lock().expect("duplicates lock").replaced(
+        host,
+        previous.addr,
+        addr,
+        now_ms(),
+    );
+    if let Some(warning) = warning {
+        tracing::warn!(host, "{warning}");
+        shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .warn(host, warning, now_ms());
+    }
+}
+
+/// Forget connection `id` of `host`, unless another connection replaced
+/// it; returns whether it was still the host's.
+fn unregister(shared: &Shared, host: &str, id: u64) -> bool {
+    let mut peers = shared.peers.lock().expect("peers lock");
+    let current = peers.get(host).is_some_and(|p| p.id == id);
+    if current {
+        peers.remove(host);
+    }
+    current
+}

@@ -1,0 +1,284 @@
+//! The store's tests.
+
+use super::ops::{Clock, corrected};
+use super::*;
+use sandglass_core::report::{Cost, Report, Status};
+use sandglass_protocol::Entry;
+use sandglass_protocol::Gap;
+use std::path::Path;
+
+fn batch(seq: u64, runs: std::ops::RangeInclusive<u64>) -> ReportBatch {
+    ReportBatch {
+        seq,
+        entries: runs
+            .map(|n| {
+                Entry::Report(Report {
+                    service: "svc".into(),
+                    plugin: "p".into(),
+                    time_ms: 1_000 + n,
+                    status: Status::unknown(format!("run {n}")),
+                    samples: Vec::new(),
+                    cost: Cost::default(),
+                })
+            })
+            .collect(),
+        settled: 0,
+    }
+}
+
+/// Store `batch` for host h in `stream`; the answer (acked number).
+fn send(store: &Store, stream: u64, batch: ReportBatch) -> u64 {
+    try_send(store, stream, batch).unwrap()
+}
+
+/// Store `batch`; the store's answer.
+fn try_send(store: &Store, stream: u64, batch: ReportBatch) -> Result<u64, Refusal> {
+    let (done, answer) = oneshot::channel();
+    store
+        .tx
+        .blocking_send(Op::Batch {
+            host: "h".into(),
+            stream,
+            batch,
+            offset_ms: 0,
+            received_ms: u64::MAX >> 2,
+            done,
+        })
+        .ok()
+        .unwrap();
+    answer.blocking_recv().unwrap()
+}
+
+/// `batch` with a report text padded to `pad` bytes.
+fn padded(seq: u64, runs: std::ops::RangeInclusive<u64>, pad: usize) -> ReportBatch {
+    let mut b = batch(seq, runs);
+    for e in &mut b.entries {
+        if let Entry::Report(r) = e {
+            r.cost.fuel = pad as u64;
+            r.samples.push(sandglass_core::report::Sample {
+                name: "pad".into(),
+                value: 0.0,
+                kind: sandglass_core::report::MetricKind::Gauge,
+                unit: "x".repeat(pad),
+                labels: Vec::new(),
+            });
+        }
+    }
+    b
+}
+
+/// A new database path (in a directory removed on drop) and a tracker.
+fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Arc<Mutex<Tracker>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    (dir, path, Arc::new(Mutex::new(Tracker::default())))
+}
+
+/// A store on `path` where host h is scheduled to run service svc.
+fn start(path: &Path, tracker: &Arc<Mutex<Tracker>>) -> (Store, std::thread::JoinHandle<()>) {
+    start_on(open(path).unwrap(), tracker)
+}
+
+fn start_on(
+    conn: Connection,
+    tracker: &Arc<Mutex<Tracker>>,
+) -> (Store, std::thread::JoinHandle<()>) {
+    let (store, writer) = Store::start(conn, tracker.clone());
+    store
+        .tx
+        .blocking_send(Op::Scheduled {
+            services: vec![ScheduledService {
+                host: "h".into(),
+                service: "svc".into(),
+                plugin: "p".into(),
+                interval_ms: 1_000,
+            }],
+            hosts: vec![],
+            time_ms: 0,
+        })
+        .ok()
+        .unwrap();
+    (store, writer)
+}
+
+fn texts(path: &Path) -> Vec<String> {
+    let conn = open_existing(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT text FROM reports ORDER BY seq")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn an_entry_sent_twice_is_acknowledged_twice_and_stored_once_across_restarts() {
+    let (_dir, path, tracker) = fresh();
+    let stream = u64::MAX - 7; // beyond i64: stored bit for bit
+    let (store, writer) = start(&path, &tracker);
+    assert_eq!(send(&store, stream, batch(1, 1..=3)), 3);
+    assert_eq!(send(&store, stream, batch(1, 1..=3)), 3, "acked again");
+    assert_eq!(send(&store, stream, batch(2, 2..=5)), 5, "overlap");
+    drop(store);
+    writer.join().unwrap();
+    // A restarted receiver remembers what it stored.
+    let (store, writer) = start(&path, &tracker);
+    assert_eq!(send(&store, stream, batch(4, 4..=6)), 6);
+    // Another stream of the same host (its spool was wiped) counts anew.
+    assert_eq!(send(&store, 9, batch(1, 101..=101)), 1);
+    let gap = ReportBatch {
+        seq: 2,
+        entries: vec![Entry::Gap(Gap {
+            reports: 42,
+            first_ms: 5,
+            last_ms: 6,
+            reason: "spool full".into(),
+        })],
+        settled: 0,
+    };
+    assert_eq!(send(&store, 9, gap.clone()), 2);
+    assert_eq!(send(&store, 9, gap), 2, "a gap is recorded once too");
+    drop(store);
+    writer.join().unwrap();
+    let runs: Vec<String> = (1..=6).chain([101]).map(|n| format!("run {n}")).collect();
+    let mut stored = texts(&path);
+    stored.sort_by_key(|t| t[4..].parse::<u64>().unwrap());
+    assert_eq!(stored, runs);
+    let conn = open_existing(&path).unwrap();
+    let lost: u64 = conn
+        .query_row("SELECT SUM(reports) FROM gaps WHERE host = 'h'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(lost, 42);
+}
+
+/// Rows in `table`.
+fn count(conn: &Connection, table: &str) -> i64 {
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+fn stored_runs(path: &Path) -> Vec<u64> {
+    let mut runs: Vec<u64> = texts(path)
+        .iter()
+        .map(|t| t[4..].parse().unwrap())
+        .collect();
+    runs.sort();
+    runs
+}
+
+/// The disk-full case: a batch whose commit failed sits below a later
+/// batch that committed; its resend must be stored, not taken for a
+/// duplicate (a "highest stored" mark acknowledged it without storing).
+#[test]
+fn a_batch_that_failed_for_lack_of_space_is_stored_when_sent_again() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    send(&store, 1, batch(1, 1..=1));
+    drop(store);
+    writer.join().unwrap();
+    // The database may not grow: a real SQLITE_FULL from SQLite itself.
+    let conn = open(&path).unwrap();
+    let pages: u64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    conn.pragma_update(None, "max_page_count", pages + 2)
+        .unwrap();
+    let (store, writer) = start_on(conn, &tracker);
+    let big = padded(2, 2..=4, 64 << 10);
+    match try_send(&store, 1, big.clone()) {
+        Err(Refusal::Transient(text)) => assert!(text.contains("full"), "{text}"),
+        other => panic!("a full database is a transient failure, got {other:?}"),
+    }
+    // A small later batch still fits and commits.
+    assert_eq!(send(&store, 1, batch(5, 5..=5)), 5);
+    drop(store);
+    writer.join().unwrap();
+    // Space is back; the agent sends the failed batch again.
+    let (store, writer) = start(&path, &tracker);
+    assert_eq!(send(&store, 1, big), 4);
+    drop(store);
+    writer.join().unwrap();
+    assert_eq!(stored_runs(&path), vec![1, 2, 3, 4, 5]);
+}
+
+/// Numbers that jump ahead leave a hole that earlier numbers fill later.
+#[test]
+fn numbers_below_a_jump_ahead_are_stored_when_they_come() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    assert_eq!(send(&store, 3, batch(10, 10..=11)), 11);
+    assert_eq!(send(&store, 3, batch(1, 1..=3)), 3);
+    assert_eq!(send(&store, 3, batch(2, 2..=3)), 3, "a duplicate");
+    // The agent settles everything below 10: the hole 4..=9 is closed,
+    // so an entry from it would be taken as a duplicate from now on.
+    let mut settled = batch(12, 12..=12);
+    settled.settled = 11;
+    assert_eq!(send(&store, 3, settled), 12);
+    assert_eq!(send(&store, 3, batch(5, 5..=5)), 5);
+    drop(store);
+    writer.join().unwrap();
+    assert_eq!(stored_runs(&path), vec![1, 2, 3, 10, 11, 12]);
+    let conn = open_existing(&path).unwrap();
+    assert_eq!(count(&conn, "stored_ranges"), 1, "one range once settled");
+}
+
+#[test]
+fn report_times_past_2_63_are_capped_not_wrapped() {
+    let clock = Clock {
+        offset_ms: 0,
+        received_ms: 5_000,
+    };
+    assert_eq!(corrected(u64::MAX, clock), 5_000);
+    assert_eq!(corrected(1 << 63, clock), 5_000);
+    assert_eq!(corrected(4_000, clock), 4_000);
+    let behind = Clock {
+        offset_ms: -10_000,
+        received_ms: 5_000,
+    };
+    assert_eq!(corrected(4_000, behind), 0);
+}
+
+#[test]
+fn reports_of_services_never_scheduled_are_counted_not_stored() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    let mut b = batch(1, 1..=3);
+    if let Entry::Report(r) = &mut b.entries[1] {
+        r.service = "ghost".into();
+    }
+    assert_eq!(send(&store, 1, b), 3);
+    drop(store);
+    writer.join().unwrap();
+    assert_eq!(stored_runs(&path), vec![1, 3]);
+    let conn = open_existing(&path).unwrap();
+    let (lost, reason): (u64, String) = conn
+        .query_row("SELECT reports, reason FROM gaps", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(lost, 1);
+    assert!(reason.contains("service ghost"), "{reason}");
+    assert_eq!(count(&conn, "services"), 1, "no row for the ghost");
+}
+
+#[test]
+fn an_unknown_host_status_in_the_database_is_an_error_that_names_it() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    drop(store);
+    writer.join().unwrap();
+    let conn = open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO hosts (name, status, since_ms, reason) VALUES ('h', 'SIDEWAYS', 0, '')",
+        [],
+    )
+    .unwrap();
+    let e = remembered(&conn)
+        .err()
+        .expect("an unknown status is an error");
+    let text = format!("{e:#}");
+    assert!(text.contains(r#"unknown host status "SIDEWAYS""#), "{text}");
+}
