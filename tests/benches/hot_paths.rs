@@ -24,7 +24,7 @@ use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
 use sandglass_plugin_sdk::Context;
 use sandglass_protocol::{Entry, FrameCodec, Message, ReportBatch};
 use sandglass_receiver::liveness::Tracker;
-use sandglass_receiver::store::{Op, Store};
+use sandglass_receiver::store::{Op, ScheduledService, Store};
 use sandglass_runtime::{Limits, RunRequest, Runtime, View};
 use sandglass_tests::root;
 use std::sync::{Arc, Mutex};
@@ -145,7 +145,12 @@ fn receiver(c: &mut Criterion) {
         .unwrap();
     // The receiver stores reports only of services it scheduled.
     let services = (0..20)
-        .map(|agent| (format!("bench-{agent}"), "cpu".into(), "cpu".into(), 1_000))
+        .map(|agent| ScheduledService {
+            host: format!("bench-{agent}"),
+            service: "cpu".into(),
+            plugin: "cpu".into(),
+            interval_ms: 1_000,
+        })
         .collect();
     tokio.block_on(store.send(Op::Scheduled {
         services,
