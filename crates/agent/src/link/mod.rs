@@ -234,7 +234,11 @@ async fn deliver(config: &Arc<LinkConfig>, state: &mut State) {
         );
         // Jitter of ±25% so a fleet does not reconnect in lockstep.
         let wake = Instant::now() + backoff.mul_f64(0.75 + fastrand::f64() * 0.5);
-        if state.spooling(tokio::time::sleep_until(wake)).await.is_none() {
+        if state
+            .spooling(tokio::time::sleep_until(wake))
+            .await
+            .is_none()
+        {
             return state.stop_unconnected("waiting to reconnect");
         }
         backoff = (backoff * 2).min(config.connection.reconnect_max.0);
