@@ -17,6 +17,7 @@
 //!   descriptors, `/proc` and `/sys` secrets, terminal escapes);
 //! - [`packaging`]: `packaging/install.sh` and the systemd units;
 //! - [`template`]: `agent plugin new` and `agent plugin check`;
+//! - [`triggers`]: triggers firing and recovering, levels as events, host status;
 //! - [`tls`]: TLS with client certificates from the test CA script.
 
 mod command;
@@ -36,3 +37,4 @@ mod secrets;
 mod status;
 mod template;
 mod tls;
+mod triggers;

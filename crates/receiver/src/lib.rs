@@ -11,6 +11,7 @@ pub mod batches;
 pub mod clock;
 pub mod config;
 pub mod duplicates;
+pub mod events;
 pub mod liveness;
 pub mod server;
 pub mod store;

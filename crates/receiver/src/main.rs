@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use sandglass_core::time::now_ms;
 use sandglass_core::units::HumanDuration;
 use sandglass_receiver::config::{Model, database_of};
-use sandglass_receiver::{server, store, view};
+use sandglass_receiver::{events, server, store, view};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,6 +49,26 @@ enum Command {
         /// How far back, e.g. `10m`, `1h`.
         #[arg(long, default_value = "1h")]
         since: HumanDuration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the event log: status changes of hosts, lateness and levels of
+    /// services, triggers firing and recovering. Oldest first.
+    Events {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+        /// Only this host's events.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this service's events.
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back, e.g. `1h`, `1d`, `2w`.
+        #[arg(long, default_value = "1d")]
+        since: HumanDuration,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },
@@ -117,6 +137,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&points)?);
             } else {
                 print!("{}", view::query_table(&points));
+            }
+            Ok(())
+        }
+        Command::Events {
+            config,
+            host,
+            service,
+            since,
+            limit,
+            json,
+        } => {
+            let (database, _) = database_of(&config)?;
+            let conn = store::open_existing(&database)?;
+            let filter = events::Filter {
+                host: host.as_deref(),
+                service: service.as_deref(),
+                since_ms: now_ms().saturating_sub(since.0.as_millis() as u64),
+                limit,
+            };
+            let found = events::events(&conn, &filter)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                print!("{}", events::table(&found, now_ms()));
             }
             Ok(())
         }

@@ -149,7 +149,8 @@ pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
     Ok(hosts)
 }
 
-fn age(now_ms: u64, then_ms: u64) -> String {
+/// `12s ago`, `5m ago`, `3h ago`.
+pub(crate) fn age(now_ms: u64, then_ms: u64) -> String {
     let s = now_ms.saturating_sub(then_ms) / 1000;
     match s {
         0..120 => format!("{s}s ago"),

@@ -114,8 +114,8 @@ fn write_scheduled(
     Ok(())
 }
 
-/// Liveness changes: in the event log, and as the host's status or the
-/// service's lateness.
+/// Liveness, level and trigger changes: in the event log, and as the
+/// host's status or the service's lateness.
 fn write_changes(tx: &Connection, changes: &[Change]) -> anyhow::Result<()> {
     for c in changes {
         let (old, new) = c.texts();
@@ -136,6 +136,8 @@ fn write_changes(tx: &Connection, changes: &[Change]) -> anyhow::Result<()> {
                 "UPDATE hosts SET status = ?2, since_ms = ?3, reason = ?4 WHERE name = ?1",
                 params![c.host, new.as_str(), c.time_ms, c.reason],
             )?,
+            // The service's level is written with its reports.
+            Subject::Level { .. } | Subject::Trigger { .. } => 0,
         };
     }
     Ok(())

@@ -3,6 +3,9 @@
 //! schedule per host. Unknown keys and dangling names are errors that say
 //! where and how to fix them.
 
+mod triggers;
+
+use crate::triggers::Trigger;
 use anyhow::{Context, bail};
 use sandglass_core::config::{ParamValue, load_toml};
 use sandglass_core::hash::{sha256, sha256_hex};
@@ -16,6 +19,7 @@ use sandglass_protocol::{
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `receiver.toml` as written.
@@ -51,6 +55,8 @@ struct RawConfig {
     groups: BTreeMap<String, RawGroup>,
     #[serde(default)]
     hosts: BTreeMap<String, RawHost>,
+    #[serde(default)]
+    triggers: BTreeMap<String, triggers::RawTrigger>,
 }
 
 fn default_listen() -> String {
@@ -160,6 +166,8 @@ pub struct HostModel {
     pub schedule: Schedule,
     /// The service whose lateness makes the host UNREACHABLE.
     pub liveness_service: String,
+    /// The triggers on this host's services, by service.
+    pub triggers: BTreeMap<String, Vec<Arc<Trigger>>>,
 }
 
 /// The whole validated configuration.
@@ -254,11 +262,16 @@ impl RawConfig {
                 }
             }
         }
+        let placed = triggers::resolve(
+            &self.triggers,
+            &services.keys().map(String::as_str).collect(),
+            &self.templates.keys().map(String::as_str).collect(),
+        )?;
         let mut hosts = BTreeMap::new();
         for (name, h) in &self.hosts {
             check_name(name).map_err(|e| anyhow::anyhow!("[hosts.{name}]: host {e}"))?;
             let host = self
-                .resolve_host(h, &services)
+                .resolve_host(h, &services, &placed)
                 .map_err(|e| anyhow::anyhow!("[hosts.{name}]: {e}"))?;
             hosts.insert(name.clone(), host);
         }
@@ -289,6 +302,7 @@ impl RawConfig {
         &self,
         h: &RawHost,
         services: &BTreeMap<String, ScheduledService>,
+        placed: &[triggers::Placed],
     ) -> anyhow::Result<HostModel> {
         if h.token.len() < 8 {
             bail!(
@@ -303,12 +317,13 @@ impl RawConfig {
             templates.extend(group.templates.iter().map(String::as_str));
         }
         let mut names: BTreeSet<&str> = h.services.iter().map(String::as_str).collect();
-        for t in templates {
-            let template = self.templates.get(t).ok_or_else(|| {
+        for t in &templates {
+            let template = self.templates.get(*t).ok_or_else(|| {
                 anyhow::anyhow!("no template {t:?}: define [templates.{t}] or remove it")
             })?;
             names.extend(template.services.iter().map(String::as_str));
         }
+        let triggers = triggers::for_host(placed, &names, &templates);
         let scheduled = names
             .into_iter()
             .map(|s| {
@@ -333,6 +348,7 @@ impl RawConfig {
                 services: scheduled,
             },
             liveness_service,
+            triggers,
         })
     }
 }
