@@ -31,6 +31,8 @@ struct RawConfig {
     database: PathBuf,
     #[serde(default = "default_tolerance")]
     late_tolerance: HumanDuration,
+    #[serde(default = "default_retention")]
+    retention: HumanDuration,
     #[serde(default = "default_liveness")]
     liveness_service: String,
     #[serde(default = "default_refresh")]
@@ -65,6 +67,10 @@ fn default_listen() -> String {
 fn default_tolerance() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
+fn default_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 86_400))
+}
+
 fn default_liveness() -> String {
     "uptime".into()
 }
@@ -135,6 +141,8 @@ pub struct Settings {
     pub listen: String,
     pub database: PathBuf,
     pub late_tolerance: Duration,
+    /// Reports, gaps and events older than this are deleted.
+    pub retention: Duration,
     pub schedule_refresh: Duration,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
@@ -228,6 +236,12 @@ impl RawConfig {
                 self.max_connections
             );
         }
+        if self.retention.0 < Duration::from_secs(3600) {
+            bail!(
+                "retention {} is below 1h: keep at least an hour of history (e.g. \"30d\")",
+                self.retention
+            );
+        }
         if self.max_frame.0 < 64 << 10 || self.max_frame.0 > 1 << 30 {
             bail!(
                 "max_frame {} must lie between 64KiB and 1GiB",
@@ -280,6 +294,7 @@ impl RawConfig {
                 listen: self.listen,
                 database: base.join(self.database),
                 late_tolerance: self.late_tolerance.0,
+                retention: self.retention.0,
                 schedule_refresh: self.schedule_refresh.0.max(Duration::from_secs(1)),
                 max_connections: self.max_connections,
                 handshake_timeout: self.handshake_timeout.0,

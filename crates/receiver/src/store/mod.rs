@@ -23,6 +23,7 @@
 
 mod ops;
 mod read;
+pub mod retention;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -85,6 +86,15 @@ pub enum Op {
     Heartbeat {
         time_ms: u64,
         running: bool,
+    },
+    /// Delete at most `max_rows` rows older than `before_ms`; `done` hears
+    /// how many went (see `retention`).
+    Prune {
+        before_ms: u64,
+        /// Recorded for `receiver status`.
+        retention_ms: u64,
+        max_rows: usize,
+        done: mpsc::Sender<usize>,
     },
 }
 

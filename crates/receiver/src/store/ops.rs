@@ -54,6 +54,18 @@ pub(super) fn apply_op(
         } => write_scheduled(tx, services, hosts, *time_ms),
         Op::Heartbeat { time_ms, running } => Ok(write_heartbeat(tx, *time_ms, *running)?),
         Op::Changes { changes } => write_changes(tx, changes),
+        Op::Prune {
+            before_ms,
+            retention_ms,
+            max_rows,
+            done,
+        } => {
+            super::schema::write_meta(tx, &[("retention_ms", *retention_ms)])?;
+            let pruned = super::retention::prune(tx, *before_ms, *max_rows)?;
+            // Heard before the commit: at worst housekeeping looks again.
+            let _ = done.try_send(pruned);
+            Ok(())
+        }
     }
 }
 
