@@ -399,9 +399,12 @@ liveness_service = "uptime-1"
     }
     for name in &good {
         assert_eq!(level(name).0, "OK", "{name}: {:?}", level(name));
+        // A service queued behind the slow runs (1.5 s each, every
+        // second) would be late on every cycle; a loaded machine may delay
+        // one run. So: at most one gap over 1.4 s.
         let gaps = sorted_gaps(&receiver.report_times("a", name));
         assert!(
-            *gaps.last().unwrap() <= 1_400,
+            gaps.len() >= 6 && gaps[gaps.len() - 2] <= 1_400,
             "{name} waited behind the slow ones: gaps {gaps:?}"
         );
     }

@@ -25,6 +25,8 @@ pub struct Receiver {
     child: Child,
     pub config: PathBuf,
     pub address: String,
+    /// `http://ADDRESS/` when the model configures `[http]`.
+    pub http: Option<String>,
     pub log: PathBuf,
 }
 
@@ -52,9 +54,16 @@ impl Receiver {
             .spawn()
             .expect("start receiver");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        let http = model.contains("[http]").then(|| {
+            let mut http = String::new();
+            stdout.read_line(&mut http).unwrap();
+            http.trim()
+                .strip_prefix("http on ")
+                .unwrap_or_else(|| panic!("receiver said {http:?}"))
+                .to_owned()
+        });
         let address = line
             .trim()
             .strip_prefix("listening on ")
@@ -69,6 +78,7 @@ impl Receiver {
             child,
             config,
             address,
+            http,
             log,
         }
     }

@@ -4,6 +4,7 @@
 //! - [`sandbox`]: each misbehaving fixture is stopped with the right reason;
 //! - [`secrets`]: the `/proc` view hides secrets and links out of `/proc`;
 //! - [`command`]: plugins in C (wasip1 commands) and Python (componentize-py);
+//! - [`metrics`]: `/metrics` for Prometheus, checked with promtool;
 //! - [`once`]: `agent once` with core plugins and misbehaving ones side by side;
 //! - [`logwatch`]: the log-watch collector on real files;
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
@@ -29,6 +30,7 @@ mod fleet_support;
 mod hostile;
 mod hostile_plugins;
 mod logwatch;
+mod metrics;
 mod once;
 mod packaging;
 mod protocol;

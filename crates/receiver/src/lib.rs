@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod duplicates;
 pub mod events;
+pub mod http;
 pub mod liveness;
 pub mod server;
 pub mod store;

@@ -198,11 +198,23 @@ fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&address)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+        let http = match server.http_listen() {
+            Some(address) => Some(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {address} ([http]): {e}"))?,
+            ),
+            None => None,
+        };
         // The first line on stdout says where, for scripts and tests that
-        // asked for port 0. The store is open by now.
+        // asked for port 0 (the second, where HTTP is). The store is open by
+        // now.
         println!("listening on {}", listener.local_addr()?);
+        if let Some(http) = &http {
+            println!("http on http://{}/", http.local_addr()?);
+        }
         let reload = Arc::new(tokio::sync::Notify::new());
         let shutdown = sandglass_daemon::signals(reload.clone())?;
-        server.serve(listener, reload, shutdown).await
+        server.serve(listener, http, reload, shutdown).await
     })
 }

@@ -49,6 +49,7 @@ struct RawConfig {
     #[serde(default = "default_max_handshakes")]
     max_handshakes: usize,
     tls: Option<ServerTls>,
+    http: Option<RawHttp>,
     #[serde(default)]
     services: BTreeMap<String, RawService>,
     #[serde(default)]
@@ -109,6 +110,14 @@ struct RawService {
     limits: LimitOverrides,
 }
 
+/// `[http]`: the receiver's HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+    token: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTemplate {
@@ -152,6 +161,42 @@ pub struct Settings {
     /// them is dropped, so idle or slow connections cannot keep agents out.
     pub max_handshakes: usize,
     pub tls: Option<ServerTls>,
+    /// The HTTP listener (`/metrics`), if configured.
+    pub http: Option<HttpSettings>,
+}
+
+/// `[http]` of the receiver.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpSettings {
+    pub listen: String,
+    /// sha256 of the bearer token, if one is required.
+    pub token_hash: Option<[u8; 32]>,
+}
+
+impl RawHttp {
+    /// Beyond the loopback interface, a token is required: the page and
+    /// the metrics tell what runs where.
+    fn resolve(self) -> anyhow::Result<HttpSettings> {
+        let loopback = match self.listen.parse::<std::net::SocketAddr>() {
+            Ok(address) => address.ip().is_loopback(),
+            Err(_) => self.listen.starts_with("localhost:"),
+        };
+        if let Some(token) = &self.token
+            && token.len() < 8
+        {
+            bail!("token is shorter than 8 characters: use a long random one");
+        }
+        if !loopback && self.token.is_none() {
+            bail!(
+                "listen = {:?} is reachable from other machines: set token = \"...\" (clients send Authorization: Bearer <token>) or listen on 127.0.0.1",
+                self.listen
+            );
+        }
+        Ok(HttpSettings {
+            listen: self.listen,
+            token_hash: self.token.map(|t| sha256(t.as_bytes())),
+        })
+    }
 }
 
 /// `[tls]` of the receiver.
@@ -301,6 +346,11 @@ impl RawConfig {
                 idle_timeout: self.idle_timeout.0,
                 max_frame: self.max_frame.0 as usize,
                 max_handshakes: self.max_handshakes,
+                http: self
+                    .http
+                    .map(RawHttp::resolve)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("[http]: {e}"))?,
                 tls: self.tls.map(|t| ServerTls {
                     cert: base.join(t.cert),
                     key: base.join(t.key),

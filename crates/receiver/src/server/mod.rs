@@ -107,17 +107,23 @@ impl Server {
         &self.model.settings.listen
     }
 
+    /// The configured HTTP listen address, if any.
+    pub fn http_listen(&self) -> Option<&str> {
+        self.model.settings.http.as_ref().map(|h| h.listen.as_str())
+    }
+
     /// The configured connection cap.
     pub fn max_connections(&self) -> usize {
         self.model.settings.max_connections
     }
 
-    /// Serve agents on `listener` until `shutdown` resolves. `reload` asks
-    /// for the configuration to be read again (SIGHUP); file changes are
-    /// noticed by themselves.
+    /// Serve agents on `listener` (and, when given, HTTP on `http`) until
+    /// `shutdown` resolves. `reload` asks for the configuration to be read
+    /// again (SIGHUP); file changes are noticed by themselves.
     pub async fn serve(
         self,
         listener: TcpListener,
+        http: Option<TcpListener>,
         reload: Arc<Notify>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -142,7 +148,7 @@ impl Server {
             handshakes: Arc::default(),
             duplicates: Mutex::default(),
         });
-        serve(shared, cap, writer, listener, reload, shutdown).await
+        serve(shared, cap, writer, listener, http, reload, shutdown).await
     }
 }
 
@@ -151,11 +157,15 @@ async fn serve(
     cap: Arc<Semaphore>,
     writer: std::thread::JoinHandle<()>,
     listener: TcpListener,
+    http: Option<TcpListener>,
     reload: Arc<Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let mut background = JoinSet::new();
+    if let Some(http) = http {
+        background.spawn(serve_http(shared.clone(), http, cancel.clone()));
+    }
     background.spawn(background::liveness_clock(shared.clone(), cancel.clone()));
     background.spawn(housekeeping::housekeeping(shared.clone(), cancel.clone()));
     background.spawn(background::config_watch(
@@ -214,6 +224,20 @@ async fn serve(
         .await
         .ok();
     Ok(())
+}
+
+/// The HTTP listener, until `cancel`.
+async fn serve_http(shared: Arc<Shared>, listener: TcpListener, cancel: CancellationToken) {
+    let settings = shared.model().settings.clone();
+    let peers = shared.clone();
+    let state = Arc::new(crate::http::HttpState {
+        database: settings.database,
+        token_hash: settings.http.and_then(|h| h.token_hash),
+        connected_agents: Box::new(move || peers.peers.lock().expect("peers lock").len()),
+    });
+    if let Err(e) = crate::http::serve(listener, state, cancel).await {
+        tracing::error!("the HTTP listener stopped: {e:#}");
+    }
 }
 
 /// The store op recording the configured services and hosts.
