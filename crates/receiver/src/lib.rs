@@ -5,13 +5,15 @@
 //! - [`server`]: connections, handshake, acks, schedule pushes, reloads;
 //! - [`store`]: the SQLite store and its group-committing writer;
 //! - [`liveness`]: the late/UNREACHABLE/PROBLEM rule;
-//! - [`view`]: what `receiver status` and `receiver query` print.
+//! - [`view`]: what `receiver status` prints;
+//! - [`query`]: `receiver query`, stored values for people and scripts.
 
 pub mod batches;
 pub mod clock;
 pub mod config;
 pub mod duplicates;
 pub mod liveness;
+pub mod query;
 pub mod server;
 pub mod store;
 pub mod streams;
