@@ -15,6 +15,8 @@
 //! - [`hostile_plugins`]: plugins that attack the host and their neighbours
 //!   (output that is costly to copy, blocking files, stuck runs, held
 //!   descriptors, `/proc` and `/sys` secrets, terminal escapes);
+//! - [`query`]: `receiver query` for people and scripts (times, ranges,
+//!   hosts, labels, buckets, unknown names, a closed pipe);
 //! - [`packaging`]: `packaging/install.sh` and the systemd units;
 //! - [`template`]: `agent plugin new` and `agent plugin check`;
 //! - [`tls`]: TLS with client certificates from the test CA script.
@@ -31,6 +33,7 @@ mod logwatch;
 mod once;
 mod packaging;
 mod protocol;
+mod query;
 mod sandbox;
 mod secrets;
 mod status;
