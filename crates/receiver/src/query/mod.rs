@@ -11,7 +11,7 @@ pub mod names;
 pub mod output;
 pub mod when;
 
-use crate::config::database_of;
+use crate::config::{Model, database_of};
 use crate::store::{self, StoredReport};
 use anyhow::bail;
 use buckets::Agg;
@@ -94,6 +94,8 @@ pub struct Query {
     pub until_ms: u64,
     pub step_ms: Option<u64>,
     pub agg: Agg,
+    /// What the configuration names, known even if never stored.
+    pub configured: names::Configured,
 }
 
 impl Query {
@@ -124,6 +126,7 @@ impl Query {
             until_ms,
             step_ms,
             agg: args.agg.unwrap_or_default(),
+            configured: names::Configured::new(),
         })
     }
 
@@ -133,10 +136,10 @@ impl Query {
         let host = self.host.as_deref();
         let service = self.service.as_deref();
         if let Some(h) = host {
-            names::check_host(conn, h)?;
+            names::check_host(conn, &self.configured, h)?;
         }
         if let Some(s) = service {
-            names::check_service(conn, host, s)?;
+            names::check_service(conn, &self.configured, host, s)?;
         }
         let reports = store::reports(conn, host, service, self.since_ms, self.until_ms)?;
         if let Some(metric) = &self.metric {
@@ -185,15 +188,23 @@ fn points_of(report: StoredReport) -> impl Iterator<Item = Point> {
 
 /// `receiver query`: read, then print for a person or a script.
 pub fn command(args: QueryArgs) -> anyhow::Result<()> {
-    let (database, config_error) = database_of(&args.config)?;
-    if let Some(e) = config_error {
-        output::note(&format!(
-            "warning: {e:#}\nwarning: showing what the database {} holds",
-            database.display()
-        ));
-    }
+    let mut query = Query::from_args(&args, now_ms())?;
+    let database = match Model::load(&args.config) {
+        Ok(model) => {
+            query.configured = configured(&model);
+            model.settings.database
+        }
+        Err(_) => {
+            let (database, error) = database_of(&args.config)?;
+            let error = error.map_or(String::new(), |e| format!("{e:#}"));
+            output::note(&format!(
+                "warning: {error}\nwarning: showing what the database {} holds",
+                database.display()
+            ));
+            database
+        }
+    };
     let conn = store::open_existing(&database)?;
-    let query = Query::from_args(&args, now_ms())?;
     let points = query.run(&conn)?;
     let time = match (args.utc, args.epoch) {
         (true, _) => TimeStyle::Utc,
@@ -212,6 +223,17 @@ pub fn command(args: QueryArgs) -> anyhow::Result<()> {
         agg: query.step_ms.map(|_| query.agg),
     };
     output::print(&output::table(&points, layout))
+}
+
+fn configured(model: &Model) -> names::Configured {
+    model
+        .hosts
+        .iter()
+        .map(|(name, host)| {
+            let services = host.schedule.services.iter().map(|s| s.name.clone());
+            (name.clone(), services.collect())
+        })
+        .collect()
 }
 
 /// Why nothing was printed: the range (and the labels) had no samples.

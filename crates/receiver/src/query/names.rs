@@ -7,15 +7,20 @@ use crate::store;
 use anyhow::bail;
 use rusqlite::Connection;
 use sandglass_core::text::Escaped;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Hosts and their services as `receiver.toml` configures them: known
+/// before the running receiver has recorded them in the store (or when it
+/// never ran), so a configured name is never "unknown".
+pub type Configured = BTreeMap<String, Vec<String>>;
 
 /// Lists up to this long are printed whole; longer ones by their closest
 /// names and their size.
 const LIST_WHOLE: usize = 12;
 
-/// Fail unless the store knows `host`.
-pub fn check_host(conn: &Connection, host: &str) -> anyhow::Result<()> {
-    let hosts = store::host_names(conn)?;
+/// Fail unless `host` is configured or the store knows it.
+pub fn check_host(conn: &Connection, configured: &Configured, host: &str) -> anyhow::Result<()> {
+    let hosts = union(store::host_names(conn)?, configured.keys());
     if hosts.iter().any(|h| h == host) {
         return Ok(());
     }
@@ -26,9 +31,19 @@ pub fn check_host(conn: &Connection, host: &str) -> anyhow::Result<()> {
     )
 }
 
-/// Fail unless `service` exists on `host` (or on any host).
-pub fn check_service(conn: &Connection, host: Option<&str>, service: &str) -> anyhow::Result<()> {
-    let services = store::service_names(conn, host)?;
+/// Fail unless `service` exists on `host` (or on any host), in the
+/// configuration or in the store.
+pub fn check_service(
+    conn: &Connection,
+    configured: &Configured,
+    host: Option<&str>,
+    service: &str,
+) -> anyhow::Result<()> {
+    let of_host = configured
+        .iter()
+        .filter(|(h, _)| host.is_none_or(|wanted| *h == wanted))
+        .flat_map(|(_, services)| services);
+    let services = union(store::service_names(conn, host)?, of_host);
     if services.iter().any(|s| s == service) {
         return Ok(());
     }
@@ -73,6 +88,12 @@ pub fn check_metric(
         metric,
         what_there_is("metric", metric, &known)
     )
+}
+
+/// `names` and `more`, sorted, each once.
+fn union<'a>(names: Vec<String>, more: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let all: BTreeSet<String> = names.into_iter().chain(more.cloned()).collect();
+    all.into_iter().collect()
 }
 
 fn on(host: Option<&str>) -> String {

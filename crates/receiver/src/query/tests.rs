@@ -135,8 +135,19 @@ fn a_known_series_without_data_in_the_range_is_empty_not_an_error() {
     let mut q = query(Some("b"), Some("cpu"), Some("busy"));
     q.since_ms = 80_000;
     assert!(q.run(&conn).unwrap().is_empty());
-    // A configured host that never reported is known too.
+    // A host the store recorded but that never reported is known too, and
+    // so is one only the configuration names (the receiver has not
+    // recorded it yet, or never ran).
     assert!(query(Some("c"), None, None).run(&conn).unwrap().is_empty());
+    let mut q = query(Some("d"), Some("disk"), None);
+    q.configured = [("d".to_owned(), vec!["disk".to_owned()])].into();
+    assert!(q.run(&conn).unwrap().is_empty());
+    q.service = Some("cpu".into());
+    let text = format!("{:#}", q.run(&conn).unwrap_err());
+    assert!(
+        text.contains("no service \"cpu\" on host \"d\"; services: disk"),
+        "{text}"
+    );
 }
 
 #[test]
