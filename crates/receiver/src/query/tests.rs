@@ -142,6 +142,9 @@ fn a_known_series_without_data_in_the_range_is_empty_not_an_error() {
     let mut q = query(Some("d"), Some("disk"), None);
     q.configured = [("d".to_owned(), vec!["disk".to_owned()])].into();
     assert!(q.run(&conn).unwrap().is_empty());
+    // Before its first report no metric name can be judged wrong.
+    q.metric = Some("anything".into());
+    assert!(q.run(&conn).unwrap().is_empty());
     q.service = Some("cpu".into());
     let text = format!("{:#}", q.run(&conn).unwrap_err());
     assert!(
