@@ -19,6 +19,7 @@
 //!   hosts, labels, buckets, unknown names, a closed pipe);
 //! - [`packaging`]: `packaging/install.sh` and the systemd units;
 //! - [`template`]: `agent plugin new` and `agent plugin check`;
+//! - [`triggers`]: triggers firing and recovering, levels as events, host status;
 //! - [`tls`]: TLS with client certificates from the test CA script.
 
 mod command;
@@ -39,3 +40,4 @@ mod secrets;
 mod status;
 mod template;
 mod tls;
+mod triggers;

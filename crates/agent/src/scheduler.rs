@@ -12,6 +12,8 @@
 
 use super::services::{Collected, ServiceRunner};
 use crate::config::Service;
+use sandglass_core::report::{Level, Status};
+use sandglass_core::text::Escaped;
 use sandglass_core::time::now_ms;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -130,6 +132,21 @@ fn until_next(now_ms: u64, interval_ms: u64, splay_ms: u64) -> u64 {
     interval_ms - phase
 }
 
+/// Say in the log when the level a service reports changes: once per
+/// change, a warning when it becomes CRIT or UNKNOWN.
+fn log_level_change(service: &str, level: &mut Level, status: &Status) {
+    let old = std::mem::replace(level, status.level);
+    if old == status.level {
+        return;
+    }
+    let (old, new, text) = (old.as_str(), status.level.as_str(), Escaped(&status.text));
+    if status.level >= Level::Crit {
+        tracing::warn!(service, "{old} -> {new}: {text}");
+    } else {
+        tracing::info!(service, "{old} -> {new}: {text}");
+    }
+}
+
 async fn service_timer(
     runner: Arc<ServiceRunner>,
     service: Service,
@@ -140,10 +157,12 @@ async fn service_timer(
 ) {
     let interval_ms = service.interval.as_millis() as u64;
     let service = Arc::new(service);
+    let mut level = Level::Ok;
     loop {
         // Counted down by the link when it takes the report.
         in_progress.fetch_add(1, Ordering::SeqCst);
         let report = runner.run_async(&service).await;
+        log_level_change(&service.name, &mut level, &report.report.status);
         if reports.send(report).await.is_err() {
             return;
         }

@@ -66,7 +66,9 @@ impl std::str::FromStr for ByteSize {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms.is_multiple_of(1000) {
+        if ms >= 86_400_000 && ms.is_multiple_of(86_400_000) {
+            write!(f, "{}d", ms / 86_400_000)
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -158,6 +160,14 @@ mod tests {
             "1500ms"
         );
         assert_eq!(HumanDuration(Duration::from_secs(2)).to_string(), "2s");
+        assert_eq!(
+            HumanDuration(Duration::from_secs(3600)).to_string(),
+            "3600s"
+        );
+        assert_eq!(
+            HumanDuration(Duration::from_secs(30 * 86_400)).to_string(),
+            "30d"
+        );
     }
 
     #[test]

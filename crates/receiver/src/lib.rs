@@ -12,6 +12,7 @@ pub mod batches;
 pub mod clock;
 pub mod config;
 pub mod duplicates;
+pub mod events;
 pub mod liveness;
 pub mod query;
 pub mod server;

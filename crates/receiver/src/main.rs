@@ -2,8 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use sandglass_core::time::now_ms;
+use sandglass_core::units::HumanDuration;
 use sandglass_receiver::config::{Model, database_of};
-use sandglass_receiver::{query, server, store, view};
+use sandglass_receiver::{events, query, server, store, view};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -37,6 +38,26 @@ enum Command {
     },
     /// Stored values: of one host, or of one service or metric across hosts.
     Query(query::QueryArgs),
+    /// List the event log: status changes of hosts, lateness and levels of
+    /// services, triggers firing and recovering. Oldest first.
+    Events {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+        /// Only this host's events.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this service's events.
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back, e.g. `1h`, `1d`, `2w`.
+        #[arg(long, default_value = "1d")]
+        since: HumanDuration,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and print each host's schedule.
     Check {
         #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
@@ -81,6 +102,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Query(args) => query::command(args),
+        Command::Events {
+            config,
+            host,
+            service,
+            since,
+            limit,
+            json,
+        } => {
+            let (database, _) = database_of(&config)?;
+            let conn = store::open_existing(&database)?;
+            let filter = events::Filter {
+                host: host.as_deref(),
+                service: service.as_deref(),
+                since_ms: now_ms().saturating_sub(since.0.as_millis() as u64),
+                limit,
+            };
+            let found = events::events(&conn, &filter)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                print!("{}", events::table(&found, now_ms()));
+            }
+            Ok(())
+        }
         Command::Check { config } => {
             let model = Model::load(&config)?;
             for (name, host) in &model.hosts {

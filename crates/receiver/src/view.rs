@@ -17,12 +17,19 @@ const VALUES_SHOWN: usize = 3;
 /// writes one every 5 s).
 const HEARTBEAT_STALE_MS: u64 = 15_000;
 
-/// Whether the receiver behind a database is running, from its heartbeat.
+/// Whether the receiver behind a database is running, from its heartbeat,
+/// and what its database holds.
 #[derive(Debug, Serialize)]
 pub struct ReceiverView {
     pub running: bool,
     /// Its newest heartbeat (none: it never ran with this version).
     pub heartbeat_ms: Option<u64>,
+    /// The database file's size, and how much of it is free pages that
+    /// new data fills before the file grows.
+    pub database_bytes: u64,
+    pub free_bytes: u64,
+    /// How long it keeps history (none: not recorded yet).
+    pub retention_ms: Option<u64>,
 }
 
 /// The receiver's heartbeat as of `now_ms`.
@@ -35,9 +42,13 @@ pub fn receiver(conn: &Connection, now_ms: u64) -> anyhow::Result<ReceiverView> 
     let heartbeat_ms = value("heartbeat_ms")?;
     let running = value("running")? == Some(1)
         && heartbeat_ms.is_some_and(|t| now_ms.saturating_sub(t) < HEARTBEAT_STALE_MS);
+    let (database_bytes, free_bytes) = store::retention::size(conn)?;
     Ok(ReceiverView {
         running,
         heartbeat_ms,
+        database_bytes,
+        free_bytes,
+        retention_ms: value("retention_ms")?,
     })
 }
 
@@ -149,7 +160,8 @@ pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
     Ok(hosts)
 }
 
-fn age(now_ms: u64, then_ms: u64) -> String {
+/// `12s ago`, `5m ago`, `3h ago`.
+pub(crate) fn age(now_ms: u64, then_ms: u64) -> String {
     let s = now_ms.saturating_sub(then_ms) / 1000;
     match s {
         0..120 => format!("{s}s ago"),
@@ -229,5 +241,16 @@ pub fn status_table(receiver: &ReceiverView, hosts: &[HostView], now_ms: u64) ->
             }
         }
     }
+    let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+    let _ = writeln!(
+        out,
+        "database {:.1} MiB ({:.1} MiB free for new data){}",
+        mib(receiver.database_bytes),
+        mib(receiver.free_bytes),
+        receiver.retention_ms.map_or(String::new(), |ms| format!(
+            ", keeping {} of history",
+            sandglass_core::units::HumanDuration(std::time::Duration::from_millis(ms))
+        ))
+    );
     out
 }

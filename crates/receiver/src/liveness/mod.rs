@@ -17,9 +17,11 @@
 mod state;
 
 use super::config::Model;
-use sandglass_core::report::Level;
+use crate::triggers::{Engine, Firing, Trigger};
+use sandglass_core::report::{Level, Sample};
 pub use state::{Change, HostStatus, ServiceState, Subject, UnknownState};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 struct ServiceTrack {
@@ -47,6 +49,8 @@ struct HostTrack {
     /// A warning about the host itself (a duplicated host id) and until
     /// when it stands.
     warning: Option<(String, u64)>,
+    /// The triggers on its services, by service.
+    triggers: BTreeMap<String, Vec<Arc<Trigger>>>,
 }
 
 /// What the receiver knows, per host and service, to judge liveness.
@@ -55,6 +59,11 @@ pub struct Tracker {
     hosts: BTreeMap<String, HostTrack>,
     /// When this receiver started: the start of every service's grace.
     started_ms: u64,
+    /// Every triggered series' state.
+    triggers: Engine,
+    /// Level and trigger changes seen as reports were stored, recorded
+    /// with the next evaluation.
+    pending: Vec<Change>,
 }
 
 /// How long a warning about a host stands after it was last given.
@@ -94,8 +103,10 @@ impl Tracker {
                 services: BTreeMap::new(),
                 moved: false,
                 warning: None,
+                triggers: BTreeMap::new(),
             });
             track.liveness_service = host.liveness_service.clone();
+            track.triggers = host.triggers.clone();
             let old = std::mem::take(&mut track.services);
             for s in &host.schedule.services {
                 let mut service = old.get(&s.name).cloned().unwrap_or(ServiceTrack {
@@ -115,6 +126,14 @@ impl Tracker {
                 track.services.insert(s.name.clone(), service);
             }
         }
+        // A trigger that was removed, moved or changed starts afresh.
+        let hosts = &self.hosts;
+        self.triggers.retain(|host, service, trigger| {
+            hosts
+                .get(host)
+                .and_then(|h| h.triggers.get(service))
+                .is_some_and(|ts| ts.iter().any(|t| **t == *trigger))
+        });
     }
 
     /// This receiver starts at `now_ms`: services get their grace from it.
@@ -135,6 +154,7 @@ impl Tracker {
                     services: BTreeMap::new(),
                     moved: h.status == HostStatus::Moved,
                     warning: None,
+                    triggers: BTreeMap::new(),
                 },
             );
         }
@@ -155,7 +175,8 @@ impl Tracker {
         }
     }
 
-    /// A report for `service` of `host` taken at `time_ms` was stored.
+    /// The newest report for `service` of `host` in a stored batch, taken
+    /// at `time_ms`: a change of the level it reports is an event.
     pub fn seen(&mut self, host: &str, service: &str, time_ms: u64, level: Level, text: &str) {
         if let Some(s) = self
             .hosts
@@ -163,10 +184,34 @@ impl Tracker {
             .and_then(|h| h.services.get_mut(service))
             && s.last_ms.is_none_or(|last| time_ms >= last)
         {
+            if level != s.level {
+                self.pending.push(Change {
+                    host: host.to_owned(),
+                    subject: Subject::Level {
+                        name: service.to_owned(),
+                        old: s.level,
+                        new: level,
+                    },
+                    reason: text.to_owned(),
+                    time_ms,
+                });
+            }
             s.last_ms = Some(time_ms);
             s.level = level;
             text.clone_into(&mut s.text);
         }
+    }
+
+    /// Judge a stored report's samples against the triggers on its service.
+    pub fn observe(&mut self, host: &str, service: &str, samples: &[Sample], time_ms: u64) {
+        let Some(triggers) = self.hosts.get(host).and_then(|h| h.triggers.get(service)) else {
+            return;
+        };
+        let transitions = self
+            .triggers
+            .observe(host, service, triggers, samples, time_ms);
+        self.pending
+            .extend(transitions.into_iter().map(Change::from));
     }
 
     /// The host's agent connected to this receiver.
@@ -205,7 +250,9 @@ impl Tracker {
     /// Judge every host at `now_ms`; returns the changes (services first,
     /// then their host).
     pub fn evaluate(&mut self, now_ms: u64, tolerance_ms: u64) -> Vec<Change> {
-        let mut changes = Vec::new();
+        let silent = self.triggers.tick(now_ms);
+        self.pending.extend(silent.into_iter().map(Change::from));
+        let mut changes = std::mem::take(&mut self.pending);
         let started_ms = self.started_ms;
         for (host_name, host) in &mut self.hosts {
             if host.moved {
@@ -233,7 +280,8 @@ impl Tracker {
                     late.push((name.clone(), why));
                 }
             }
-            let (status, reason) = judge_host(host, &late, now_ms);
+            let firing = self.triggers.firing(host_name);
+            let (status, reason) = judge_host(host, &late, &firing, now_ms);
             if status != host.status || (status != HostStatus::Ok && reason != host.reason) {
                 if status != host.status {
                     changes.push(Change {
@@ -284,8 +332,13 @@ fn lateness(s: &ServiceTrack, now_ms: u64, tolerance_ms: u64, started_ms: u64) -
 }
 
 /// A host's status and its reason, from its late services, the levels its
-/// services report, and warnings about the host itself.
-fn judge_host(host: &HostTrack, late: &[(String, String)], now_ms: u64) -> (HostStatus, String) {
+/// services report, its firing triggers, and warnings about the host itself.
+fn judge_host(
+    host: &HostTrack,
+    late: &[(String, String)],
+    firing: &[Firing],
+    now_ms: u64,
+) -> (HostStatus, String) {
     if let Some((name, why)) = late.iter().find(|(name, _)| *name == host.liveness_service) {
         return (
             HostStatus::Unreachable,
@@ -297,6 +350,15 @@ fn judge_host(host: &HostTrack, late: &[(String, String)], now_ms: u64) -> (Host
         if s.late.is_none() && s.last_ms.is_some() && s.level != Level::Ok {
             problems.push(format!("{name} {} {:?}", s.level.as_str(), s.text));
         }
+    }
+    for f in firing {
+        problems.push(format!(
+            "{} trigger {} {} {:?}",
+            f.service,
+            f.trigger,
+            f.severity.as_str(),
+            f.message
+        ));
     }
     if let Some((warning, until)) = &host.warning
         && now_ms < *until
@@ -530,6 +592,36 @@ mod tests {
         t.seen_ok("h1", "cpu", 3_000);
         t.evaluate(3_500, TOL);
         assert_eq!(status(&t), HostStatus::Ok);
+    }
+
+    #[test]
+    fn a_change_of_level_is_one_event_and_the_same_level_again_none() {
+        let mut t = Tracker::default();
+        t.apply_model(&model("10s"), 0);
+        t.seen_ok("h1", "uptime", 1_000);
+        t.seen("h1", "cpu", 1_000, Level::Crit, "cpu 99.2%");
+        t.seen("h1", "cpu", 2_000, Level::Crit, "cpu 99.5%");
+        // An older report (resent) changes nothing.
+        t.seen_ok("h1", "cpu", 500);
+        let levels = |changes: Vec<Change>| -> Vec<(Level, Level, String)> {
+            changes
+                .into_iter()
+                .filter_map(|c| match c.subject {
+                    Subject::Level { old, new, .. } => Some((old, new, c.reason)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            levels(t.evaluate(2_500, TOL)),
+            vec![(Level::Ok, Level::Crit, "cpu 99.2%".to_owned())]
+        );
+        t.seen_ok("h1", "cpu", 3_000);
+        assert_eq!(
+            levels(t.evaluate(3_500, TOL)),
+            vec![(Level::Crit, Level::Ok, "fine".to_owned())]
+        );
+        assert!(levels(t.evaluate(4_000, TOL)).is_empty());
     }
 
     #[test]

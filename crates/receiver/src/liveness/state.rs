@@ -4,6 +4,7 @@
 //! are parsed back from the database with an error for a value this
 //! receiver does not know.
 
+use sandglass_core::report::Level;
 use std::fmt;
 
 /// A host's status.
@@ -124,7 +125,8 @@ impl fmt::Display for UnknownState {
 
 impl std::error::Error for UnknownState {}
 
-/// What changed state: the host itself or one of its services.
+/// What changed state: the host itself, whether one of its services
+/// reports in time, the level a service reports, or a trigger on a service.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Subject {
     Host {
@@ -136,6 +138,33 @@ pub enum Subject {
         old: ServiceState,
         new: ServiceState,
     },
+    Level {
+        name: String,
+        old: Level,
+        new: Level,
+    },
+    Trigger {
+        service: String,
+        trigger: String,
+        severity: Level,
+        fired: bool,
+    },
+}
+
+impl From<crate::triggers::Transition> for Change {
+    fn from(t: crate::triggers::Transition) -> Change {
+        Change {
+            host: t.host,
+            subject: Subject::Trigger {
+                service: t.service,
+                trigger: t.trigger,
+                severity: t.severity,
+                fired: t.fired,
+            },
+            reason: t.message,
+            time_ms: t.time_ms,
+        }
+    }
 }
 
 /// One status change, as stored in the event log.
@@ -152,7 +181,8 @@ impl Change {
     pub fn service(&self) -> Option<&str> {
         match &self.subject {
             Subject::Host { .. } => None,
-            Subject::Service { name, .. } => Some(name),
+            Subject::Service { name, .. } | Subject::Level { name, .. } => Some(name),
+            Subject::Trigger { service, .. } => Some(service),
         }
     }
 
@@ -160,15 +190,26 @@ impl Change {
     pub fn host_statuses(&self) -> Option<(HostStatus, HostStatus)> {
         match self.subject {
             Subject::Host { old, new } => Some((old, new)),
-            Subject::Service { .. } => None,
+            _ => None,
         }
     }
 
-    /// The old and new state as text (the event log's columns).
+    /// The old and new state as text (the event log's columns). A trigger
+    /// goes from OK to its severity when it fires, and back.
     pub fn texts(&self) -> (&'static str, &'static str) {
         match self.subject {
             Subject::Host { old, new } => (old.as_str(), new.as_str()),
             Subject::Service { old, new, .. } => (old.as_str(), new.as_str()),
+            Subject::Level { old, new, .. } => (old.as_str(), new.as_str()),
+            Subject::Trigger {
+                severity, fired, ..
+            } => {
+                if fired {
+                    ("OK", severity.as_str())
+                } else {
+                    (severity.as_str(), "OK")
+                }
+            }
         }
     }
 }

@@ -4,8 +4,9 @@
 
 use super::{Shared, fault, scheduled_op};
 use crate::config::Model;
-use crate::liveness::{Change, HostStatus};
+use crate::liveness::{Change, HostStatus, Subject};
 use crate::store::Op;
+use sandglass_core::report::Level;
 use sandglass_core::text::Escaped;
 use sandglass_core::time::now_ms;
 use sandglass_protocol::{FaultCode, Message};
@@ -43,22 +44,36 @@ pub(super) async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToke
             .lock()
             .expect("tracker lock")
             .evaluate(now_ms(), tolerance);
-        changes.iter().for_each(log_host_change);
+        changes.iter().for_each(log_change);
         if !changes.is_empty() {
             shared.store.send(Op::Changes { changes }).await;
         }
     }
 }
 
-/// Log a host's change of status (services' changes are not logged).
-fn log_host_change(c: &Change) {
-    let Some((old, new)) = c.host_statuses() else {
-        return;
+/// Log a change of a host's status, of the level a service reports, or of
+/// a trigger: once per change, a warning when it gets worse. (Lateness is
+/// logged through the host's status it changes.)
+fn log_change(c: &Change) {
+    let (old, new) = c.texts();
+    let worse = match &c.subject {
+        Subject::Host { new, .. } => *new != HostStatus::Ok,
+        Subject::Level { new, .. } => *new >= Level::Crit,
+        Subject::Trigger { fired, .. } => *fired,
+        Subject::Service { .. } => return,
     };
-    if new == HostStatus::Ok {
-        tracing::info!(host = c.host, "{old} -> {new}: {}", Escaped(&c.reason));
-    } else {
-        tracing::warn!(host = c.host, "{old} -> {new}: {}", Escaped(&c.reason));
+    let what = match &c.subject {
+        Subject::Trigger { trigger, .. } => format!("trigger {trigger} "),
+        _ => String::new(),
+    };
+    let reason = Escaped(&c.reason);
+    match c.service() {
+        Some(service) if worse => {
+            tracing::warn!(host = c.host, service, "{what}{old} -> {new}: {reason}")
+        }
+        Some(service) => tracing::info!(host = c.host, service, "{what}{old} -> {new}: {reason}"),
+        None if worse => tracing::warn!(host = c.host, "{old} -> {new}: {reason}"),
+        None => tracing::info!(host = c.host, "{old} -> {new}: {reason}"),
     }
 }
 

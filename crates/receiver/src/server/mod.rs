@@ -6,6 +6,7 @@
 mod background;
 mod connection;
 mod handshake;
+mod housekeeping;
 
 use crate::config::Model;
 use crate::duplicates::Duplicates;
@@ -156,6 +157,7 @@ async fn serve(
     let cancel = CancellationToken::new();
     let mut background = JoinSet::new();
     background.spawn(background::liveness_clock(shared.clone(), cancel.clone()));
+    background.spawn(housekeeping::housekeeping(shared.clone(), cancel.clone()));
     background.spawn(background::config_watch(
         shared.clone(),
         reload,

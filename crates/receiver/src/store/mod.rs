@@ -23,6 +23,7 @@
 
 mod ops;
 mod read;
+pub mod retention;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -38,7 +39,7 @@ use ops::{Caches, apply_op};
 use rusqlite::Connection;
 use sandglass_core::report::Level;
 use sandglass_core::time::now_ms;
-use sandglass_protocol::ReportBatch;
+use sandglass_protocol::{Entry, ReportBatch};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -87,6 +88,15 @@ pub enum Op {
     Heartbeat {
         time_ms: u64,
         running: bool,
+    },
+    /// Delete at most `max_rows` rows older than `before_ms`; `done` hears
+    /// how many went (see `retention`).
+    Prune {
+        before_ms: u64,
+        /// Recorded for `receiver status`.
+        retention_ms: u64,
+        max_rows: usize,
+        done: mpsc::Sender<usize>,
     },
 }
 
@@ -220,6 +230,7 @@ impl Writer {
             for s in &seen {
                 tracker.seen(&s.host, &s.service, s.time_ms, s.level, &s.text);
             }
+            observe_stored(&mut tracker, group, &failed);
         }
         for (op, op_failure) in group.drain(..).zip(failed) {
             if let Op::Batch { batch, done, .. } = op {
@@ -270,6 +281,37 @@ impl Writer {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// Judge the samples of the reports just stored against their triggers,
+/// in the order they were taken (a batch that was refused is not judged:
+/// it comes again).
+fn observe_stored(tracker: &mut Tracker, group: &[Op], failed: &[Option<String>]) {
+    for (op, failure) in group.iter().zip(failed) {
+        let Op::Batch {
+            host,
+            batch,
+            offset_ms,
+            received_ms,
+            ..
+        } = op
+        else {
+            continue;
+        };
+        if failure.is_some() {
+            continue;
+        }
+        let clock = ops::Clock {
+            offset_ms: *offset_ms,
+            received_ms: *received_ms,
+        };
+        for entry in &batch.entries {
+            if let Entry::Report(report) = entry {
+                let time_ms = ops::corrected(report.time_ms, clock);
+                tracker.observe(host, &report.service, &report.samples, time_ms);
+            }
+        }
     }
 }
 

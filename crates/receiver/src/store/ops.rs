@@ -54,6 +54,18 @@ pub(super) fn apply_op(
         } => write_scheduled(tx, services, hosts, *time_ms),
         Op::Heartbeat { time_ms, running } => Ok(write_heartbeat(tx, *time_ms, *running)?),
         Op::Changes { changes } => write_changes(tx, changes),
+        Op::Prune {
+            before_ms,
+            retention_ms,
+            max_rows,
+            done,
+        } => {
+            super::schema::write_meta(tx, &[("retention_ms", *retention_ms)])?;
+            let pruned = super::retention::prune(tx, *before_ms, *max_rows)?;
+            // Heard before the commit: at worst housekeeping looks again.
+            let _ = done.try_send(pruned);
+            Ok(())
+        }
     }
 }
 
@@ -114,8 +126,8 @@ fn write_scheduled(
     Ok(())
 }
 
-/// Liveness changes: in the event log, and as the host's status or the
-/// service's lateness.
+/// Liveness, level and trigger changes: in the event log, and as the
+/// host's status or the service's lateness.
 fn write_changes(tx: &Connection, changes: &[Change]) -> anyhow::Result<()> {
     for c in changes {
         let (old, new) = c.texts();
@@ -136,6 +148,8 @@ fn write_changes(tx: &Connection, changes: &[Change]) -> anyhow::Result<()> {
                 "UPDATE hosts SET status = ?2, since_ms = ?3, reason = ?4 WHERE name = ?1",
                 params![c.host, new.as_str(), c.time_ms, c.reason],
             )?,
+            // The service's level is written with its reports.
+            Subject::Level { .. } | Subject::Trigger { .. } => 0,
         };
     }
     Ok(())

@@ -93,12 +93,21 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
 /// stopping). Also written directly once before the receiver listens, so
 /// that `receiver status` never sees a listening receiver without one.
 pub fn write_heartbeat(conn: &Connection, time_ms: u64, running: bool) -> rusqlite::Result<()> {
+    write_meta(
+        conn,
+        &[("heartbeat_ms", time_ms), ("running", running as u64)],
+    )
+}
+
+/// Set keys of the `meta` table, which `receiver status` reads.
+pub fn write_meta(conn: &Connection, pairs: &[(&str, u64)]) -> rusqlite::Result<()> {
     let mut set = conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )?;
-    set.execute(params!["heartbeat_ms", time_ms])?;
-    set.execute(params!["running", running as i64])?;
+    for (key, value) in pairs {
+        set.execute(params![key, value])?;
+    }
     Ok(())
 }
 

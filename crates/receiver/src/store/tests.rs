@@ -282,3 +282,71 @@ fn an_unknown_host_status_in_the_database_is_an_error_that_names_it() {
     let text = format!("{e:#}");
     assert!(text.contains(r#"unknown host status "SIDEWAYS""#), "{text}");
 }
+
+/// Send a prune step; how many rows it deleted.
+fn prune(store: &Store, before_ms: u64, max_rows: usize) -> usize {
+    let (done, mut heard) = mpsc::channel(1);
+    store
+        .tx
+        .blocking_send(Op::Prune {
+            before_ms,
+            retention_ms: 3_600_000,
+            max_rows,
+            done,
+        })
+        .ok()
+        .unwrap();
+    heard.blocking_recv().unwrap()
+}
+
+#[test]
+fn retention_deletes_only_older_rows_a_bounded_step_at_a_time() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    // Reports taken at 1_001..=1_010 and 2_001..=2_010 (see `batch`).
+    send(&store, 1, batch(1, 1..=10));
+    send(&store, 1, batch(11, 1_001..=1_010));
+    let change = Change {
+        host: "h".into(),
+        subject: crate::liveness::Subject::Host {
+            old: HostStatus::Pending,
+            new: HostStatus::Ok,
+        },
+        reason: "r".into(),
+        time_ms: 1_500,
+    };
+    store
+        .tx
+        .blocking_send(Op::Changes {
+            changes: vec![change],
+        })
+        .ok()
+        .unwrap();
+    // Older than 1_800: 10 reports and the event, 4 per step.
+    assert_eq!(prune(&store, 1_800, 4), 4);
+    assert_eq!(prune(&store, 1_800, 4), 4);
+    assert_eq!(prune(&store, 1_800, 4), 3);
+    assert_eq!(prune(&store, 1_800, 4), 0);
+    drop(store);
+    writer.join().unwrap();
+    let conn = open(&path).unwrap();
+    let times: Vec<u64> = conn
+        .prepare("SELECT time_ms FROM reports ORDER BY time_ms")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(times, (2_001..=2_010).collect::<Vec<u64>>());
+    assert_eq!(count(&conn, "events"), 0);
+    let retention: u64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'retention_ms'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(retention, 3_600_000);
+    let (size, free) = retention::size(&conn).unwrap();
+    assert!(size > 0 && free <= size);
+}

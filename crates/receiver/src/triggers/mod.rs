@@ -145,9 +145,9 @@ pub struct Firing {
     pub since_ms: u64,
 }
 
+/// A series within its host.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SeriesKey {
-    host: String,
     service: String,
     trigger: String,
     labels: Vec<(String, String)>,
@@ -203,10 +203,11 @@ impl Series {
     }
 }
 
-/// Every series' trigger state on this receiver.
+/// Every series' trigger state on this receiver, by host (so that judging
+/// one host looks at that host's series only).
 #[derive(Debug, Default)]
 pub struct Engine {
-    series: HashMap<SeriesKey, Series>,
+    hosts: HashMap<String, HashMap<SeriesKey, Series>>,
 }
 
 impl Engine {
@@ -224,12 +225,12 @@ impl Engine {
         for trigger in triggers {
             for sample in samples.iter().filter(|s| trigger.matches(s)) {
                 let key = SeriesKey {
-                    host: host.to_owned(),
                     service: service.to_owned(),
                     trigger: trigger.name.clone(),
                     labels: sample.labels.clone(),
                 };
-                let series = self.series.entry(key).or_insert_with(|| Series {
+                let series = self.hosts.entry(host.to_owned()).or_default();
+                let series = series.entry(key).or_insert_with(|| Series {
                     trigger: trigger.clone(),
                     window: trigger.window(),
                     phase: Phase::Ok,
@@ -264,7 +265,12 @@ impl Engine {
     /// Judge `nodata` conditions at `now_ms`.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Transition> {
         let mut transitions = Vec::new();
-        for (key, series) in &mut self.series {
+        let all = self.hosts.iter_mut().flat_map(|(host, series)| {
+            series
+                .iter_mut()
+                .map(move |(key, s)| (host.as_str(), key, s))
+        });
+        for (host, key, series) in all {
             let Condition::NoData(silence) = series.trigger.fire else {
                 continue;
             };
@@ -273,11 +279,9 @@ impl Engine {
             };
             let silent = now_ms.saturating_sub(last_ms) >= silence.as_millis() as u64;
             if let Some(fired) = series.judge(silent, !silent, now_ms) {
-                series.message = series
-                    .trigger
-                    .render(&key.host, &key.service, &key.labels, None);
+                series.message = series.trigger.render(host, &key.service, &key.labels, None);
                 transitions.push(transition(
-                    &key.host,
+                    host,
                     &key.service,
                     &key.labels,
                     series,
@@ -292,10 +296,11 @@ impl Engine {
 
     /// The series firing on `host`, worst first.
     pub fn firing(&self, host: &str) -> Vec<Firing> {
-        let mut firing: Vec<Firing> = self
-            .series
+        let Some(series) = self.hosts.get(host) else {
+            return Vec::new();
+        };
+        let mut firing: Vec<Firing> = series
             .iter()
-            .filter(|(key, _)| key.host == host)
             .filter_map(|(key, series)| match series.phase {
                 Phase::Firing { since_ms } => Some(Firing {
                     service: key.service.clone(),
@@ -319,8 +324,10 @@ impl Engine {
     /// `applies(host, service, trigger)` says which still do, with the same
     /// definition.
     pub fn retain(&mut self, mut applies: impl FnMut(&str, &str, &Trigger) -> bool) {
-        self.series
-            .retain(|key, series| applies(&key.host, &key.service, &series.trigger));
+        for (host, series) in &mut self.hosts {
+            series.retain(|key, s| applies(host, &key.service, &s.trigger));
+        }
+        self.hosts.retain(|_, series| !series.is_empty());
     }
 }
 

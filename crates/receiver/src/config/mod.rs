@@ -3,6 +3,9 @@
 //! schedule per host. Unknown keys and dangling names are errors that say
 //! where and how to fix them.
 
+mod triggers;
+
+use crate::triggers::Trigger;
 use anyhow::{Context, bail};
 use sandglass_core::config::{ParamValue, load_toml};
 use sandglass_core::hash::{sha256, sha256_hex};
@@ -16,6 +19,7 @@ use sandglass_protocol::{
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `receiver.toml` as written.
@@ -27,6 +31,8 @@ struct RawConfig {
     database: PathBuf,
     #[serde(default = "default_tolerance")]
     late_tolerance: HumanDuration,
+    #[serde(default = "default_retention")]
+    retention: HumanDuration,
     #[serde(default = "default_liveness")]
     liveness_service: String,
     #[serde(default = "default_refresh")]
@@ -51,6 +57,8 @@ struct RawConfig {
     groups: BTreeMap<String, RawGroup>,
     #[serde(default)]
     hosts: BTreeMap<String, RawHost>,
+    #[serde(default)]
+    triggers: BTreeMap<String, triggers::RawTrigger>,
 }
 
 fn default_listen() -> String {
@@ -59,6 +67,10 @@ fn default_listen() -> String {
 fn default_tolerance() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
+fn default_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 86_400))
+}
+
 fn default_liveness() -> String {
     "uptime".into()
 }
@@ -129,6 +141,8 @@ pub struct Settings {
     pub listen: String,
     pub database: PathBuf,
     pub late_tolerance: Duration,
+    /// Reports, gaps and events older than this are deleted.
+    pub retention: Duration,
     pub schedule_refresh: Duration,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
@@ -160,6 +174,8 @@ pub struct HostModel {
     pub schedule: Schedule,
     /// The service whose lateness makes the host UNREACHABLE.
     pub liveness_service: String,
+    /// The triggers on this host's services, by service.
+    pub triggers: BTreeMap<String, Vec<Arc<Trigger>>>,
 }
 
 /// The whole validated configuration.
@@ -220,6 +236,12 @@ impl RawConfig {
                 self.max_connections
             );
         }
+        if self.retention.0 < Duration::from_secs(3600) {
+            bail!(
+                "retention {} is below 1h: keep at least an hour of history (e.g. \"30d\")",
+                self.retention
+            );
+        }
         if self.max_frame.0 < 64 << 10 || self.max_frame.0 > 1 << 30 {
             bail!(
                 "max_frame {} must lie between 64KiB and 1GiB",
@@ -254,11 +276,16 @@ impl RawConfig {
                 }
             }
         }
+        let placed = triggers::resolve(
+            &self.triggers,
+            &services.keys().map(String::as_str).collect(),
+            &self.templates.keys().map(String::as_str).collect(),
+        )?;
         let mut hosts = BTreeMap::new();
         for (name, h) in &self.hosts {
             check_name(name).map_err(|e| anyhow::anyhow!("[hosts.{name}]: host {e}"))?;
             let host = self
-                .resolve_host(h, &services)
+                .resolve_host(h, &services, &placed)
                 .map_err(|e| anyhow::anyhow!("[hosts.{name}]: {e}"))?;
             hosts.insert(name.clone(), host);
         }
@@ -267,6 +294,7 @@ impl RawConfig {
                 listen: self.listen,
                 database: base.join(self.database),
                 late_tolerance: self.late_tolerance.0,
+                retention: self.retention.0,
                 schedule_refresh: self.schedule_refresh.0.max(Duration::from_secs(1)),
                 max_connections: self.max_connections,
                 handshake_timeout: self.handshake_timeout.0,
@@ -289,6 +317,7 @@ impl RawConfig {
         &self,
         h: &RawHost,
         services: &BTreeMap<String, ScheduledService>,
+        placed: &[triggers::Placed],
     ) -> anyhow::Result<HostModel> {
         if h.token.len() < 8 {
             bail!(
@@ -303,12 +332,13 @@ impl RawConfig {
             templates.extend(group.templates.iter().map(String::as_str));
         }
         let mut names: BTreeSet<&str> = h.services.iter().map(String::as_str).collect();
-        for t in templates {
-            let template = self.templates.get(t).ok_or_else(|| {
+        for t in &templates {
+            let template = self.templates.get(*t).ok_or_else(|| {
                 anyhow::anyhow!("no template {t:?}: define [templates.{t}] or remove it")
             })?;
             names.extend(template.services.iter().map(String::as_str));
         }
+        let triggers = triggers::for_host(placed, &names, &templates);
         let scheduled = names
             .into_iter()
             .map(|s| {
@@ -333,6 +363,7 @@ impl RawConfig {
                 services: scheduled,
             },
             liveness_service,
+            triggers,
         })
     }
 }
