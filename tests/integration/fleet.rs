@@ -80,9 +80,10 @@ fn three_agents_report_at_their_cadence_and_liveness_follows_them() {
             "{host} loadavg every ~2s: {loadavg:?}"
         );
     }
+    let refused = receiver.query_refused(&["--host", "a", "--service", "memory"]);
     assert!(
-        receiver.report_times("a", "memory").is_empty(),
-        "a does not run memory"
+        refused.contains("no service \"memory\" on host \"a\""),
+        "a does not run memory: {refused}"
     );
     assert!(!receiver.report_times("b", "memory").is_empty());
     assert!(!receiver.report_times("c", "memory").is_empty());

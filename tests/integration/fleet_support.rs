@@ -127,6 +127,17 @@ impl Receiver {
         times
     }
 
+    /// The message of a `receiver query` that must fail with exit 1.
+    pub fn query_refused(&self, args: &[&str]) -> String {
+        let out = Command::new(sandglass_tests::binary("receiver"))
+            .args(["query", "--config", self.config.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "receiver query {args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let out = Command::new(sandglass_tests::binary("receiver"))
             .args(args)

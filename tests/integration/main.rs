@@ -16,6 +16,8 @@
 //! - [`hostile_plugins`]: plugins that attack the host and their neighbours
 //!   (output that is costly to copy, blocking files, stuck runs, held
 //!   descriptors, `/proc` and `/sys` secrets, terminal escapes);
+//! - [`query`]: `receiver query` for people and scripts (times, ranges,
+//!   hosts, labels, buckets, unknown names, a closed pipe);
 //! - [`packaging`]: `packaging/install.sh` and the systemd units;
 //! - [`template`]: `agent plugin new` and `agent plugin check`;
 //! - [`triggers`]: triggers firing and recovering, levels as events, host status;
@@ -34,6 +36,7 @@ mod metrics;
 mod once;
 mod packaging;
 mod protocol;
+mod query;
 mod sandbox;
 mod secrets;
 mod status;

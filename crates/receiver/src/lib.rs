@@ -5,7 +5,8 @@
 //! - [`server`]: connections, handshake, acks, schedule pushes, reloads;
 //! - [`store`]: the SQLite store and its group-committing writer;
 //! - [`liveness`]: the late/UNREACHABLE/PROBLEM rule;
-//! - [`view`]: what `receiver status` and `receiver query` print.
+//! - [`view`]: what `receiver status` prints;
+//! - [`query`]: `receiver query`, stored values for people and scripts.
 
 pub mod batches;
 pub mod clock;
@@ -14,6 +15,7 @@ pub mod duplicates;
 pub mod events;
 pub mod http;
 pub mod liveness;
+pub mod query;
 pub mod server;
 pub mod store;
 pub mod streams;

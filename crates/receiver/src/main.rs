@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use sandglass_core::time::now_ms;
 use sandglass_core::units::HumanDuration;
 use sandglass_receiver::config::{Model, database_of};
-use sandglass_receiver::{events, server, store, view};
+use sandglass_receiver::{events, query, server, store, view};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,22 +36,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stored values of one host.
-    Query {
-        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
-        config: PathBuf,
-        #[arg(long)]
-        host: String,
-        #[arg(long)]
-        service: Option<String>,
-        #[arg(long)]
-        metric: Option<String>,
-        /// How far back, e.g. `10m`, `1h`.
-        #[arg(long, default_value = "1h")]
-        since: HumanDuration,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Stored values: of one host, or of one service or metric across hosts.
+    Query(query::QueryArgs),
     /// List the event log: status changes of hosts, lateness and levels of
     /// services, triggers firing and recovering. Oldest first.
     Events {
@@ -115,31 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Query {
-            config,
-            host,
-            service,
-            metric,
-            since,
-            json,
-        } => {
-            let model = Model::load(&config)?;
-            let conn = store::open_existing(&model.settings.database)?;
-            let since_ms = now_ms().saturating_sub(since.0.as_millis() as u64);
-            let points = view::query(
-                &conn,
-                &host,
-                service.as_deref(),
-                metric.as_deref(),
-                since_ms,
-            )?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&points)?);
-            } else {
-                print!("{}", view::query_table(&points));
-            }
-            Ok(())
-        }
+        Command::Query(args) => query::command(args),
         Command::Events {
             config,
             host,

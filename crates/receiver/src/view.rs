@@ -1,8 +1,8 @@
-//! What `receiver status` and `receiver query` print, read from the store of
+//! What `receiver status` prints, read from the store of
 //! the running receiver (SQLite in WAL mode lets readers in while it writes).
 
 use crate::liveness::HostStatus;
-use crate::store::{self, StoredReport};
+use crate::store;
 use rusqlite::{Connection, OptionalExtension};
 use sandglass_core::render;
 use sandglass_core::report::Sample;
@@ -252,60 +252,5 @@ pub fn status_table(receiver: &ReceiverView, hosts: &[HostView], now_ms: u64) ->
             sandglass_core::units::HumanDuration(std::time::Duration::from_millis(ms))
         ))
     );
-    out
-}
-
-/// One stored value.
-#[derive(Debug, Serialize)]
-pub struct Point {
-    pub time_ms: u64,
-    pub service: String,
-    #[serde(flatten)]
-    pub sample: Sample,
-}
-
-/// Values of `host` since `since_ms`, optionally one service and metric.
-pub fn query(
-    conn: &Connection,
-    host: &str,
-    service: Option<&str>,
-    metric: Option<&str>,
-    since_ms: u64,
-) -> anyhow::Result<Vec<Point>> {
-    let reports = store::reports(conn, host, service, since_ms)?;
-    Ok(reports
-        .into_iter()
-        .flat_map(
-            |StoredReport {
-                 service,
-                 time_ms,
-                 samples,
-                 ..
-             }| {
-                samples
-                    .into_iter()
-                    .filter(|s| metric.is_none_or(|m| s.name == m))
-                    .map(move |sample| Point {
-                        time_ms,
-                        service: service.clone(),
-                        sample,
-                    })
-            },
-        )
-        .collect())
-}
-
-/// The human form of `query`: one line per value.
-pub fn query_table(points: &[Point]) -> String {
-    let mut out = String::new();
-    for p in points {
-        let _ = writeln!(
-            out,
-            "{} {:<12} {}",
-            p.time_ms,
-            p.service,
-            Escaped(&render::sample(&p.sample))
-        );
-    }
     out
 }

@@ -28,7 +28,9 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use read::{StoredReport, latest, parsed, remembered, reports};
+pub use read::{
+    StoredReport, host_names, latest, parsed, remembered, reports, service_names, services_of,
+};
 pub use schema::{open, open_existing, write_heartbeat};
 
 use crate::liveness::{Change, HostStatus, Tracker};

@@ -55,6 +55,7 @@ pub fn remembered(conn: &Connection) -> anyhow::Result<(Vec<RememberedHost>, Vec
 
 /// One stored report, decoded.
 pub struct StoredReport {
+    pub host: String,
     pub service: String,
     pub time_ms: u64,
     pub level: String,
@@ -62,33 +63,38 @@ pub struct StoredReport {
     pub samples: Vec<Sample>,
 }
 
-/// Reports of `host` (optionally one service) since `since_ms`, oldest first.
+/// Reports from `since_ms` (included) to `until_ms` (excluded), oldest
+/// first, of one host or all (`None`) and one service or all.
 pub fn reports(
     conn: &Connection,
-    host: &str,
+    host: Option<&str>,
     service: Option<&str>,
     since_ms: u64,
+    until_ms: u64,
 ) -> anyhow::Result<Vec<StoredReport>> {
     let mut stmt = conn.prepare(
-        "SELECT s.name, r.time_ms, r.level, r.text, r.samples FROM reports r
+        "SELECT s.host, s.name, r.time_ms, r.level, r.text, r.samples FROM reports r
          JOIN services s ON s.id = r.service_id
-         WHERE s.host = ?1 AND (?2 IS NULL OR s.name = ?2) AND r.time_ms >= ?3
-         ORDER BY r.time_ms, s.name",
+         WHERE (?1 IS NULL OR s.host = ?1) AND (?2 IS NULL OR s.name = ?2)
+           AND r.time_ms >= ?3 AND r.time_ms < ?4
+         ORDER BY r.time_ms, s.host, s.name",
     )?;
-    let rows = stmt.query_map(params![host, service, since_ms], |r| {
+    let rows = stmt.query_map(params![host, service, since_ms, until_ms], |r| {
         Ok((
             r.get::<_, String>(0)?,
-            r.get::<_, u64>(1)?,
-            r.get::<_, String>(2)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, u64>(2)?,
             r.get::<_, String>(3)?,
-            r.get::<_, Vec<u8>>(4)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Vec<u8>>(5)?,
         ))
     })?;
     rows.map(|row| {
-        let (service, time_ms, level, text, blob) = row?;
+        let (host, service, time_ms, level, text, blob) = row?;
         let samples = rmp_serde::from_slice(&blob)
-            .with_context(|| format!("damaged samples of {service} at {time_ms}"))?;
+            .with_context(|| format!("damaged samples of {host}/{service} at {time_ms}"))?;
         Ok(StoredReport {
+            host,
             service,
             time_ms,
             level,
@@ -97,6 +103,47 @@ pub fn reports(
         })
     })
     .collect()
+}
+
+/// Every host the store knows: configured, or seen reporting.
+pub fn host_names(conn: &Connection) -> anyhow::Result<Vec<String>> {
+    names(
+        conn,
+        "SELECT name FROM hosts UNION SELECT host FROM services ORDER BY 1",
+        [],
+    )
+}
+
+/// Every service of one host (or of all) the store knows: scheduled, or
+/// seen reporting.
+pub fn service_names(conn: &Connection, host: Option<&str>) -> anyhow::Result<Vec<String>> {
+    names(
+        conn,
+        "SELECT DISTINCT name FROM services WHERE ?1 IS NULL OR host = ?1 ORDER BY 1",
+        [host],
+    )
+}
+
+/// The (host, service) pairs in scope.
+pub fn services_of(
+    conn: &Connection,
+    host: Option<&str>,
+    service: Option<&str>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(conn
+        .prepare(
+            "SELECT host, name FROM services
+             WHERE (?1 IS NULL OR host = ?1) AND (?2 IS NULL OR name = ?2) ORDER BY host, name",
+        )?
+        .query_map(params![host, service], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
+}
+
+fn names(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> anyhow::Result<Vec<String>> {
+    Ok(conn
+        .prepare(sql)?
+        .query_map(args, |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// The newest stored report of one service.
@@ -123,6 +170,7 @@ pub fn latest(
         .optional()?;
     row.map(|(time_ms, level, text, blob)| {
         Ok(StoredReport {
+            host: host.to_owned(),
             service: service.to_owned(),
             time_ms,
             level,
