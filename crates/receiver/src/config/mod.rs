@@ -3,7 +3,10 @@
 //! schedule per host. Unknown keys and dangling names are errors that say
 //! where and how to fix them.
 
+mod notify;
 mod triggers;
+
+pub use notify::{Channel, NotifyConfig, Target};
 
 use crate::triggers::Trigger;
 use anyhow::{Context, bail};
@@ -57,6 +60,8 @@ struct RawConfig {
     hosts: BTreeMap<String, RawHost>,
     #[serde(default)]
     triggers: BTreeMap<String, triggers::RawTrigger>,
+    #[serde(default)]
+    notify: notify::RawNotify,
 }
 
 fn default_listen() -> String {
@@ -168,6 +173,8 @@ pub struct HostModel {
     pub liveness_service: String,
     /// The triggers on this host's services, by service.
     pub triggers: BTreeMap<String, Vec<Arc<Trigger>>>,
+    /// The groups the host is in (maintenance windows name them).
+    pub groups: Vec<String>,
 }
 
 /// The whole validated configuration.
@@ -175,6 +182,8 @@ pub struct HostModel {
 pub struct Model {
     pub settings: Settings,
     pub hosts: BTreeMap<String, HostModel>,
+    /// `[notify]`: who is told of problems.
+    pub notify: NotifyConfig,
 }
 
 impl Model {
@@ -267,6 +276,7 @@ impl RawConfig {
             &services.keys().map(String::as_str).collect(),
             &self.templates.keys().map(String::as_str).collect(),
         )?;
+        let notify = self.notify.resolve(base)?;
         let mut hosts = BTreeMap::new();
         for (name, h) in &self.hosts {
             check_name(name).map_err(|e| anyhow::anyhow!("[hosts.{name}]: host {e}"))?;
@@ -293,6 +303,7 @@ impl RawConfig {
                 }),
             },
             hosts,
+            notify,
         })
     }
 
@@ -349,6 +360,7 @@ impl RawConfig {
             },
             liveness_service,
             triggers,
+            groups: h.groups.clone(),
         })
     }
 }
