@@ -5,6 +5,7 @@
 //! - [`server`]: connections, handshake, acks, schedule pushes, reloads;
 //! - [`store`]: the SQLite store and its group-committing writer;
 //! - [`liveness`]: the late/UNREACHABLE/PROBLEM rule;
+//! - [`notify`]: telling people (webhooks, commands, the log), acks and maintenance;
 //! - [`view`]: what `receiver status` and `receiver query` print.
 
 pub mod batches;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod duplicates;
 pub mod events;
 pub mod liveness;
+pub mod notify;
 pub mod server;
 pub mod store;
 pub mod streams;
