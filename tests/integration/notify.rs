@@ -6,6 +6,7 @@
 //! it is up, across a receiver restart too.
 
 use crate::fleet_support::{Agent, Receiver, wait_until};
+use crate::triggers::{sequence_model, sequence_plugins};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -104,51 +105,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The plugins directory: uptime and the misbehave fixture.
-fn plugins(dir: &Path) -> PathBuf {
-    crate::common::build_plugins();
-    let plugins = dir.join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(crate::common::plugin("uptime"), plugins.join("uptime.wasm")).unwrap();
-    std::fs::copy(
-        crate::common::fixture("misbehave"),
-        plugins.join("misbehave.wasm"),
-    )
-    .unwrap();
-    plugins
-}
-
 /// Host `a` reports `values` (one a second) to a trigger that fires above 90
 /// and recovers below 50; `notify` is the `[notify]` part.
 fn model(values: &[&str], notify: &str) -> String {
     format!(
-        r#"
-[services.uptime]
-plugin = "uptime"
-interval = "1s"
-[services.seq]
-plugin = "misbehave"
-interval = "1s"
-params = {{ mode = "sequence", values = "{}" }}
-[triggers.high]
-service = "seq"
-metric = "value"
-labels = {{ kind = "driven" }}
-when = "last > 90"
-recover = "last < 50"
-severity = "WARN"
-message = "{{host}} value {{value}}"
-[groups.web]
-templates = []
-[hosts.a]
-token = "{TOKEN}"
-groups = ["web"]
-services = ["uptime", "seq"]
-[notify]
-group_wait = "1s"
-{notify}
-"#,
-        values.join(",")
+        "{}[groups.web]\ntemplates = []\n\
+         [hosts.a]\ntoken = \"{TOKEN}\"\ngroups = [\"web\"]\nservices = [\"uptime\", \"seq\"]\n\
+         [notify]\ngroup_wait = \"1s\"\n{notify}",
+        sequence_model(values, "")
     )
 }
 
@@ -167,25 +131,24 @@ fn webhook(port: u16) -> String {
 }
 
 fn receiver_json(receiver: &Receiver, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(sandglass_tests::binary("receiver"))
-        .args(args)
-        .args(["--config", receiver.config.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    let config = receiver.config.to_str().unwrap();
+    let all = [args, &["--config", config, "--json"]].concat();
+    receiver.json(&all).as_array().unwrap().clone()
 }
 
 fn notifications(receiver: &Receiver) -> Vec<Value> {
     receiver_json(receiver, &["notifications"])
+}
+
+/// A webhook on a free port and a receiver telling it of host `a`
+/// reporting `values`.
+fn with_webhook(dir: &Path, values: &[&str]) -> (PathBuf, Bodies, Hook, Receiver) {
+    let plugins = sequence_plugins(dir);
+    let bodies = Bodies::default();
+    let port = free_port();
+    let hook = Hook::start(port, bodies.clone());
+    let receiver = Receiver::start(dir, "127.0.0.1:0", &model(values, &webhook(port)));
+    (plugins, bodies, hook, receiver)
 }
 
 fn kinds(bodies: &Bodies) -> Vec<String> {
@@ -206,15 +169,7 @@ fn recovered(receiver: &Receiver) -> bool {
 #[test]
 fn a_trigger_that_fires_and_recovers_is_one_message_each() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = plugins(dir.path());
-    let bodies = Bodies::default();
-    let port = free_port();
-    let _hook = Hook::start(port, bodies.clone());
-    let receiver = Receiver::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &model(&once_up(), &webhook(port)),
-    );
+    let (plugins, bodies, _hook, receiver) = with_webhook(dir.path(), &once_up());
     let _agent = Agent::start_with(dir.path(), "a", TOKEN, &[&receiver.address], &plugins, "");
     assert!(
         wait_until(Duration::from_secs(40), || kinds(&bodies).len() >= 2),
@@ -265,29 +220,9 @@ fn a_trigger_that_fires_and_recovers_is_one_message_each() {
 #[test]
 fn a_host_in_maintenance_tells_no_one_and_an_ended_window_is_listed_no_more() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = plugins(dir.path());
-    let bodies = Bodies::default();
-    let port = free_port();
-    let _hook = Hook::start(port, bodies.clone());
-    let receiver = Receiver::start(
-        dir.path(),
-        "127.0.0.1:0",
-        &model(&once_up(), &webhook(port)),
-    );
+    let (plugins, bodies, _hook, receiver) = with_webhook(dir.path(), &once_up());
     let config = receiver.config.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(sandglass_tests::binary("receiver"))
-            .args(args)
-            .args(["--config", config])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| receiver.text(&[args, &["--config", config]].concat());
     assert!(
         run(&[
             "maintenance",
@@ -338,7 +273,7 @@ fn a_host_in_maintenance_tells_no_one_and_an_ended_window_is_listed_no_more() {
 #[test]
 fn a_webhook_that_was_down_gets_what_is_pending_across_a_receiver_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = plugins(dir.path());
+    let plugins = sequence_plugins(dir.path());
     let bodies = Bodies::default();
     let port = free_port();
     // High from the second value for 14 s, then low.
@@ -398,7 +333,7 @@ fn a_webhook_that_was_down_gets_what_is_pending_across_a_receiver_restart() {
 #[test]
 fn a_command_gets_the_message_on_stdin_and_its_exit_status_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = plugins(dir.path());
+    let plugins = sequence_plugins(dir.path());
     let out = dir.path().join("told.jsonl");
     let notify = format!(
         "[notify.commands.append]\ncommand = [\"/bin/sh\", \"-c\", \"cat >> {}; echo >> {}\"]\n\
@@ -426,9 +361,9 @@ fn a_command_gets_the_message_on_stdin_and_its_exit_status_is_recorded() {
         (&"problem".into(), &"recovery".into())
     );
     assert_eq!(told[0]["trigger"], "high");
-    let listed = notifications(&receiver);
+    // The outcome is recorded once the command has exited.
     let state = |channel: &str| -> Vec<(String, Value)> {
-        listed
+        notifications(&receiver)
             .iter()
             .filter(|n| n["channel"] == channel)
             .map(|n| {
@@ -439,16 +374,14 @@ fn a_command_gets_the_message_on_stdin_and_its_exit_status_is_recorded() {
             })
             .collect()
     };
-    assert_eq!(
+    let failed = ("failed".to_owned(), Value::from("exit status: 3"));
+    assert!(
+        wait_until(Duration::from_secs(10), || state("append")
+            == [("sent".into(), Value::Null), ("sent".into(), Value::Null)]
+            && state("broken") == [failed.clone(), failed.clone()]),
+        "{:?} {:?}",
         state("append"),
-        [("sent".into(), Value::Null), ("sent".into(), Value::Null)]
-    );
-    assert_eq!(
-        state("broken"),
-        [
-            ("failed".into(), "exit status: 3".into()),
-            ("failed".into(), "exit status: 3".into())
-        ]
+        state("broken")
     );
     assert!(
         receiver
