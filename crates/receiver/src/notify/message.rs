@@ -117,10 +117,16 @@ impl Notification {
             .find(|i| i.trigger.is_some() && (kind == "recovery" || i.new != "OK"))
             .unwrap_or(&changes[0])
             .clone();
+        // Trigger messages usually name their host already.
+        let text = if lead.message.contains(&lead.host) {
+            lead.message.clone()
+        } else {
+            format!("{}: {}", lead.host, lead.message)
+        };
         let message = match kind {
-            "recovery" => format!("{} recovered: {}", lead.host, lead.message),
-            "reminder" => format!("{} still has a problem: {}", lead.host, lead.message),
-            _ => format!("{}: {}", lead.host, lead.message),
+            "recovery" => format!("recovered: {text}"),
+            "reminder" => format!("still: {text}"),
+            _ => text,
         };
         Notification {
             kind,

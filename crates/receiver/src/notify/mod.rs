@@ -145,6 +145,9 @@ fn run(conn: Connection, mut setup: Setup, mut policy: Policy, rx: mpsc::Receive
     let mut silences = Silences::default();
     let mut silences_ms = 0;
     loop {
+        // Stopping: what still waits for `group_wait` goes to the queue
+        // now, to be delivered after the restart.
+        let mut last = false;
         match rx.recv_timeout(TICK) {
             Ok(Msg::Changes(changes)) => changes.iter().for_each(|c| policy.observe(c)),
             Ok(Msg::Setup(new)) => {
@@ -152,7 +155,7 @@ fn run(conn: Connection, mut setup: Setup, mut policy: Policy, rx: mpsc::Receive
                 setup = *new;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => last = true,
         }
         let now = now_ms();
         if now >= silences_ms + SILENCES_EVERY_MS {
@@ -163,10 +166,18 @@ fn run(conn: Connection, mut setup: Setup, mut policy: Policy, rx: mpsc::Receive
             silences_ms = now;
         }
         let why = |host: &str, items: &[Item]| silences.why(host, items, &setup.groups, now);
-        for out in policy.tick(now, &why) {
+        let until = if last {
+            now + setup.config.group_wait.as_millis() as u64
+        } else {
+            now
+        };
+        for out in policy.tick(until, &why) {
             if let Err(e) = settle(&conn, &setup.config.channels, &out, now) {
                 tracing::error!("cannot queue a notification: {e}");
             }
+        }
+        if last {
+            return;
         }
         if let Err(e) = deliver_due(&conn, &setup.config.channels) {
             tracing::error!("cannot read the notification queue: {e}");
