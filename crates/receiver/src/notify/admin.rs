@@ -201,6 +201,45 @@ pub fn parse_time(text: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::message::{Item, ItemKind};
+    use crate::notify::silence::{Silences, clear_acks};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn an_ack_silences_its_host_until_the_recovery_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::open(&dir.path().join("r.db")).unwrap();
+        conn.execute_batch(
+            "INSERT INTO hosts (name, status, since_ms, reason) VALUES ('a', 'PROBLEM', 0, 'x'), ('b', 'OK', 0, '')",
+        )
+        .unwrap();
+        let e = ack(&conn, "b", None, "", 5).unwrap_err();
+        assert!(e.to_string().contains("no problem to acknowledge"), "{e}");
+        assert!(ack(&conn, "a", Some("nope"), "", 5).is_err());
+        let id = ack(&conn, "a", None, "on it", 5).unwrap();
+        let item = Item {
+            kind: ItemKind::HostProblem,
+            host: "a".into(),
+            service: None,
+            trigger: None,
+            old: "OK".into(),
+            new: "PROBLEM".into(),
+            severity: None,
+            message: String::new(),
+            time_ms: 0,
+        };
+        let why = |now| {
+            Silences::load(&conn, now).unwrap().why(
+                "a",
+                std::slice::from_ref(&item),
+                &BTreeMap::new(),
+                now,
+            )
+        };
+        assert_eq!(why(10), Some(format!("acknowledged #{id}")));
+        assert_eq!(clear_acks(&conn, "a", None, 20).unwrap(), 1);
+        assert_eq!(why(30), None);
+    }
 
     #[test]
     fn times_parse_as_utc() {
