@@ -6,7 +6,7 @@ use sandglass_core::units::HumanDuration;
 use sandglass_receiver::config::{Model, database_of};
 use sandglass_receiver::notify::{admin, message::rfc3339};
 use sandglass_receiver::{events, server, store, view};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -230,29 +230,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             host,
             service,
             comment,
-        } => {
-            let conn = notify_db(&config)?;
-            let id = admin::ack(&conn, &host, service.as_deref(), &comment, now_ms())?;
-            println!("acknowledged #{id}: no notifications about it until it recovers");
-            Ok(())
-        }
+        } => ack(&config, &host, service.as_deref(), &comment),
         Command::Maintenance(args) => maintenance(args),
         Command::Notifications {
             config,
             since,
             limit,
             json,
-        } => {
-            let conn = notify_db(&config)?;
-            let since_ms = now_ms().saturating_sub(since.0.as_millis() as u64);
-            let rows = sandglass_receiver::notify::queue::list(&conn, since_ms, limit)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", admin::notifications_table(&rows));
-            }
-            Ok(())
-        }
+        } => notifications(&config, since, limit, json),
         Command::Check { config } => {
             let model = Model::load(&config)?;
             for (name, host) in &model.hosts {
@@ -271,11 +256,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The database of `config`, with the notification tables.
-fn notify_db(config: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
+fn notify_db(config: &Path) -> anyhow::Result<rusqlite::Connection> {
     let (database, _) = database_of(config)?;
     let conn = store::open_existing(&database)?;
     admin::prepare(&conn)?;
     Ok(conn)
+}
+
+fn ack(config: &Path, host: &str, service: Option<&str>, comment: &str) -> anyhow::Result<()> {
+    let conn = notify_db(config)?;
+    let id = admin::ack(&conn, host, service, comment, now_ms())?;
+    println!("acknowledged #{id}: no notifications about it until it recovers");
+    Ok(())
+}
+
+fn notifications(
+    config: &Path,
+    since: HumanDuration,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let conn = notify_db(config)?;
+    let since_ms = now_ms().saturating_sub(since.0.as_millis() as u64);
+    let rows = sandglass_receiver::notify::queue::list(&conn, since_ms, limit)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", admin::notifications_table(&rows));
+    }
+    Ok(())
 }
 
 fn maintenance(a: MaintenanceArgs) -> anyhow::Result<()> {
