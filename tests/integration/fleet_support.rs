@@ -138,7 +138,13 @@ impl Receiver {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    /// `receiver ARGS` (which must succeed), its stdout as JSON.
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.text(args)).unwrap()
+    }
+
+    /// `receiver ARGS` (which must succeed), its stdout.
+    pub fn text(&self, args: &[&str]) -> String {
         let out = Command::new(sandglass_tests::binary("receiver"))
             .args(args)
             .output()
@@ -148,7 +154,7 @@ impl Receiver {
             "receiver {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        String::from_utf8(out.stdout).unwrap()
     }
 
     pub fn log_text(&self) -> String {

@@ -21,6 +21,7 @@
 //! - [`packaging`]: `packaging/install.sh` and the systemd units;
 //! - [`template`]: `agent plugin new` and `agent plugin check`;
 //! - [`triggers`]: triggers firing and recovering, levels as events, host status;
+//! - [`notify`]: webhooks and commands told of triggers, maintenance, a webhook down;
 //! - [`tls`]: TLS with client certificates from the test CA script.
 
 mod command;
@@ -33,6 +34,7 @@ mod hostile;
 mod hostile_plugins;
 mod logwatch;
 mod metrics;
+mod notify;
 mod once;
 mod packaging;
 mod protocol;

@@ -7,6 +7,7 @@
 
 use crate::fleet_support::{Agent, Receiver, wait_until};
 use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -50,11 +51,10 @@ fn transitions(events: &[Value], service: &str, reason_has: &str) -> Vec<(String
         .collect()
 }
 
-#[test]
-fn a_value_crossing_a_trigger_fires_once_recovers_once_and_marks_the_host() {
-    let dir = tempfile::tempdir().unwrap();
+/// A plugin directory with uptime and the misbehave fixture.
+pub fn sequence_plugins(dir: &Path) -> PathBuf {
     crate::common::build_plugins();
-    let plugins = dir.path().join("plugins");
+    let plugins = dir.join("plugins");
     std::fs::create_dir(&plugins).unwrap();
     std::fs::copy(crate::common::plugin("uptime"), plugins.join("uptime.wasm")).unwrap();
     std::fs::copy(
@@ -62,12 +62,14 @@ fn a_value_crossing_a_trigger_fires_once_recovers_once_and_marks_the_host() {
         plugins.join("misbehave.wasm"),
     )
     .unwrap();
-    // One value a second: up past 90 for three runs (hovering at 85 in
-    // between, which the recovery condition keeps firing), then back down
-    // for good (the cycle comes round again after 30 runs, past this test).
-    let mut values = vec!["10", "95", "85", "97", "40"];
-    values.extend(std::iter::repeat_n("10", 25));
-    let model = format!(
+    plugins
+}
+
+/// Services `uptime` and `seq` (the fixture reporting `values`, one a
+/// second, `params` added to its parameters) and trigger `high` on `seq`:
+/// WARN above 90, recovered below 50.
+pub fn sequence_model(values: &[&str], params: &str) -> String {
+    format!(
         r#"
 [services.uptime]
 plugin = "uptime"
@@ -75,7 +77,7 @@ interval = "1s"
 [services.seq]
 plugin = "misbehave"
 interval = "1s"
-params = {{ mode = "sequence", values = "{}", crit = 96 }}
+params = {{ mode = "sequence", values = "{}"{params} }}
 [triggers.high]
 service = "seq"
 metric = "value"
@@ -84,15 +86,24 @@ when = "last > 90"
 recover = "last < 50"
 severity = "WARN"
 message = "{{host}} value {{value}}"
-[triggers.elsewhere]
-service = "uptime"
-metric = "no_such_metric"
-when = "last > 0"
-[hosts.a]
-token = "{TOKEN}"
-services = ["uptime", "seq"]
 "#,
         values.join(",")
+    )
+}
+
+#[test]
+fn a_value_crossing_a_trigger_fires_once_recovers_once_and_marks_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = sequence_plugins(dir.path());
+    // One value a second: up past 90 for three runs (hovering at 85 in
+    // between, which the recovery condition keeps firing), then back down
+    // for good (the cycle comes round again after 30 runs, past this test).
+    let mut values = vec!["10", "95", "85", "97", "40"];
+    values.extend(std::iter::repeat_n("10", 25));
+    let model = format!(
+        "{}[triggers.elsewhere]\nservice = \"uptime\"\nmetric = \"no_such_metric\"\nwhen = \"last > 0\"\n\
+         [hosts.a]\ntoken = \"{TOKEN}\"\nservices = [\"uptime\", \"seq\"]\n",
+        sequence_model(&values, ", crit = 96")
     );
     let receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model);
     let mut agent = Agent::start_with(dir.path(), "a", TOKEN, &[&receiver.address], &plugins, "");

@@ -285,8 +285,8 @@ fn once(config: &std::path::Path, format: Format, only: &[String]) -> anyhow::Re
 
 fn print_reports(reports: &[Report], format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Table => print!("{}", render::table(reports)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(reports)?),
+        Format::Table => sandglass_daemon::print(&render::table(reports))?,
+        Format::Json => sandglass_daemon::print(&(serde_json::to_string_pretty(reports)? + "\n"))?,
     }
     Ok(())
 }

@@ -67,6 +67,7 @@ mod tests {
     #[test]
     fn utc_is_iso_8601_with_z() {
         assert_eq!(utc_iso(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_iso(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(utc_iso(1_796_231_045_250), "2026-12-02T17:04:05Z");
         // A leap day, and a century that is not a leap year.
         assert_eq!(utc_iso(951_782_400_000), "2000-02-29T00:00:00Z");

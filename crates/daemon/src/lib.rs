@@ -101,3 +101,16 @@ pub fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Write `text` to stdout. A reader that went away (`receiver query | head`, `agent once | head`)
+/// ends the process quietly with exit 0: it took what it wanted, and
+/// `print!` would panic there (Rust ignores SIGPIPE, so the write fails
+/// with EPIPE instead of killing the process as it would a C program).
+pub fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}

@@ -1,12 +1,21 @@
 //! The receiver: accepts agents, hands out schedules, stores reports, judges
-//! liveness and answers `status` and `query`.
+//! liveness, fires triggers, tells people, and answers `status`, `query`,
+//! `events` and `/metrics`. No plugin runtime in its tree
+//! (`tests/boundary.rs`).
 //!
 //! - [`config`]: `receiver.toml` and the host/group/template/service model;
-//! - [`server`]: connections, handshake, acks, schedule pushes, reloads;
-//! - [`store`]: the SQLite store and its group-committing writer;
-//! - [`liveness`]: the late/UNREACHABLE/PROBLEM rule;
-//! - [`view`]: what `receiver status` prints;
-//! - [`query`]: `receiver query`, stored values for people and scripts.
+//! - [`server`]: connections, handshake, acks, schedule pushes, reloads,
+//!   housekeeping;
+//! - [`batches`], [`clock`], [`streams`], [`duplicates`]: judging batches,
+//!   agents' clocks, stored sequence ranges, two agents on one host id;
+//! - [`store`]: the SQLite store, its group-committing writer, retention;
+//! - [`liveness`]: the late/UNREACHABLE/PROBLEM rule and the changes it sees;
+//! - [`triggers`]: conditions over metrics, judged as reports are stored;
+//! - [`notify`]: telling people (webhooks, commands, the log), acks and
+//!   maintenance;
+//! - [`view`], [`events`], [`query`]: what `receiver status`, `events` and
+//!   `query` print;
+//! - [`http`]: the HTTP listener (`/metrics`).
 
 pub mod batches;
 pub mod clock;
@@ -15,6 +24,7 @@ pub mod duplicates;
 pub mod events;
 pub mod http;
 pub mod liveness;
+pub mod notify;
 pub mod query;
 pub mod server;
 pub mod store;

@@ -4,8 +4,9 @@ use clap::{Parser, Subcommand};
 use sandglass_core::time::now_ms;
 use sandglass_core::units::HumanDuration;
 use sandglass_receiver::config::{Model, database_of};
+use sandglass_receiver::notify::{admin, message::rfc3339};
 use sandglass_receiver::{events, query, server, store, view};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -58,11 +59,71 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Acknowledge a host's problem (or one service's): no more
+    /// notifications about it until it recovers.
+    Ack {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Maintenance windows: no notifications for a host or a group while
+    /// one lasts. Open one (--host/--group with --for, or --from/--until),
+    /// --list them, or --end one.
+    Maintenance(MaintenanceArgs),
+    /// List notifications: each message per channel, its state (pending,
+    /// sent, failed, suppressed), attempts and last error. Oldest first.
+    Notifications {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+        /// How far back, e.g. `1h`, `1d`.
+        #[arg(long, default_value = "1d")]
+        since: HumanDuration,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and print each host's schedule.
     Check {
         #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["host", "group", "list", "end"])))]
+struct MaintenanceArgs {
+    #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+    config: PathBuf,
+    #[arg(long, conflicts_with_all = ["group", "list", "end"])]
+    host: Option<String>,
+    #[arg(long, conflicts_with_all = ["list", "end"])]
+    group: Option<String>,
+    /// How long, from --from or from now (e.g. `2h`).
+    #[arg(long = "for", conflicts_with = "until")]
+    duration: Option<HumanDuration>,
+    /// Start: `YYYY-MM-DDTHH:MM[:SS]` UTC (default now).
+    #[arg(long)]
+    from: Option<String>,
+    /// End: `YYYY-MM-DDTHH:MM[:SS]` UTC.
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long, default_value = "")]
+    comment: String,
+    /// List the windows not yet over.
+    #[arg(long, conflicts_with = "end")]
+    list: bool,
+    /// End window ID now.
+    #[arg(long, value_name = "ID")]
+    end: Option<i64>,
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() {
@@ -92,9 +153,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let hosts = view::status(&conn).map_err(read)?;
             let receiver = view::receiver(&conn, now_ms()).map_err(read)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&hosts)?);
+                sandglass_daemon::print(&(serde_json::to_string_pretty(&hosts)? + "\n"))?;
             } else {
-                print!("{}", view::status_table(&receiver, &hosts, now_ms()));
+                sandglass_daemon::print(&view::status_table(&receiver, &hosts, now_ms()))?;
             }
             if !receiver.running {
                 eprintln!("note: the receiver is not running; this status is not live");
@@ -120,12 +181,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let found = events::events(&conn, &filter)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&found)?);
+                sandglass_daemon::print(&(serde_json::to_string_pretty(&found)? + "\n"))?;
             } else {
-                print!("{}", events::table(&found, now_ms()));
+                sandglass_daemon::print(&events::table(&found, now_ms()))?;
             }
             Ok(())
         }
+        Command::Ack {
+            config,
+            host,
+            service,
+            comment,
+        } => ack(&config, &host, service.as_deref(), &comment),
+        Command::Maintenance(args) => maintenance(args),
+        Command::Notifications {
+            config,
+            since,
+            limit,
+            json,
+        } => notifications(&config, since, limit, json),
         Command::Check { config } => {
             let model = Model::load(&config)?;
             for (name, host) in &model.hosts {
@@ -141,6 +215,81 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The database of `config`, with the notification tables.
+fn notify_db(config: &Path) -> anyhow::Result<rusqlite::Connection> {
+    let (database, _) = database_of(config)?;
+    let conn = store::open_existing(&database)?;
+    admin::prepare(&conn)?;
+    Ok(conn)
+}
+
+fn ack(config: &Path, host: &str, service: Option<&str>, comment: &str) -> anyhow::Result<()> {
+    let conn = notify_db(config)?;
+    let id = admin::ack(&conn, host, service, comment, now_ms())?;
+    println!("acknowledged #{id}: no notifications about it until it recovers");
+    Ok(())
+}
+
+fn notifications(
+    config: &Path,
+    since: HumanDuration,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let conn = notify_db(config)?;
+    let since_ms = now_ms().saturating_sub(since.0.as_millis() as u64);
+    let rows = sandglass_receiver::notify::queue::list(&conn, since_ms, limit)?;
+    if json {
+        sandglass_daemon::print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
+    } else {
+        sandglass_daemon::print(&admin::notifications_table(&rows))?;
+    }
+    Ok(())
+}
+
+fn maintenance(a: MaintenanceArgs) -> anyhow::Result<()> {
+    let now = now_ms();
+    let conn = notify_db(&a.config)?;
+    if a.list {
+        let windows = admin::windows(&conn, now)?;
+        if a.json {
+            sandglass_daemon::print(&(serde_json::to_string_pretty(&windows)? + "\n"))?;
+        } else {
+            sandglass_daemon::print(&admin::windows_table(&windows))?;
+        }
+        return Ok(());
+    }
+    if let Some(id) = a.end {
+        admin::end_maintenance(&conn, id, now)?;
+        println!("maintenance window #{id} ended");
+        return Ok(());
+    }
+    let model = Model::load(&a.config)?;
+    let scope = match (a.host, a.group) {
+        (Some(h), _) => admin::Scope::Host(h),
+        (_, Some(g)) => admin::Scope::Group(g),
+        _ => anyhow::bail!("say which: --host H or --group G"),
+    };
+    let from = a
+        .from
+        .as_deref()
+        .map(admin::parse_time)
+        .transpose()?
+        .unwrap_or(now);
+    let until = match (a.duration, a.until.as_deref()) {
+        (Some(d), _) => from + d.0.as_millis() as u64,
+        (None, Some(u)) => admin::parse_time(u)?,
+        (None, None) => anyhow::bail!("say how long: --for 2h, or --until YYYY-MM-DDTHH:MM"),
+    };
+    let id = admin::maintenance(&conn, &model, &scope, (from, until), &a.comment, now)?;
+    println!(
+        "maintenance window #{id}: {} .. {}",
+        rfc3339(from),
+        rfc3339(until)
+    );
+    Ok(())
 }
 
 fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<()> {

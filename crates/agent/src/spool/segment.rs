@@ -7,7 +7,7 @@ use super::acks::RESERVE_STEP;
 use super::lost::{Lost, tally};
 use super::record::{KIND_GAP, Record, encode};
 use anyhow::Context;
-use sandglass_core::time::now_ms;
+use sandglass_core::time::{now_ms, utc_iso};
 use sandglass_protocol::Gap;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -54,7 +54,7 @@ pub(super) struct Unwritten {
 impl Unwritten {
     pub(super) fn gap(&self, until_ms: u64) -> Gap {
         let n = self.lost.total();
-        let (from, to) = (utc(self.since_ms), utc(until_ms));
+        let (from, to) = (utc_iso(self.since_ms), utc_iso(until_ms));
         let reason = match &self.cause {
             None => format!("{n} reports lost: the agent's state_dir was full from {from} to {to}"),
             Some(error) => format!(
@@ -196,28 +196,6 @@ fn is_full(error: &anyhow::Error) -> bool {
         .any(|e| matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded))
 }
 
-/// `ms` (Unix time) as `2026-12-02T15:04:05Z`, for texts an operator reads.
-fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, time) = ((secs / 86_400) as i64, secs % 86_400);
-    // The civil date of a day number (H. Hinnant's `civil_from_days`).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        time / 3600,
-        time % 3600 / 60,
-        time % 60
-    )
-}
-
 pub(super) fn remove(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         tracing::warn!(path = %path.display(), "cannot remove a spool segment: {e}");
@@ -313,12 +291,5 @@ mod tests {
             "{}",
             gaps[0].reason
         );
-    }
-
-    #[test]
-    fn utc_times() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(1_700_000_000_123), "2023-11-14T22:13:20Z");
-        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 }

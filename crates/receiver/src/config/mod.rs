@@ -3,7 +3,10 @@
 //! schedule per host. Unknown keys and dangling names are errors that say
 //! where and how to fix them.
 
+mod notify;
 mod triggers;
+
+pub use notify::{Channel, NotifyConfig, Target};
 
 use crate::triggers::Trigger;
 use anyhow::{Context, bail};
@@ -60,6 +63,8 @@ struct RawConfig {
     hosts: BTreeMap<String, RawHost>,
     #[serde(default)]
     triggers: BTreeMap<String, triggers::RawTrigger>,
+    #[serde(default)]
+    notify: notify::RawNotify,
 }
 
 fn default_listen() -> String {
@@ -221,6 +226,8 @@ pub struct HostModel {
     pub liveness_service: String,
     /// The triggers on this host's services, by service.
     pub triggers: BTreeMap<String, Vec<Arc<Trigger>>>,
+    /// The groups the host is in (maintenance windows name them).
+    pub groups: Vec<String>,
 }
 
 /// The whole validated configuration.
@@ -228,6 +235,8 @@ pub struct HostModel {
 pub struct Model {
     pub settings: Settings,
     pub hosts: BTreeMap<String, HostModel>,
+    /// `[notify]`: who is told of problems.
+    pub notify: NotifyConfig,
 }
 
 impl Model {
@@ -326,6 +335,7 @@ impl RawConfig {
             &services.keys().map(String::as_str).collect(),
             &self.templates.keys().map(String::as_str).collect(),
         )?;
+        let notify = self.notify.resolve(base)?;
         let mut hosts = BTreeMap::new();
         for (name, h) in &self.hosts {
             check_name(name).map_err(|e| anyhow::anyhow!("[hosts.{name}]: host {e}"))?;
@@ -358,6 +368,7 @@ impl RawConfig {
                 }),
             },
             hosts,
+            notify,
         })
     }
 
@@ -414,6 +425,7 @@ impl RawConfig {
             },
             liveness_service,
             triggers,
+            groups: h.groups.clone(),
         })
     }
 }

@@ -215,14 +215,14 @@ pub fn command(args: QueryArgs) -> anyhow::Result<()> {
         output::note(&empty_note(&query, time));
     }
     if args.json {
-        return output::print(&output::json(&points, time)?);
+        return sandglass_daemon::print(&output::json(&points, time)?);
     }
     let layout = Layout {
         time,
         host_column: query.host.is_none(),
         agg: query.step_ms.map(|_| query.agg),
     };
-    output::print(&output::table(&points, layout))
+    sandglass_daemon::print(&output::table(&points, layout))
 }
 
 fn configured(model: &Model) -> names::Configured {

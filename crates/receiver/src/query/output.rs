@@ -96,18 +96,6 @@ pub fn json(points: &[Point], time: TimeStyle) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(&points)? + "\n")
 }
 
-/// Write `text` to stdout. A reader that went away (`receiver query | head`)
-/// ends the process quietly with exit 0: it took what it wanted, and
-/// `print!` would panic there (Rust ignores SIGPIPE, so the write fails
-/// with EPIPE instead of killing the process as it would a C program).
-pub fn print(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        other => Ok(other?),
-    }
-}
-
 /// A note for the person at the terminal, on stderr so that stdout stays
 /// data; a closed stderr is not worth failing for.
 pub fn note(text: &str) {

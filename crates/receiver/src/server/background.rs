@@ -46,6 +46,7 @@ pub(super) async fn liveness_clock(shared: Arc<Shared>, cancel: CancellationToke
             .evaluate(now_ms(), tolerance);
         changes.iter().for_each(log_change);
         if !changes.is_empty() {
+            shared.notifier.changes(&changes);
             shared.store.send(Op::Changes { changes }).await;
         }
     }
@@ -132,6 +133,7 @@ async fn apply_reload(shared: &Shared) {
         .expect("tracker lock")
         .apply_model(&new, now_ms());
     shared.store.send(scheduled_op(&new, &shared.tracker)).await;
+    shared.notifier.configure(&new);
     let pushed = push_schedules(shared, &old, &new);
     tracing::info!(
         hosts = new.hosts.len(),

@@ -11,6 +11,7 @@ mod housekeeping;
 use crate::config::Model;
 use crate::duplicates::Duplicates;
 use crate::liveness::Tracker;
+use crate::notify::{Notifier, Setup};
 use crate::store::{self, Op, ScheduledHost, ScheduledService, Store};
 use anyhow::Context;
 use handshake::Handshakes;
@@ -52,6 +53,7 @@ struct Shared {
     tls: Option<TlsAcceptor>,
     handshakes: Arc<Handshakes>,
     duplicates: Mutex<Duplicates>,
+    notifier: Notifier,
 }
 
 impl Shared {
@@ -134,6 +136,9 @@ impl Server {
             conn,
             tls,
         } = self;
+        // The notifier has a connection of its own: its queue writes and
+        // slow channels never wait on (or hold up) the store writer.
+        let notifier = Notifier::start(store::open(&model.settings.database)?, Setup::of(&model))?;
         let (store, writer) = Store::start(conn, tracker.clone());
         store.send(scheduled_op(&model, &tracker)).await;
         let cap = Arc::new(Semaphore::new(model.settings.max_connections));
@@ -147,6 +152,7 @@ impl Server {
             tls,
             handshakes: Arc::default(),
             duplicates: Mutex::default(),
+            notifier,
         });
         serve(shared, cap, writer, listener, http, reload, shutdown).await
     }
@@ -217,6 +223,10 @@ async fn serve(
     background.shutdown().await;
     // Last word for `receiver status`: the data is no longer live.
     shared.store.heartbeat(false).await;
+    let stopping = shared.clone();
+    tokio::task::spawn_blocking(move || stopping.notifier.stop())
+        .await
+        .ok();
     drop(shared);
     // The writer ends once every Store handle is gone, after committing
     // what was queued.

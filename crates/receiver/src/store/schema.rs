@@ -85,6 +85,7 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.execute_batch(SCHEMA)
         .and_then(|()| conn.execute_batch(streams::SCHEMA))
+        .and_then(|()| conn.execute_batch(crate::notify::SCHEMA))
         .with_context(|| format!("cannot set up the schema of {}", path.display()))?;
     Ok(conn)
 }
