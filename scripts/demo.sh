@@ -28,6 +28,7 @@ done
 "$bin/agent" run --config examples/agent.toml 2>target/demo/agent.log &
 agent=$!
 echo "receiver (pid $receiver) and agent (pid $agent) running; logs in target/demo/"
+sed -n 's#^http on #metrics: #p' target/demo/receiver.out | sed 's#/$#/metrics#'
 # Every service has reported once within a second or two of the start.
 for _ in $(seq 40); do
     "$bin/receiver" status --config examples/receiver.toml | grep -q "^demo OK" && break

@@ -208,3 +208,23 @@ fn a_trigger_on_an_unknown_service_or_with_a_bad_condition_is_named() {
         );
     }
 }
+
+#[test]
+fn the_example_receiver_config_with_its_triggers_and_http_checks() {
+    crate::common::build_plugins();
+    let example = crate::common::root().join("examples/receiver.toml");
+    let out = Command::new(sandglass_tests::binary("receiver"))
+        .args(["check", "--config", example.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK, 1 hosts"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&example).unwrap();
+    for key in ["[triggers.cpu_busy]", "[http]", "retention = ", "[notify"] {
+        assert!(text.contains(key), "examples/receiver.toml documents {key}");
+    }
+}

@@ -50,14 +50,8 @@ enum Command {
         /// Only this service's events.
         #[arg(long)]
         service: Option<String>,
-        /// How far back, e.g. `1h`, `1d`, `2w`.
-        #[arg(long, default_value = "1d")]
-        since: HumanDuration,
-        /// At most this many (the newest).
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Acknowledge a host's problem (or one service's): no more
     /// notifications about it until it recovers.
@@ -80,14 +74,8 @@ enum Command {
     Notifications {
         #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
         config: PathBuf,
-        /// How far back, e.g. `1h`, `1d`.
-        #[arg(long, default_value = "1d")]
-        since: HumanDuration,
-        /// At most this many (the newest).
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Validate the configuration and print each host's schedule.
     Check {
@@ -167,25 +155,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             host,
             service,
-            since,
-            limit,
-            json,
+            listing,
         } => {
             let (database, _) = database_of(&config)?;
             let conn = store::open_existing(&database)?;
             let filter = events::Filter {
                 host: host.as_deref(),
                 service: service.as_deref(),
-                since_ms: now_ms().saturating_sub(since.0.as_millis() as u64),
-                limit,
+                since_ms: listing.since_ms(),
+                limit: listing.limit,
             };
             let found = events::events(&conn, &filter)?;
-            if json {
-                sandglass_daemon::print(&(serde_json::to_string_pretty(&found)? + "\n"))?;
-            } else {
-                sandglass_daemon::print(&events::table(&found, now_ms()))?;
-            }
-            Ok(())
+            listing.print(&found, |rows| events::table(rows, now_ms()))
         }
         Command::Ack {
             config,
@@ -194,12 +175,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             comment,
         } => ack(&config, &host, service.as_deref(), &comment),
         Command::Maintenance(args) => maintenance(args),
-        Command::Notifications {
-            config,
-            since,
-            limit,
-            json,
-        } => notifications(&config, since, limit, json),
+        Command::Notifications { config, listing } => {
+            let conn = notify_db(&config)?;
+            let rows =
+                sandglass_receiver::notify::queue::list(&conn, listing.since_ms(), listing.limit)?;
+            listing.print(&rows, |rows| admin::notifications_table(rows))
+        }
         Command::Check { config } => {
             let model = Model::load(&config)?;
             for (name, host) in &model.hosts {
@@ -232,21 +213,36 @@ fn ack(config: &Path, host: &str, service: Option<&str>, comment: &str) -> anyho
     Ok(())
 }
 
-fn notifications(
-    config: &Path,
+/// How far back, how many and in what form `events` and `notifications`
+/// list.
+#[derive(clap::Args)]
+struct Listing {
+    /// How far back, e.g. `1h`, `1d`, `2w`.
+    #[arg(long, default_value = "1d")]
     since: HumanDuration,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 1000)]
     limit: usize,
+    #[arg(long)]
     json: bool,
-) -> anyhow::Result<()> {
-    let conn = notify_db(config)?;
-    let since_ms = now_ms().saturating_sub(since.0.as_millis() as u64);
-    let rows = sandglass_receiver::notify::queue::list(&conn, since_ms, limit)?;
-    if json {
-        sandglass_daemon::print(&(serde_json::to_string_pretty(&rows)? + "\n"))?;
-    } else {
-        sandglass_daemon::print(&admin::notifications_table(&rows))?;
+}
+
+impl Listing {
+    fn since_ms(&self) -> u64 {
+        now_ms().saturating_sub(self.since.0.as_millis() as u64)
     }
-    Ok(())
+
+    fn print<T: serde::Serialize>(
+        &self,
+        rows: &T,
+        table: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            sandglass_daemon::print(&(serde_json::to_string_pretty(rows)? + "\n"))
+        } else {
+            sandglass_daemon::print(&table(rows))
+        }
+    }
 }
 
 fn maintenance(a: MaintenanceArgs) -> anyhow::Result<()> {

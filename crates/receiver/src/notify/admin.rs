@@ -2,12 +2,13 @@
 //! what people do about notifications, written to (and read from) the
 //! receiver's database, which the running receiver reads every second.
 
-use super::message::{days_from_civil, rfc3339};
+use super::message::rfc3339;
 use super::queue::NotificationView;
 use crate::config::Model;
 use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use sandglass_core::text::Escaped;
+use sandglass_core::time::days_from_civil;
 use serde::Serialize;
 use std::fmt::Write;
 
