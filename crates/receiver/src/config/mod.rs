@@ -3,10 +3,13 @@
 //! schedule per host. Unknown keys and dangling names are errors that say
 //! where and how to fix them.
 
+mod http;
 mod notify;
 mod triggers;
 
 pub use notify::{Channel, NotifyConfig, Target};
+
+pub use http::HttpSettings;
 
 use crate::triggers::Trigger;
 use anyhow::{Context, bail};
@@ -52,7 +55,7 @@ struct RawConfig {
     #[serde(default = "default_max_handshakes")]
     max_handshakes: usize,
     tls: Option<ServerTls>,
-    http: Option<RawHttp>,
+    http: Option<http::RawHttp>,
     #[serde(default)]
     services: BTreeMap<String, RawService>,
     #[serde(default)]
@@ -115,14 +118,6 @@ struct RawService {
     limits: LimitOverrides,
 }
 
-/// `[http]`: the receiver's HTTP listener.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    listen: String,
-    token: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTemplate {
@@ -168,40 +163,6 @@ pub struct Settings {
     pub tls: Option<ServerTls>,
     /// The HTTP listener (`/metrics`), if configured.
     pub http: Option<HttpSettings>,
-}
-
-/// `[http]` of the receiver.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HttpSettings {
-    pub listen: String,
-    /// sha256 of the bearer token, if one is required.
-    pub token_hash: Option<[u8; 32]>,
-}
-
-impl RawHttp {
-    /// Beyond the loopback interface, a token is required: the page and
-    /// the metrics tell what runs where.
-    fn resolve(self) -> anyhow::Result<HttpSettings> {
-        let loopback = match self.listen.parse::<std::net::SocketAddr>() {
-            Ok(address) => address.ip().is_loopback(),
-            Err(_) => self.listen.starts_with("localhost:"),
-        };
-        if let Some(token) = &self.token
-            && token.len() < 8
-        {
-            bail!("token is shorter than 8 characters: use a long random one");
-        }
-        if !loopback && self.token.is_none() {
-            bail!(
-                "listen = {:?} is reachable from other machines: set token = \"...\" (clients send Authorization: Bearer <token>) or listen on 127.0.0.1",
-                self.listen
-            );
-        }
-        Ok(HttpSettings {
-            listen: self.listen,
-            token_hash: self.token.map(|t| sha256(t.as_bytes())),
-        })
-    }
 }
 
 /// `[tls]` of the receiver.
@@ -358,7 +319,7 @@ impl RawConfig {
                 max_handshakes: self.max_handshakes,
                 http: self
                     .http
-                    .map(RawHttp::resolve)
+                    .map(http::RawHttp::resolve)
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("[http]: {e}"))?,
                 tls: self.tls.map(|t| ServerTls {
