@@ -7,6 +7,19 @@ use std::time::{Duration, Instant};
 
 pub use sandglass_tests::{build_plugins, fixture, plugin, root};
 
+/// A plugin directory under `dir` holding the core plugins `core` and the
+/// misbehave fixture, for a receiver and an agent to share.
+pub fn plugin_dir(dir: &Path, core: &[&str]) -> std::path::PathBuf {
+    build_plugins();
+    let plugins = dir.join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for name in core {
+        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    std::fs::copy(fixture("misbehave"), plugins.join("misbehave.wasm")).unwrap();
+    plugins
+}
+
 /// Run the agent binary with `args`; returns its output and wall time.
 pub fn agent(args: &[&str]) -> (Output, Duration) {
     let start = Instant::now();

@@ -333,18 +333,7 @@ fn slow_plugins_do_not_hold_up_the_other_services_of_their_host() {
     // second. The six good ones must still report every second, OK, none
     // waiting behind the slow ones (in whatever order the tick queues them).
     let dir = tempfile::tempdir().unwrap();
-    crate::common::build_plugins();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    for good in ["uptime", "memory", "loadavg"] {
-        let file = format!("{good}.wasm");
-        std::fs::copy(crate::common::plugin(good), plugins.join(&file)).unwrap();
-    }
-    std::fs::copy(
-        crate::common::fixture("misbehave"),
-        plugins.join("misbehave.wasm"),
-    )
-    .unwrap();
+    let plugins = crate::common::plugin_dir(dir.path(), &["uptime", "memory", "loadavg"]);
     let good: Vec<String> = ["uptime", "memory", "loadavg"]
         .iter()
         .flat_map(|p| [format!("{p}-1"), format!("{p}-2")])

@@ -59,21 +59,7 @@ fn promtool_accepts(text: &str) {
 #[test]
 fn metrics_carry_what_the_plugins_reported_and_promtool_accepts_them() {
     let dir = tempfile::tempdir().unwrap();
-    crate::common::build_plugins();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    for plugin in ["uptime", "cpu", "loadavg"] {
-        std::fs::copy(
-            crate::common::plugin(plugin),
-            plugins.join(format!("{plugin}.wasm")),
-        )
-        .unwrap();
-    }
-    std::fs::copy(
-        crate::common::fixture("misbehave"),
-        plugins.join("misbehave.wasm"),
-    )
-    .unwrap();
+    let plugins = crate::common::plugin_dir(dir.path(), &["uptime", "cpu", "loadavg"]);
     let model = format!(
         r#"
 [http]

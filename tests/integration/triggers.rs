@@ -53,16 +53,7 @@ fn transitions(events: &[Value], service: &str, reason_has: &str) -> Vec<(String
 
 /// A plugin directory with uptime and the misbehave fixture.
 pub fn sequence_plugins(dir: &Path) -> PathBuf {
-    crate::common::build_plugins();
-    let plugins = dir.join("plugins");
-    std::fs::create_dir(&plugins).unwrap();
-    std::fs::copy(crate::common::plugin("uptime"), plugins.join("uptime.wasm")).unwrap();
-    std::fs::copy(
-        crate::common::fixture("misbehave"),
-        plugins.join("misbehave.wasm"),
-    )
-    .unwrap();
-    plugins
+    crate::common::plugin_dir(dir, &["uptime"])
 }
 
 /// Services `uptime` and `seq` (the fixture reporting `values`, one a
