@@ -12,7 +12,7 @@ pub mod output;
 pub mod when;
 
 use crate::config::{Model, database_of};
-use crate::store::{self, StoredReport};
+use crate::store::{self, StoredReport, samples};
 use anyhow::bail;
 use buckets::Agg;
 use output::Layout;
@@ -141,23 +141,55 @@ impl Query {
         if let Some(s) = service {
             names::check_service(conn, &self.configured, host, s)?;
         }
-        let reports = store::reports(conn, host, service, self.since_ms, self.until_ms)?;
-        if let Some(metric) = &self.metric {
-            let seen: BTreeSet<&str> = reports
-                .iter()
-                .flat_map(|r| r.samples.iter().map(|s| s.name.as_str()))
-                .collect();
-            names::check_metric(conn, host, service, metric, &seen)?;
-        }
-        let points: Vec<Point> = reports
-            .into_iter()
-            .flat_map(points_of)
-            .filter(|p| self.wants(&p.sample))
-            .collect();
+        let points = match &self.metric {
+            Some(metric) => self.series_points(conn, metric)?,
+            None => self.report_points(conn)?,
+        };
         Ok(match self.step_ms {
             Some(step) => buckets::aggregate(points, step, self.agg),
             None => points,
         })
+    }
+
+    /// The points of the metric in scope, read without decoding the rest
+    /// of each report.
+    fn series_points(&self, conn: &Connection, metric: &str) -> anyhow::Result<Vec<Point>> {
+        let (host, service) = (self.host.as_deref(), self.service.as_deref());
+        let found = samples::metric(
+            conn,
+            (host, service),
+            metric,
+            &self.labels,
+            (self.since_ms, self.until_ms),
+        )?;
+        let seen: BTreeSet<&str> = found.first().map(|_| metric).into_iter().collect();
+        names::check_metric(conn, host, service, metric, &seen)?;
+        Ok(found
+            .into_iter()
+            .map(|f| Point {
+                time_ms: f.time_ms,
+                host: f.host,
+                service: f.service,
+                sample: f.sample,
+                count: None,
+            })
+            .collect())
+    }
+
+    /// The wanted samples of every report in scope.
+    fn report_points(&self, conn: &Connection) -> anyhow::Result<Vec<Point>> {
+        let reports = store::reports(
+            conn,
+            self.host.as_deref(),
+            self.service.as_deref(),
+            self.since_ms,
+            self.until_ms,
+        )?;
+        Ok(reports
+            .into_iter()
+            .flat_map(points_of)
+            .filter(|p| self.wants(&p.sample))
+            .collect())
     }
 
     fn wants(&self, sample: &Sample) -> bool {

@@ -4,9 +4,10 @@
 //! transaction (group commit: one fsync for many batches); a batch is
 //! acknowledged only after the transaction holding it has committed.
 //!
-//! Samples are stored per report as one MessagePack blob (the report's
-//! samples array), indexed by (service, time): one row per report instead of
-//! one per sample is what lets a single SQLite writer keep up with a fleet.
+//! Reports are indexed by (service, time); a report row holds its values
+//! and names the layout of its series, stored once per service, so one
+//! metric can be read over time without decoding the rest of what the
+//! service sent ([`samples`]).
 //!
 //! Every agent numbers its spool entries per stream; `stored_ranges` keeps
 //! exactly which numbers are stored per (host, stream) ([`super::streams`]),
@@ -24,6 +25,7 @@
 mod ops;
 mod read;
 pub mod retention;
+pub mod samples;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -34,13 +36,11 @@ pub use read::{
 pub use schema::{open, open_existing, write_heartbeat};
 
 use crate::liveness::{Change, HostStatus, Tracker};
-use crate::streams::RangeSet;
 use ops::{Caches, apply_op};
 use rusqlite::Connection;
 use sandglass_core::report::Level;
 use sandglass_core::time::now_ms;
 use sandglass_protocol::{Entry, ReportBatch};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -177,9 +177,7 @@ impl Store {
 struct Writer {
     conn: Connection,
     tracker: Arc<Mutex<Tracker>>,
-    service_ids: HashMap<(String, String), i64>,
-    /// Stored numbers per (host, stream), as in the `stored_ranges` table.
-    stored: HashMap<(String, u64), RangeSet>,
+    caches: Caches,
 }
 
 impl Writer {
@@ -187,8 +185,7 @@ impl Writer {
         Writer {
             conn,
             tracker,
-            service_ids: HashMap::new(),
-            stored: HashMap::new(),
+            caches: Caches::default(),
         }
     }
 
@@ -218,8 +215,7 @@ impl Writer {
         if let Err(e) = &result {
             tracing::error!("store write failed, batches not acknowledged: {e:#}");
             // The caches may hold what the rolled-back transaction wrote.
-            self.service_ids.clear();
-            self.stored.clear();
+            self.caches.clear();
             // Give back what the WAL took while the disk was full, so that
             // freeing space lets the next commit through.
             if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
@@ -259,11 +255,7 @@ impl Writer {
         for (op, failure) in group.iter().zip(failed.iter_mut()) {
             let savepoint = tx.savepoint()?;
             let mut op_seen = Vec::new();
-            let mut caches = Caches {
-                service_ids: &mut self.service_ids,
-                stored: &mut self.stored,
-            };
-            match apply_op(&savepoint, &mut caches, op, &mut op_seen) {
+            match apply_op(&savepoint, &mut self.caches, op, &mut op_seen) {
                 Ok(()) => {
                     savepoint.commit()?;
                     seen.extend(op_seen);
@@ -274,8 +266,7 @@ impl Writer {
                     tracing::error!("a store write was refused and rolled back: {e:#}");
                     *failure = Some(format!("{e:#}"));
                     // The caches may hold what the savepoint wrote.
-                    self.service_ids.clear();
-                    self.stored.clear();
+                    self.caches.clear();
                 }
             }
         }

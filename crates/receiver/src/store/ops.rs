@@ -1,6 +1,7 @@
 //! One function per store operation, each run inside its own savepoint by
 //! the writer.
 
+use super::samples::{self, NewestLayouts};
 use super::schema::write_heartbeat;
 use super::{Op, ScheduledHost, ScheduledService, Seen};
 use crate::liveness::{Change, ServiceState, Subject};
@@ -12,15 +13,25 @@ use sandglass_protocol::{Entry, Gap, ReportBatch};
 use std::collections::HashMap;
 
 /// What the writer remembers between ops, to spare queries.
-pub(super) struct Caches<'a> {
-    pub service_ids: &'a mut HashMap<(String, String), i64>,
-    pub stored: &'a mut HashMap<(String, u64), RangeSet>,
+#[derive(Default)]
+pub(super) struct Caches {
+    pub service_ids: HashMap<(String, String), i64>,
+    pub layouts: NewestLayouts,
+    /// Stored numbers per (host, stream), as in the `stored_ranges` table.
+    pub stored: HashMap<(String, u64), RangeSet>,
+}
+
+impl Caches {
+    /// After a rollback: the caches may hold rows that are gone.
+    pub fn clear(&mut self) {
+        *self = Caches::default();
+    }
 }
 
 /// Write one op (inside its savepoint).
 pub(super) fn apply_op(
     tx: &Connection,
-    caches: &mut Caches<'_>,
+    caches: &mut Caches,
     op: &Op,
     seen: &mut Vec<Seen>,
 ) -> anyhow::Result<()> {
@@ -173,7 +184,7 @@ struct Latest<'a> {
 /// Store the entries of `batch` not stored before, and record their numbers.
 fn write_batch(
     tx: &Connection,
-    caches: &mut Caches<'_>,
+    caches: &mut Caches,
     host: &str,
     stream: u64,
     batch: &ReportBatch,
@@ -185,7 +196,7 @@ fn write_batch(
         Some(set) => set.clone(),
         None => streams::load(tx, host, stream)?,
     };
-    let latest = insert_entries(tx, caches.service_ids, host, batch, &stored, clock)?;
+    let latest = insert_entries(tx, caches, host, batch, &stored, clock)?;
     let mut updated = stored.clone();
     updated.insert(batch.seq, batch.last_seq());
     if batch.settled > 0 {
@@ -202,15 +213,15 @@ fn write_batch(
 /// the newest report per service id.
 fn insert_entries<'b>(
     tx: &Connection,
-    service_ids: &mut HashMap<(String, String), i64>,
+    caches: &mut Caches,
     host: &str,
     batch: &'b ReportBatch,
     stored: &RangeSet,
     clock: Clock,
 ) -> anyhow::Result<HashMap<i64, Latest<'b>>> {
     let mut insert = tx.prepare_cached(
-        "INSERT INTO reports (service_id, time_ms, received_ms, seq, level, text, samples)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO reports (service_id, time_ms, received_ms, seq, level, text, layout_id, samples)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut latest: HashMap<i64, Latest<'b>> = HashMap::new();
     let mut unscheduled: Option<Gap> = None;
@@ -229,11 +240,11 @@ fn insert_entries<'b>(
             }
         };
         let time_ms = corrected(report.time_ms, clock);
-        let Some(id) = service_id(tx, service_ids, host, &report.service)? else {
+        let Some(id) = service_id(tx, &mut caches.service_ids, host, &report.service)? else {
             count_unscheduled(&mut unscheduled, host, &report.service, time_ms);
             continue;
         };
-        let samples = rmp_serde::to_vec(&report.samples)?;
+        let (layout, values) = samples::encode(tx, &mut caches.layouts, id, &report.samples)?;
         insert.execute(params![
             id,
             time_ms,
@@ -241,7 +252,8 @@ fn insert_entries<'b>(
             seq,
             report.status.level.as_str(),
             report.status.text,
-            samples
+            layout,
+            values
         ])?;
         let newest = latest.entry(id).or_insert(Latest {
             time_ms: 0,

@@ -1,6 +1,7 @@
 //! What the store gives back: liveness after a restart, and the stored
 //! reports `receiver status` and `receiver query` show.
 
+use super::samples::Layouts;
 use crate::liveness::{Remembered, RememberedHost, UnknownState};
 use anyhow::Context;
 use rusqlite::types::Type;
@@ -72,8 +73,8 @@ pub fn reports(
     since_ms: u64,
     until_ms: u64,
 ) -> anyhow::Result<Vec<StoredReport>> {
-    let mut stmt = conn.prepare(
-        "SELECT s.host, s.name, r.time_ms, r.level, r.text, r.samples FROM reports r
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.host, s.name, r.time_ms, r.level, r.text, r.layout_id, r.samples FROM reports r
          JOIN services s ON s.id = r.service_id
          WHERE (?1 IS NULL OR s.host = ?1) AND (?2 IS NULL OR s.name = ?2)
            AND r.time_ms >= ?3 AND r.time_ms < ?4
@@ -81,28 +82,41 @@ pub fn reports(
     )?;
     let rows = stmt.query_map(params![host, service, since_ms, until_ms], |r| {
         Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, u64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, Vec<u8>>(5)?,
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, Vec<u8>>(6)?,
         ))
     })?;
+    let mut layouts = Layouts::default();
     rows.map(|row| {
-        let (host, service, time_ms, level, text, blob) = row?;
-        let samples = rmp_serde::from_slice(&blob)
-            .with_context(|| format!("damaged samples of {host}/{service} at {time_ms}"))?;
-        Ok(StoredReport {
-            host,
-            service,
-            time_ms,
-            level,
-            text,
-            samples,
-        })
+        let (head, layout, bytes) = row?;
+        stored_report(conn, &mut layouts, head, layout, &bytes)
     })
     .collect()
+}
+
+/// What a report row holds before its samples: host, service, time,
+/// level, text.
+type ReportHead = (String, String, u64, String, String);
+
+fn stored_report(
+    conn: &Connection,
+    layouts: &mut Layouts,
+    (host, service, time_ms, level, text): ReportHead,
+    layout: Option<i64>,
+    bytes: &[u8],
+) -> anyhow::Result<StoredReport> {
+    let samples = layouts
+        .samples(conn, layout, bytes)
+        .with_context(|| format!("damaged samples of {host}/{service} at {time_ms}"))?;
+    Ok(StoredReport {
+        host,
+        service,
+        time_ms,
+        level,
+        text,
+        samples,
+    })
 }
 
 /// Every host the store knows: configured, or seen reporting.
@@ -153,30 +167,27 @@ pub fn latest(
     service: &str,
 ) -> anyhow::Result<Option<StoredReport>> {
     let row = conn
-        .query_row(
-            "SELECT r.time_ms, r.level, r.text, r.samples FROM reports r
+        .prepare_cached(
+            "SELECT r.time_ms, r.level, r.text, r.layout_id, r.samples FROM reports r
              JOIN services s ON s.id = r.service_id
              WHERE s.host = ?1 AND s.name = ?2 ORDER BY r.time_ms DESC LIMIT 1",
-            params![host, service],
-            |r| {
-                Ok((
-                    r.get::<_, u64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            },
-        )
-        .optional()?;
-    row.map(|(time_ms, level, text, blob)| {
-        Ok(StoredReport {
-            host: host.to_owned(),
-            service: service.to_owned(),
-            time_ms,
-            level,
-            text,
-            samples: rmp_serde::from_slice(&blob)?,
+        )?
+        .query_row(params![host, service], |r| {
+            Ok((
+                (
+                    host.to_owned(),
+                    service.to_owned(),
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                ),
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
         })
+        .optional()?;
+    row.map(|(head, layout, bytes)| {
+        stored_report(conn, &mut Layouts::default(), head, layout, &bytes)
     })
     .transpose()
 }

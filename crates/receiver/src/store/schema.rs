@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS reports (
     seq INTEGER NOT NULL,
     level TEXT NOT NULL,
     text TEXT NOT NULL,
+    -- The values, 8 bytes each, in the order of the layout (`layout_id`,
+    -- added by store/samples.rs); before layouts, a MessagePack array.
     samples BLOB NOT NULL
 );
 DROP INDEX IF EXISTS reports_by_time;
@@ -84,6 +86,8 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
     // checkpoint instead of keeping the space it took.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.execute_batch(SCHEMA)
+        .and_then(|()| conn.execute_batch(super::samples::SCHEMA))
+        .and_then(|()| super::samples::migrate(&conn))
         .and_then(|()| conn.execute_batch(streams::SCHEMA))
         .and_then(|()| conn.execute_batch(crate::notify::SCHEMA))
         .with_context(|| format!("cannot set up the schema of {}", path.display()))?;
@@ -126,5 +130,10 @@ pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
     )
     .with_context(|| format!("cannot open the receiver database {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // A database last written by a receiver before layouts is read by the
+    // same queries.
+    conn.execute_batch(super::samples::SCHEMA)
+        .and_then(|()| super::samples::migrate(&conn))
+        .with_context(|| format!("cannot bring {} up to date", path.display()))?;
     Ok(conn)
 }

@@ -350,3 +350,135 @@ fn retention_deletes_only_older_rows_a_bounded_step_at_a_time() {
     let (size, free) = retention::size(&conn).unwrap();
     assert!(size > 0 && free <= size);
 }
+
+fn sample(name: &str, value: f64, labels: &[(&str, &str)]) -> sandglass_core::report::Sample {
+    sandglass_core::report::Sample {
+        name: name.into(),
+        value,
+        kind: sandglass_core::report::MetricKind::Counter,
+        unit: "jiffies".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+    }
+}
+
+/// Runs 1..=3 of svc, each with two labelled series, a NaN, and (run 2)
+/// one series named twice.
+fn batch_with_samples() -> ReportBatch {
+    let mut b = batch(1, 1..=3);
+    for (i, e) in b.entries.iter_mut().enumerate() {
+        if let Entry::Report(r) = e {
+            let n = i as f64;
+            r.samples = vec![
+                sample("jiffies", 10.0 + n, &[("cpu", "cpu0")]),
+                sample("jiffies", 20.5 + n, &[("cpu", "cpu1")]),
+                sample("odd", f64::NAN, &[]),
+            ];
+            if i == 1 {
+                r.samples.push(sample("jiffies", 99.0, &[("cpu", "cpu0")]));
+            }
+        }
+    }
+    b
+}
+
+#[test]
+fn reports_come_back_exactly_as_sent_and_one_series_reads_alone() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    let sent = batch_with_samples();
+    send(&store, 1, sent.clone());
+    drop(store);
+    writer.join().unwrap();
+    let conn = open_existing(&path).unwrap();
+    let stored = reports(&conn, Some("h"), None, 0, END).unwrap();
+    assert_eq!(stored.len(), 3);
+    for (got, entry) in stored.iter().zip(&sent.entries) {
+        let Entry::Report(want) = entry else {
+            panic!("the batch holds reports only")
+        };
+        assert_eq!(got.samples.len(), want.samples.len());
+        for (g, w) in got.samples.iter().zip(&want.samples) {
+            assert_eq!(
+                (&g.name, &g.labels, g.kind, &g.unit),
+                (&w.name, &w.labels, w.kind, &w.unit)
+            );
+            assert!(g.value == w.value || (g.value.is_nan() && w.value.is_nan()));
+        }
+    }
+    // Runs 1 and 3 share a layout; run 2 (one more series) has its own.
+    assert_eq!(count(&conn, "layouts"), 2);
+    let cpu1 = [("cpu".to_string(), "cpu1".to_string())];
+    let found =
+        samples::metric(&conn, (Some("h"), None), "jiffies", &cpu1, (1_002, 1_004)).unwrap();
+    let points: Vec<(u64, f64)> = found.iter().map(|f| (f.time_ms, f.sample.value)).collect();
+    assert_eq!(points, vec![(1_002, 21.5), (1_003, 22.5)]);
+    assert!(
+        found
+            .iter()
+            .all(|f| f.sample.labels == cpu1 && f.service == "svc")
+    );
+    // Run 2 named cpu0 twice: both values are there, in report order.
+    let cpu0 = [("cpu".to_string(), "cpu0".to_string())];
+    let found =
+        samples::metric(&conn, (None, Some("svc")), "jiffies", &cpu0, (1_002, 1_003)).unwrap();
+    let values: Vec<f64> = found.iter().map(|f| f.sample.value).collect();
+    assert_eq!(values, vec![11.0, 99.0]);
+    assert_eq!(
+        latest(&conn, "h", "svc").unwrap().unwrap().samples[0].value,
+        12.0
+    );
+}
+
+#[test]
+fn reports_stored_before_layouts_are_still_read() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    send(&store, 1, batch_with_samples());
+    drop(store);
+    writer.join().unwrap();
+    let conn = open(&path).unwrap();
+    let old = vec![
+        sample("jiffies", 7.0, &[("cpu", "cpu0")]),
+        sample("jiffies", 8.0, &[("cpu", "cpu1")]),
+    ];
+    conn.execute(
+        "INSERT INTO reports (service_id, time_ms, received_ms, seq, level, text, samples)
+         SELECT id, 500, 500, 0, 'OK', 'old', ?1 FROM services",
+        [rmp_serde::to_vec(&old).unwrap()],
+    )
+    .unwrap();
+    let all = reports(&conn, None, Some("svc"), 0, END).unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].samples, old);
+    let cpu1 = [("cpu".to_string(), "cpu1".to_string())];
+    let found = samples::metric(&conn, (None, None), "jiffies", &cpu1, (0, 1_003)).unwrap();
+    let points: Vec<(u64, f64)> = found.iter().map(|f| (f.time_ms, f.sample.value)).collect();
+    assert_eq!(points, vec![(500, 8.0), (1_001, 20.5), (1_002, 21.5)]);
+}
+
+#[test]
+fn a_report_whose_values_do_not_fit_its_layout_is_an_error_that_says_so() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    send(&store, 1, batch_with_samples());
+    drop(store);
+    writer.join().unwrap();
+    let conn = open(&path).unwrap();
+    conn.execute(
+        "UPDATE reports SET samples = X'0102' WHERE time_ms = 1001",
+        [],
+    )
+    .unwrap();
+    let e = reports(&conn, None, None, 0, END).err().unwrap();
+    assert!(format!("{e:#}").contains("damaged"), "{e:#}");
+    let e = samples::metric(&conn, (None, None), "jiffies", &[], (0, END))
+        .err()
+        .unwrap();
+    assert!(format!("{e:#}").contains("h/svc at 1001"), "{e:#}");
+}
+
+/// The end of every range (SQLite integers are signed).
+const END: u64 = i64::MAX as u64;
