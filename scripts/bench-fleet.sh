@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 # One descriptor per connection on each side, plus the store's.
 ulimit -n "$(( $(ulimit -Hn) < 65536 ? $(ulimit -Hn) : 65536 ))" 2>/dev/null || true
 bash scripts/build.sh
-cargo bench -p sandglass-tests --bench fleet
+cargo bench --profile release --workspace --bench fleet

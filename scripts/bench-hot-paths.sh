@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-plugins.sh >/dev/null
-cargo bench -p sandglass-tests --bench hot_paths -- "$@"
+cargo bench --profile release --workspace --bench hot_paths -- "$@"

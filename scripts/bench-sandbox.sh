@@ -7,4 +7,4 @@ bash scripts/build-plugins.sh >/dev/null
 # GNU time measures the agent's peak RSS.
 [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time; }
 bash scripts/build.sh
-cargo bench -p sandglass-tests --bench sandbox
+cargo bench --profile release --workspace --bench sandbox

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 for run in 1 2; do
   echo "run $run:"
-  cargo bench -q -p sandglass-tests --bench store
+  cargo bench -q --profile release --workspace --bench store
 done

@@ -12,7 +12,7 @@
 //!   SQLite, committed, as the receiver acknowledges.
 //!
 //! `bash scripts/bench-hot-paths.sh` builds the plugins first, then
-//! `cargo bench -p sandglass --bench hot_paths`.
+//! `cargo bench --profile release --workspace --bench hot_paths`.
 
 #[path = "support/natives.rs"]
 mod natives;

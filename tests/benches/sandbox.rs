@@ -1,7 +1,7 @@
 //! Sandbox benchmark: ratios measured in one run, printed as a table.
 //!
 //! `bash scripts/bench-sandbox.sh` (builds the plugins, then
-//! `cargo bench -p sandglass --bench sandbox`). Measures:
+//! `cargo bench --profile release --workspace --bench sandbox`). Measures:
 //! - the fixed cost of entering the sandbox (a plugin that does nothing);
 //! - each core collector in the sandbox against its parser called natively
 //!   on the same /proc file;

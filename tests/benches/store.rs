@@ -8,12 +8,12 @@
 //! bytes) and `loadavg` (3 fractional gauges), one report per service per
 //! minute for `MINUTES` minutes, sent in batches of 50 reports.
 //!
-//! `bash scripts/bench-store.sh` (or `cargo bench -p sandglass-tests --bench store`).
+//! `bash scripts/bench-store.sh` (or `cargo bench --profile release --workspace --bench store`: the release profile and the workspace's features reuse the test build).
 
 use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
 use sandglass_protocol::{Entry, ReportBatch};
 use sandglass_receiver::liveness::Tracker;
-use sandglass_receiver::query::{Agg, Query};
+use sandglass_receiver::query::Query;
 use sandglass_receiver::store::{self, Op, ScheduledService, Store};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -161,7 +161,7 @@ fn main() {
     let conn = store::open_existing(&path).unwrap();
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
-    let (size, free) = store::size(&conn).unwrap();
+    let (size, free) = store::retention::size(&conn).unwrap();
     println!(
         "stored {stored_samples} samples in {write_secs:.2} s: {:.0} samples/s; database {:.1} MiB, {:.1} bytes per sample",
         stored_samples as f64 / write_secs,
@@ -174,7 +174,6 @@ fn main() {
         service: Some("cpu".into()),
         since_ms: START_MS,
         until_ms: START_MS + MINUTES * 60_000,
-        agg: Agg::Avg,
         ..Query::default()
     };
     let one_metric = Query {

@@ -133,16 +133,19 @@ pub struct Layouts(HashMap<i64, Vec<SeriesDesc>>);
 impl Layouts {
     /// The series of layout `id`.
     pub fn get(&mut self, conn: &Connection, id: i64) -> anyhow::Result<&[SeriesDesc]> {
-        if !self.0.contains_key(&id) {
-            let text: String = conn
-                .prepare_cached("SELECT series FROM layouts WHERE id = ?1")?
-                .query_row([id], |r| r.get(0))
-                .with_context(|| format!("a report names layout {id}, which is not stored"))?;
-            let series =
-                serde_json::from_str(&text).with_context(|| format!("damaged layout {id}"))?;
-            self.0.insert(id, series);
-        }
-        Ok(&self.0[&id])
+        let series = match self.0.entry(id) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                let text: String = conn
+                    .prepare_cached("SELECT series FROM layouts WHERE id = ?1")?
+                    .query_row([id], |r| r.get(0))
+                    .with_context(|| format!("a report names layout {id}, which is not stored"))?;
+                new.insert(
+                    serde_json::from_str(&text).with_context(|| format!("damaged layout {id}"))?,
+                )
+            }
+        };
+        Ok(series)
     }
 
     /// The samples of one stored report: its values in its layout, or (no
