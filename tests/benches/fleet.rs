@@ -5,8 +5,12 @@
 //! every second. Phase 2, flood: every agent keeps 8 batches in flight and
 //! sends the next as soon as one is acknowledged. Printed per phase: samples
 //! acknowledged (= durably stored) per second, ack latency p50/p99, and the
-//! receiver's CPU and RSS (from /proc/<pid>). Run: `bash scripts/bench-fleet.sh`
-//! (AGENTS=1000 STEADY_SECS=5 FLOOD_SECS=10 by default).
+//! receiver's CPU and RSS (from /proc/<pid>), and its CPU time per million
+//! stored samples. Run: `bash scripts/bench-fleet.sh` (AGENTS=1000
+//! STEADY_SECS=5 FLOOD_SECS=10 by default). TRIGGERS=1 adds one trigger per
+//! service over every sample it sends (`avg(1m)` of each series, never
+//! firing): the CPU per sample with and without is what judging triggers
+//! costs.
 
 use futures_util::{SinkExt, StreamExt};
 use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
@@ -191,6 +195,13 @@ fn main() -> anyhow::Result<()> {
     config.push_str(
         "[templates.all]\nservices = [\"uptime\", \"cpu\", \"memory\", \"loadavg\", \"network\"]\n",
     );
+    if env("TRIGGERS", 0) > 0 {
+        for s in SERVICES {
+            config.push_str(&format!(
+                "[triggers.busy_{s}]\nservice = \"{s}\"\nmetric = \"{s}_metric\"\nwhen = \"avg(1m) > 1e15\"\n"
+            ));
+        }
+    }
     for i in 0..agents {
         config.push_str(&format!(
             "[hosts.h{i}]\ntoken = \"token-h{i}\"\ntemplates = [\"all\"]\n"
@@ -283,11 +294,12 @@ fn main() -> anyhow::Result<()> {
         lat.sort();
         let samples = tally.acked_samples.load(Ordering::Relaxed);
         println!(
-            "{name:<32} {:>10.0} samples/s durable   ack p50 {:>7.1} ms  p99 {:>7.1} ms   receiver CPU {:>5.1}% of one core",
+            "{name:<32} {:>10.0} samples/s durable   ack p50 {:>7.1} ms  p99 {:>7.1} ms   receiver CPU {:>5.1}% of one core, {:.0} ms per million samples",
             samples as f64 / secs as f64,
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),
             cpu_ms as f64 / (secs as f64 * 10.0),
+            cpu_ms as f64 * 1e6 / samples.max(1) as f64,
         );
     }
     println!(
