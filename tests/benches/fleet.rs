@@ -126,7 +126,11 @@ async fn agent(
             stream: 1,
         }))
         .await?;
-    // Report times in the past, one ms apart per batch: unique per service.
+    // Report times in the past, one service interval (1 s) apart per batch,
+    // as a real agent's runs are: unique per service, and a trigger's window
+    // holds what it would in production (60 values for `avg(1m)`). The flood
+    // phase sends far faster than that, so its times run ahead of the
+    // clock, but from ten days back they stay in the past.
     let mut time_ms = sandglass_core::time::now_ms() - 10 * 86_400_000;
     // The next entry number: each batch numbers its entries on from here.
     let mut seq = 1;
@@ -140,7 +144,7 @@ async fn agent(
         let flooding = now >= steady_until;
         if now < flood_until && ((flooding && sent.len() < 8) || (!flooding && now >= next_steady))
         {
-            time_ms += 1;
+            time_ms += 1_000;
             let batch = batch(seq, time_ms);
             seq = batch.last_seq() + 1;
             sent.insert(batch.last_seq(), now);

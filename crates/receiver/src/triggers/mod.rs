@@ -145,12 +145,12 @@ pub struct Firing {
     pub since_ms: u64,
 }
 
-/// A series within its host.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct SeriesKey {
+/// The series of one trigger on one service of a host, by their labels.
+#[derive(Debug)]
+struct TriggerSeries {
     service: String,
     trigger: String,
-    labels: Vec<(String, String)>,
+    by_labels: HashMap<Vec<(String, String)>, Series>,
 }
 
 #[derive(Debug)]
@@ -207,7 +207,10 @@ impl Series {
 /// one host looks at that host's series only).
 #[derive(Debug, Default)]
 pub struct Engine {
-    hosts: HashMap<String, HashMap<SeriesKey, Series>>,
+    /// A host's few (service, trigger) pairs are searched in a list, and
+    /// a series is found by its labels as a slice: judging a sample
+    /// allocates nothing once its series exists.
+    hosts: HashMap<String, Vec<TriggerSeries>>,
 }
 
 impl Engine {
@@ -223,19 +226,44 @@ impl Engine {
     ) -> Vec<Transition> {
         let mut transitions = Vec::new();
         for trigger in triggers {
-            for sample in samples.iter().filter(|s| trigger.matches(s)) {
-                let key = SeriesKey {
-                    service: service.to_owned(),
-                    trigger: trigger.name.clone(),
-                    labels: sample.labels.clone(),
-                };
-                let series = self.hosts.entry(host.to_owned()).or_default();
-                let series = series.entry(key).or_insert_with(|| Series {
-                    trigger: trigger.clone(),
-                    window: trigger.window(),
-                    phase: Phase::Ok,
-                    message: String::new(),
-                });
+            let mut matching = samples.iter().filter(|s| trigger.matches(s)).peekable();
+            if matching.peek().is_none() {
+                continue;
+            }
+            if !self.hosts.contains_key(host) {
+                self.hosts.insert(host.to_owned(), Vec::new());
+            }
+            let groups = self.hosts.get_mut(host).expect("inserted above");
+            let at = match groups
+                .iter()
+                .position(|g| g.service == service && g.trigger == trigger.name)
+            {
+                Some(at) => at,
+                None => {
+                    groups.push(TriggerSeries {
+                        service: service.to_owned(),
+                        trigger: trigger.name.clone(),
+                        by_labels: HashMap::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            let by_labels = &mut groups[at].by_labels;
+            for sample in matching {
+                if !by_labels.contains_key(sample.labels.as_slice()) {
+                    by_labels.insert(
+                        sample.labels.clone(),
+                        Series {
+                            trigger: trigger.clone(),
+                            window: trigger.window(),
+                            phase: Phase::Ok,
+                            message: String::new(),
+                        },
+                    );
+                }
+                let series = by_labels
+                    .get_mut(sample.labels.as_slice())
+                    .expect("inserted above");
                 if !series.window.push(time_ms, sample.value) {
                     continue;
                 }
@@ -265,12 +293,15 @@ impl Engine {
     /// Judge `nodata` conditions at `now_ms`.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Transition> {
         let mut transitions = Vec::new();
-        let all = self.hosts.iter_mut().flat_map(|(host, series)| {
-            series
-                .iter_mut()
-                .map(move |(key, s)| (host.as_str(), key, s))
+        let all = self.hosts.iter_mut().flat_map(|(host, groups)| {
+            groups.iter_mut().flat_map(move |g| {
+                let service = g.service.as_str();
+                g.by_labels
+                    .iter_mut()
+                    .map(move |(labels, s)| (host.as_str(), service, labels, s))
+            })
         });
-        for (host, key, series) in all {
+        for (host, service, labels, series) in all {
             let Condition::NoData(silence) = series.trigger.fire else {
                 continue;
             };
@@ -279,15 +310,9 @@ impl Engine {
             };
             let silent = now_ms.saturating_sub(last_ms) >= silence.as_millis() as u64;
             if let Some(fired) = series.judge(silent, !silent, now_ms) {
-                series.message = series.trigger.render(host, &key.service, &key.labels, None);
+                series.message = series.trigger.render(host, service, labels, None);
                 transitions.push(transition(
-                    host,
-                    &key.service,
-                    &key.labels,
-                    series,
-                    fired,
-                    None,
-                    now_ms,
+                    host, service, labels, series, fired, None, now_ms,
                 ));
             }
         }
@@ -296,15 +321,16 @@ impl Engine {
 
     /// The series firing on `host`, worst first.
     pub fn firing(&self, host: &str) -> Vec<Firing> {
-        let Some(series) = self.hosts.get(host) else {
+        let Some(groups) = self.hosts.get(host) else {
             return Vec::new();
         };
-        let mut firing: Vec<Firing> = series
+        let mut firing: Vec<Firing> = groups
             .iter()
-            .filter_map(|(key, series)| match series.phase {
+            .flat_map(|g| g.by_labels.values().map(move |s| (g, s)))
+            .filter_map(|(g, series)| match series.phase {
                 Phase::Firing { since_ms } => Some(Firing {
-                    service: key.service.clone(),
-                    trigger: key.trigger.clone(),
+                    service: g.service.clone(),
+                    trigger: g.trigger.clone(),
                     severity: series.trigger.severity,
                     message: series.message.clone(),
                     since_ms,
@@ -324,10 +350,14 @@ impl Engine {
     /// `applies(host, service, trigger)` says which still do, with the same
     /// definition.
     pub fn retain(&mut self, mut applies: impl FnMut(&str, &str, &Trigger) -> bool) {
-        for (host, series) in &mut self.hosts {
-            series.retain(|key, s| applies(host, &key.service, &s.trigger));
+        for (host, groups) in &mut self.hosts {
+            groups.retain_mut(|g| {
+                g.by_labels
+                    .retain(|_, s| applies(host, &g.service, &s.trigger));
+                !g.by_labels.is_empty()
+            });
         }
-        self.hosts.retain(|_, series| !series.is_empty());
+        self.hosts.retain(|_, groups| !groups.is_empty());
     }
 }
 

@@ -47,25 +47,27 @@ impl Window {
         self.values.back().copied()
     }
 
+    /// The values a span covers, newest first, read in place: judging a
+    /// value allocates nothing.
+    fn in_span(&self, span: Span) -> impl Iterator<Item = (u64, f64)> + '_ {
+        let newest_t = self.newest().map_or(0, |(t, _)| t);
+        let (limit, from) = match span {
+            Span::Count(n) if self.values.len() < n => (0, 0),
+            Span::Count(n) => (n, 0),
+            Span::Time(d) => (usize::MAX, newest_t.saturating_sub(d.as_millis() as u64)),
+        };
+        self.values
+            .iter()
+            .rev()
+            .take(limit)
+            .take_while(move |(t, _)| *t >= from)
+            .copied()
+    }
+
     /// The function's value now; none when there are not enough values.
     pub fn value(&self, function: Function) -> Option<f64> {
         let (newest_t, newest) = self.newest()?;
-        let in_span = |span: Span| -> Vec<(u64, f64)> {
-            match span {
-                Span::Count(n) if self.values.len() < n => Vec::new(),
-                Span::Count(n) => self.values.iter().rev().take(n).copied().collect(),
-                Span::Time(d) => {
-                    let from = newest_t.saturating_sub(d.as_millis() as u64);
-                    self.values
-                        .iter()
-                        .rev()
-                        .take_while(|(t, _)| *t >= from)
-                        .copied()
-                        .collect()
-                }
-            }
-        };
-        let values = |span: Span| in_span(span).into_iter().map(|(_, v)| v);
+        let values = |span: Span| self.in_span(span).map(|(_, v)| v);
         match function {
             Function::Last => Some(newest),
             Function::Change => {
@@ -79,25 +81,24 @@ impl Window {
             Function::Min(span) => values(span).reduce(f64::min),
             Function::Max(span) => values(span).reduce(f64::max),
             Function::Rate(d) => {
-                // Newest first: pairs (later, earlier).
-                let points = in_span(Span::Time(d));
-                let (first_t, _) = *points.last()?;
-                if points.len() < 2 || newest_t == first_t {
+                // Newest first: each value is the later of the pair it
+                // makes with the next.
+                let mut points = self.in_span(Span::Time(d));
+                let (mut later, mut first_t, mut pairs) = (points.next()?.1, newest_t, 0);
+                let mut increase = 0.0;
+                for (t, earlier) in points {
+                    // A counter that went down was reset: it counted
+                    // `later` since.
+                    increase += if later >= earlier {
+                        later - earlier
+                    } else {
+                        later
+                    };
+                    (later, first_t, pairs) = (earlier, t, pairs + 1);
+                }
+                if pairs == 0 || newest_t == first_t {
                     return None;
                 }
-                let increase: f64 = points
-                    .windows(2)
-                    .map(|pair| {
-                        let (later, earlier) = (pair[0].1, pair[1].1);
-                        // A counter that went down was reset: it counted
-                        // `later` since.
-                        if later >= earlier {
-                            later - earlier
-                        } else {
-                            later
-                        }
-                    })
-                    .sum();
                 Some(increase * 1000.0 / (newest_t - first_t) as f64)
             }
         }
