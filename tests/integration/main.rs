@@ -5,6 +5,8 @@
 //! - [`secrets`]: the `/proc` view hides secrets and links out of `/proc`;
 //! - [`command`]: plugins in C (wasip1 commands) and Python (componentize-py);
 //! - [`metrics`]: `/metrics` for Prometheus, checked with promtool;
+//! - [`remote_write`]: samples forwarded to a real VictoriaMetrics
+//!   ([`victoria`]) exactly once, across its outage and a receiver failover;
 //! - [`once`]: `agent once` with core plugins and misbehaving ones side by side;
 //! - [`logwatch`]: the log-watch collector on real files;
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
@@ -39,9 +41,11 @@ mod once;
 mod packaging;
 mod protocol;
 mod query;
+mod remote_write;
 mod sandbox;
 mod secrets;
 mod status;
 mod template;
 mod tls;
 mod triggers;
+mod victoria;

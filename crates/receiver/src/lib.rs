@@ -15,7 +15,9 @@
 //!   maintenance;
 //! - [`view`], [`events`], [`query`]: what `receiver status`, `events` and
 //!   `query` print;
-//! - [`http`]: the HTTP listener (`/metrics`).
+//! - [`http`]: the HTTP listener (`/metrics`);
+//! - [`remote_write`]: every stored sample forwarded to Prometheus
+//!   remote-write endpoints, through [`http_post`] (shared with `notify`).
 
 pub mod batches;
 pub mod clock;
@@ -23,9 +25,11 @@ pub mod config;
 pub mod duplicates;
 pub mod events;
 pub mod http;
+pub mod http_post;
 pub mod liveness;
 pub mod notify;
 pub mod query;
+pub mod remote_write;
 pub mod server;
 pub mod store;
 pub mod streams;

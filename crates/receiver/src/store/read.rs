@@ -91,18 +91,71 @@ pub fn reports(
     })?;
     rows.map(|row| {
         let (host, service, time_ms, level, text, blob) = row?;
-        let samples = rmp_serde::from_slice(&blob)
-            .with_context(|| format!("damaged samples of {host}/{service} at {time_ms}"))?;
-        Ok(StoredReport {
-            host,
-            service,
-            time_ms,
-            level,
-            text,
-            samples,
-        })
+        decoded(host, service, time_ms, level, text, &blob)
     })
     .collect()
+}
+
+/// Up to `limit` stored reports after row `after_rowid` of `reports`, in
+/// row order (the order they were stored), each with its row id: what
+/// remote write reads, keeping the last row an endpoint acknowledged as its
+/// cursor.
+pub fn reports_after(
+    conn: &Connection,
+    after_rowid: i64,
+    limit: usize,
+) -> anyhow::Result<Vec<(i64, StoredReport)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.rowid, s.host, s.name, r.time_ms, r.level, r.text, r.samples FROM reports r
+         JOIN services s ON s.id = r.service_id
+         WHERE r.rowid > ?1 ORDER BY r.rowid LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after_rowid, limit as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, u64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, Vec<u8>>(6)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (rowid, host, service, time_ms, level, text, blob) = row?;
+        Ok((rowid, decoded(host, service, time_ms, level, text, &blob)?))
+    })
+    .collect()
+}
+
+/// A stored row as a report, its samples decoded.
+fn decoded(
+    host: String,
+    service: String,
+    time_ms: u64,
+    level: String,
+    text: String,
+    blob: &[u8],
+) -> anyhow::Result<StoredReport> {
+    let samples = rmp_serde::from_slice(blob)
+        .with_context(|| format!("damaged samples of {host}/{service} at {time_ms}"))?;
+    Ok(StoredReport {
+        host,
+        service,
+        time_ms,
+        level,
+        text,
+        samples,
+    })
+}
+
+/// The newest row id of `reports` (0 when it is empty).
+pub fn last_report_rowid(conn: &Connection) -> anyhow::Result<i64> {
+    Ok(
+        conn.query_row("SELECT COALESCE(MAX(rowid), 0) FROM reports", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 /// Every host the store knows: configured, or seen reporting.
@@ -169,14 +222,7 @@ pub fn latest(
         )
         .optional()?;
     row.map(|(time_ms, level, text, blob)| {
-        Ok(StoredReport {
-            host: host.to_owned(),
-            service: service.to_owned(),
-            time_ms,
-            level,
-            text,
-            samples: rmp_serde::from_slice(&blob)?,
-        })
+        decoded(host.into(), service.into(), time_ms, level, text, &blob)
     })
     .transpose()
 }
