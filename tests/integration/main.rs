@@ -7,6 +7,7 @@
 //! - [`metrics`]: `/metrics` for Prometheus, checked with promtool;
 //! - [`remote_write`]: samples forwarded to a real VictoriaMetrics
 //!   ([`victoria`]) exactly once, across its outage and a receiver failover;
+//! - [`grafana`]: every query of the shipped Grafana dashboard answers;
 //! - [`once`]: `agent once` with core plugins and misbehaving ones side by side;
 //! - [`logwatch`]: the log-watch collector on real files;
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
@@ -32,6 +33,7 @@ mod delivery;
 mod faults;
 mod fleet;
 mod fleet_support;
+mod grafana;
 mod hostile;
 mod hostile_plugins;
 mod logwatch;

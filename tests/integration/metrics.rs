@@ -60,9 +60,13 @@ interval = "1s"
 plugin = "misbehave"
 interval = "1s"
 params = {{ mode = "sequence", values = "99", crit = 50 }}
+[services.boom]
+plugin = "misbehave"
+interval = "1s"
+params = {{ mode = "panic" }}
 [hosts.a]
 token = "{TOKEN}"
-services = ["uptime", "cpu", "loadavg", "seq"]
+services = ["uptime", "cpu", "loadavg", "seq", "boom"]
 "#
     );
     let receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model);
@@ -76,7 +80,9 @@ services = ["uptime", "cpu", "loadavg", "seq"]
     assert!(
         wait_until(Duration::from_secs(30), || {
             body = get(&http, "/metrics", Some(HTTP_TOKEN)).1;
-            body.contains("cpu_utilization_percent{") && body.contains("service=\"seq\"")
+            body.contains("cpu_utilization_percent{")
+                && body.contains("service=\"seq\"")
+                && body.contains("sandglass_plugin_failures_total{")
         }),
         "{body}\n{}",
         receiver.log_text()
@@ -89,6 +95,12 @@ services = ["uptime", "cpu", "loadavg", "seq"]
         "sandglass_service_level{host=\"a\",service=\"seq\"} 2",
         "sandglass_service_level{host=\"a\",service=\"loadavg\"} 0",
         "sandglass_receiver_connected_agents 1",
+        // The receiver's own health.
+        "# TYPE sandglass_receiver_batches_total counter",
+        "# TYPE sandglass_receiver_gaps_total counter",
+        "# TYPE sandglass_receiver_commit_seconds histogram",
+        "sandglass_receiver_commit_seconds_bucket{le=\"+Inf\"} ",
+        "sandglass_plugin_failures_total{reason=\"trap\"} ",
     ] {
         assert!(body.contains(expected), "{expected}:\n{body}");
     }
@@ -96,6 +108,17 @@ services = ["uptime", "cpu", "loadavg", "seq"]
         body.contains("sandglass_host_up{host=\"a\",status="),
         "{body}"
     );
+    let counter = |name: &str| -> f64 {
+        let prefix = format!("{name} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{body}"))
+    };
+    assert!(counter("sandglass_receiver_batches_total") >= 1.0);
+    assert!(counter("sandglass_receiver_samples_total") >= 1.0);
+    // Every committed batch was received (one may be in flight).
+    let committed = counter("sandglass_receiver_commit_seconds_count");
+    assert!(committed >= 1.0 && committed <= counter("sandglass_receiver_batches_total"));
     // Without the token, or with another: refused.
     assert_eq!(get(&http, "/metrics", None).0, 401);
     assert_eq!(get(&http, "/metrics", Some("scrape-token-wrong")).0, 401);

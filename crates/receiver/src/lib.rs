@@ -15,7 +15,8 @@
 //!   maintenance;
 //! - [`view`], [`events`], [`query`]: what `receiver status`, `events` and
 //!   `query` print;
-//! - [`http`]: the HTTP listener (`/metrics`);
+//! - [`http`]: the HTTP listener (`/metrics`), showing [`health`], the
+//!   receiver's own counters;
 //! - [`remote_write`]: every stored sample forwarded to Prometheus
 //!   remote-write endpoints, through [`http_post`] (shared with `notify`).
 
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod duplicates;
 pub mod events;
+pub mod health;
 pub mod http;
 pub mod http_post;
 pub mod liveness;

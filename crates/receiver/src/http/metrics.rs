@@ -3,6 +3,7 @@
 //! service with `host`, `service` and the plugin's labels, each service's
 //! level and each host's status as series — and the receiver's own health.
 
+use crate::health::{COMMIT_BUCKETS, Health as Counters};
 use crate::remote_write::Progress;
 use crate::store;
 use rusqlite::Connection;
@@ -20,6 +21,7 @@ pub const SERVICE_LEVEL: &str = "sandglass_service_level";
 pub struct Health {
     pub connected_agents: usize,
     pub remote_write: Vec<Arc<Progress>>,
+    pub counters: Arc<Counters>,
 }
 
 /// One metric family: its type and help, and its series' lines.
@@ -43,18 +45,32 @@ impl Exposition {
         labels: &[(&str, &str)],
         value: f64,
     ) {
-        let family = self.0.entry(name.to_owned()).or_default();
-        if family.kind.is_none() {
-            family.kind = Some(kind);
-            family.help = help.to_owned();
-        } else if family.kind != Some(kind) {
+        self.add_line(name, kind, help, name, labels, value);
+    }
+
+    /// A line of family `family`; `line` is its name (the family's, or a
+    /// histogram's `_bucket`, `_sum`, `_count`).
+    fn add_line(
+        &mut self,
+        family: &str,
+        kind: &'static str,
+        help: &str,
+        line: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let entry = self.0.entry(family.to_owned()).or_default();
+        if entry.kind.is_none() {
+            entry.kind = Some(kind);
+            entry.help = help.to_owned();
+        } else if entry.kind != Some(kind) {
             // A plugin reporting one name as gauge and counter: the first
             // kind stands; a mixed family would not parse.
             return;
         }
-        family
+        entry
             .lines
-            .push(format!("{name}{} {}", label_set(labels), number(value)));
+            .push(format!("{line}{} {}", label_set(labels), number(value)));
     }
 
     fn text(&self) -> String {
@@ -185,10 +201,76 @@ fn add_health(out: &mut Exposition, conn: &Connection, health: &Health) -> anyho
         &[],
         free as f64,
     );
+    add_counters(out, &health.counters);
     for progress in &health.remote_write {
         add_remote_write(out, progress);
     }
     Ok(())
+}
+
+/// What the receiver counted since it started.
+fn add_counters(out: &mut Exposition, counters: &Counters) {
+    // Read before the batches: every batch counted here was received.
+    let latency = counters.commit_latency();
+    for (name, help, value) in [
+        (
+            "sandglass_receiver_batches_total",
+            "Report batches received from agents (rate() gives batches/s).",
+            &counters.batches,
+        ),
+        (
+            "sandglass_receiver_reports_total",
+            "Reports received from agents.",
+            &counters.reports,
+        ),
+        (
+            "sandglass_receiver_samples_total",
+            "Samples received from agents.",
+            &counters.samples,
+        ),
+        (
+            "sandglass_receiver_gaps_total",
+            "Gap records received: each stands for reports an agent lost.",
+            &counters.gaps,
+        ),
+    ] {
+        out.add(name, "counter", help, &[], value.load(Relaxed) as f64);
+    }
+    for (reason, n) in counters.failures() {
+        out.add(
+            "sandglass_plugin_failures_total",
+            "counter",
+            "Plugin runs that failed (UNKNOWN reports the runtime wrote), by reason.",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
+    let family = "sandglass_receiver_commit_seconds";
+    let help = "Time from queueing a batch for the store to its commit.";
+    let bounds = COMMIT_BUCKETS.iter().map(|b| number(*b));
+    for (bound, count) in bounds.chain(["+Inf".to_owned()]).zip(&latency.cumulative) {
+        let line = format!("{family}_bucket");
+        let labels = [("le", bound.as_str())];
+        out.add_line(family, "histogram", help, &line, &labels, *count as f64);
+    }
+    let count = latency.cumulative.last().copied().unwrap_or(0) as f64;
+    let sum = latency.sum_seconds;
+    out.add_line(
+        family,
+        "histogram",
+        help,
+        &format!("{family}_sum"),
+        &[],
+        sum,
+    );
+    out.add_line(
+        family,
+        "histogram",
+        help,
+        &format!("{family}_count"),
+        &[],
+        count,
+    );
 }
 
 /// One remote-write endpoint's counters and queue.

@@ -10,6 +10,7 @@ mod housekeeping;
 
 use crate::config::Model;
 use crate::duplicates::Duplicates;
+use crate::health::Health;
 use crate::liveness::Tracker;
 use crate::notify::{Notifier, Setup};
 use crate::remote_write::RemoteWriters;
@@ -57,6 +58,7 @@ struct Shared {
     notifier: Notifier,
     /// The remote-write threads; dropping this stops them.
     remote_write: RemoteWriters,
+    health: Arc<Health>,
 }
 
 impl Shared {
@@ -159,6 +161,7 @@ impl Server {
             duplicates: Mutex::default(),
             notifier,
             remote_write,
+            health: Arc::default(),
         });
         serve(shared, cap, writer, listener, http, reload, shutdown).await
     }
@@ -251,6 +254,7 @@ async fn serve_http(shared: Arc<Shared>, listener: TcpListener, cancel: Cancella
         token_hash: settings.http.and_then(|h| h.token_hash),
         connected_agents: Box::new(move || peers.peers.lock().expect("peers lock").len()),
         remote_write: shared.remote_write.progress.clone(),
+        health: shared.health.clone(),
     });
     if let Err(e) = crate::http::serve(listener, state, cancel).await {
         tracing::error!("the HTTP listener stopped: {e:#}");
