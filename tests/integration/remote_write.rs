@@ -14,8 +14,9 @@ fn token(host: &str) -> String {
     format!("token-{host}-remote-write")
 }
 
-/// receiver.toml's model: `[http]`, one endpoint, and `hosts` running
-/// uptime, loadavg and a run counter every second.
+/// receiver.toml's model: `[http]`, the endpoint `vm` and one that refuses
+/// every request (a path VictoriaMetrics does not serve: a 4xx), and
+/// `hosts` running uptime, loadavg and a run counter every second.
 fn model(vm: &Victoria, hosts: &[&str]) -> String {
     let mut model = format!(
         r#"
@@ -28,6 +29,11 @@ timeout = "2s"
 backoff = "100ms"
 max_backoff = "1s"
 max_samples_per_send = 200
+[[remote_write]]
+name = "refused"
+url = "{}"
+backoff = "100ms"
+max_backoff = "1s"
 [services.uptime]
 plugin = "uptime"
 interval = "1s"
@@ -39,7 +45,9 @@ plugin = "misbehave"
 interval = "1s"
 params = {{ mode = "state-counter" }}
 "#,
+        vm.write_url(),
         vm.write_url()
+            .replace("/api/v1/write", "/api/v1/no-such-path"),
     );
     for host in hosts {
         model += &format!(
@@ -133,10 +141,10 @@ fn assert_consecutive(runs: &[(u64, f64)], host: &str) {
     assert!(runs.windows(2).all(|w| w[0].0 < w[1].0), "{host}: {runs:?}");
 }
 
-/// A counter or gauge of /metrics for the `vm` endpoint.
-fn remote_metric(receiver: &Receiver, name: &str) -> f64 {
+/// A counter or gauge of /metrics for `endpoint`.
+fn remote_metric(receiver: &Receiver, endpoint: &str, name: &str) -> f64 {
     let body = get(receiver.http.as_ref().unwrap(), "/metrics", None).1;
-    let prefix = format!("{name}{{endpoint=\"vm\"}} ");
+    let prefix = format!("{name}{{endpoint=\"{endpoint}\"}} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
         .unwrap_or_else(|| panic!("no {prefix} in\n{body}"))
@@ -171,8 +179,14 @@ fn samples_reach_victoria_metrics_exactly_once_across_a_60s_outage() {
     // The agent keeps reporting for a minute; the receiver stores it all
     // and keeps trying the endpoint.
     std::thread::sleep(Duration::from_secs(60));
-    assert!(remote_metric(&receiver, "sandglass_remote_write_retried_samples_total") > 0.0);
-    assert!(remote_metric(&receiver, "sandglass_remote_write_pending_reports") > 0.0);
+    assert!(
+        remote_metric(
+            &receiver,
+            "vm",
+            "sandglass_remote_write_retried_samples_total"
+        ) > 0.0
+    );
+    assert!(remote_metric(&receiver, "vm", "sandglass_remote_write_pending_reports") > 0.0);
     vm.restart();
     agent.stop();
 
@@ -204,17 +218,33 @@ fn samples_reach_victoria_metrics_exactly_once_across_a_60s_outage() {
         assert_eq!(times, receiver.report_times("a", service), "{service}");
     }
     assert!(wait_until(Duration::from_secs(30), || {
-        remote_metric(&receiver, "sandglass_remote_write_pending_reports") == 0.0
+        remote_metric(&receiver, "vm", "sandglass_remote_write_pending_reports") == 0.0
     }));
     assert_eq!(
-        remote_metric(&receiver, "sandglass_remote_write_dropped_samples_total"),
+        remote_metric(
+            &receiver,
+            "vm",
+            "sandglass_remote_write_dropped_samples_total"
+        ),
         0.0
     );
     assert_eq!(
-        remote_metric(&receiver, "sandglass_remote_write_skipped_reports_total"),
+        remote_metric(
+            &receiver,
+            "vm",
+            "sandglass_remote_write_skipped_reports_total"
+        ),
         0.0
     );
-    assert!(remote_metric(&receiver, "sandglass_remote_write_sent_samples_total") > 0.0);
+    assert!(remote_metric(&receiver, "vm", "sandglass_remote_write_sent_samples_total") > 0.0);
+    // The endpoint that answers 4xx: everything counted as dropped, none
+    // sent, and the queue does not wait for it.
+    let refused = |name| remote_metric(&receiver, "refused", name);
+    assert!(refused("sandglass_remote_write_dropped_samples_total") > 0.0);
+    assert_eq!(refused("sandglass_remote_write_sent_samples_total"), 0.0);
+    assert!(wait_until(Duration::from_secs(30), || {
+        refused("sandglass_remote_write_pending_reports") == 0.0
+    }));
     promtool_accepts(&get(receiver.http.as_ref().unwrap(), "/metrics", None).1);
 }
 
