@@ -17,11 +17,13 @@ use crate::store::StoredReport;
 use sandglass_core::report::Level;
 use std::collections::BTreeMap;
 
-/// Series (sorted labels, `__name__` among them) and their (timestamp ms,
-/// value) points, in time order.
+/// A series' labels, sorted by name, `__name__` among them.
+type Labels = Vec<(String, String)>;
+
+/// Series and their (timestamp ms, value) points, in the order added.
 #[derive(Debug, Default, PartialEq)]
 pub struct Request {
-    series: BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>,
+    series: BTreeMap<Labels, Vec<(i64, f64)>>,
     samples: u64,
 }
 
@@ -56,7 +58,7 @@ impl Request {
         self.samples
     }
 
-    fn push(&mut self, name: String, mut labels: Vec<(String, String)>, time: i64, value: f64) {
+    fn push(&mut self, name: String, mut labels: Labels, time: i64, value: f64) {
         labels.push(("__name__".to_owned(), name));
         // Receivers want the labels of a series sorted by name.
         labels.sort();
