@@ -83,7 +83,6 @@ def receiver_toml(dir, hosts, vm_port):
     if vm_port:
         text += (
             f'[[remote_write]]\nname = "vm"\nurl = "http://127.0.0.1:{vm_port}/api/v1/write"\n'
-            'backoff = "100ms"\nmax_backoff = "1s"\n'
         )
     for s in SERVICES:
         text += f'[services.{s}]\nplugin = "{s}"\ninterval = "1s"\n'

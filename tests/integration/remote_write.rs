@@ -64,19 +64,7 @@ params = {{ mode = "state-counter" }}
 fn stored(receiver: &Receiver, host: &str) -> Series {
     let mut out = Series::new();
     for service in ["uptime", "loadavg", "runs"] {
-        let points = receiver.json(&[
-            "query",
-            "--config",
-            receiver.config.to_str().unwrap(),
-            "--host",
-            host,
-            "--service",
-            service,
-            "--since",
-            "1h",
-            "--json",
-        ]);
-        for p in points.as_array().unwrap() {
+        for p in receiver.points(host, service) {
             let name = p["name"].as_str().unwrap();
             assert!(
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),

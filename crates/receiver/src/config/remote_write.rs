@@ -9,8 +9,8 @@
 //! timeout = "10s"                              # one send, connection to answer
 //! max_samples_per_send = 5000                  # samples per request
 //! max_pending_reports = 1000000                # past it the oldest are skipped, counted
-//! backoff = "1s"                               # after a failed send; doubles ...
-//! max_backoff = "1m"                           # ... up to this
+//! backoff = "200ms"                            # after a failed send; doubles ...
+//! max_backoff = "10s"                          # ... up to this (also the longest wait after an outage ends)
 //! bearer_token = "..."                         # or basic_auth = { username = "u", password = "p" }
 //! ```
 
@@ -100,8 +100,8 @@ impl RawRemoteWrite {
         if max_pending_reports == 0 {
             return Err("max_pending_reports = 0: write at least 1".into());
         }
-        let backoff = self.backoff.map_or(Duration::from_secs(1), |d| d.0);
-        let max_backoff = self.max_backoff.map_or(Duration::from_secs(60), |d| d.0);
+        let backoff = self.backoff.map_or(Duration::from_millis(200), |d| d.0);
+        let max_backoff = self.max_backoff.map_or(Duration::from_secs(10), |d| d.0);
         if backoff.is_zero() || max_backoff < backoff {
             return Err("backoff must be above 0 and max_backoff at least backoff".into());
         }
