@@ -14,9 +14,10 @@ fn token(host: &str) -> String {
     format!("token-{host}-remote-write")
 }
 
-/// receiver.toml's model: `[http]`, the endpoint `vm` and one that refuses
-/// every request (a path VictoriaMetrics does not serve: a 4xx), and
-/// `hosts` running uptime, loadavg and a run counter every second.
+/// receiver.toml's model: `[http]`, the endpoint `vm`, one that refuses
+/// every request (a path VictoriaMetrics does not serve: a 4xx), one where
+/// nothing listens with room for 10 pending reports, and `hosts` running
+/// uptime, loadavg and a run counter every second.
 fn model(vm: &Victoria, hosts: &[&str]) -> String {
     let mut model = format!(
         r#"
@@ -34,6 +35,12 @@ name = "refused"
 url = "{}"
 backoff = "100ms"
 max_backoff = "1s"
+[[remote_write]]
+name = "bounded"
+url = "http://127.0.0.1:{}/api/v1/write"
+backoff = "100ms"
+max_backoff = "1s"
+max_pending_reports = 10
 [services.uptime]
 plugin = "uptime"
 interval = "1s"
@@ -48,6 +55,7 @@ params = {{ mode = "state-counter" }}
         vm.write_url(),
         vm.write_url()
             .replace("/api/v1/write", "/api/v1/no-such-path"),
+        closed_port(),
     );
     for host in hosts {
         model += &format!(
@@ -56,6 +64,12 @@ params = {{ mode = "state-counter" }}
         );
     }
     model
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 /// Every sample a receiver stored for `host`, as the series remote write

@@ -8,7 +8,7 @@
 //! url = "http://127.0.0.1:8428/api/v1/write"   # plain http only
 //! timeout = "10s"                              # one send, connection to answer
 //! max_samples_per_send = 5000                  # samples per request
-//! max_pending_reports = 1000000                # past it the oldest are skipped, counted
+//! max_pending_reports = 10000000               # past it the oldest are skipped, counted
 //! backoff = "200ms"                            # after a failed send; doubles ...
 //! max_backoff = "10s"                          # ... up to this (also the longest wait after an outage ends)
 //! bearer_token = "..."                         # or basic_auth = { username = "u", password = "p" }
@@ -96,7 +96,7 @@ impl RawRemoteWrite {
                 "max_samples_per_send = {max_samples_per_send}: write between 1 and 1000000"
             ));
         }
-        let max_pending_reports = self.max_pending_reports.unwrap_or(1_000_000);
+        let max_pending_reports = self.max_pending_reports.unwrap_or(10_000_000);
         if max_pending_reports == 0 {
             return Err("max_pending_reports = 0: write at least 1".into());
         }
