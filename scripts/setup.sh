@@ -11,8 +11,10 @@ done
 # Debian packages: for C plugins, clang's wasm32 backend, lld, wasi-libc and
 # compiler-rt for wasm32; systemd for `systemd-analyze verify` of the
 # packaged units (tests/integration/packaging.rs); prometheus for `promtool
-# check metrics` of /metrics (tests/integration/metrics.rs).
-packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 systemd prometheus)
+# check metrics` of /metrics (tests/integration/metrics.rs);
+# victoria-metrics for the remote-write tests (tests/integration/remote_write.rs
+# starts it itself on 127.0.0.1; the package's own service is not used).
+packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 systemd prometheus victoria-metrics)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

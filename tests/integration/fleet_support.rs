@@ -103,8 +103,9 @@ impl Receiver {
             .unwrap_or_default()
     }
 
-    /// Report times (ms) of one service of one host, oldest first.
-    pub fn report_times(&self, host: &str, service: &str) -> Vec<u64> {
+    /// Every stored sample of one service of one host in the last hour, as
+    /// `receiver query --json` prints them.
+    pub fn points(&self, host: &str, service: &str) -> Vec<Value> {
         let points = self.json(&[
             "query",
             "--config",
@@ -117,9 +118,13 @@ impl Receiver {
             "1h",
             "--json",
         ]);
-        let mut times: Vec<u64> = points
-            .as_array()
-            .unwrap()
+        points.as_array().unwrap().clone()
+    }
+
+    /// Report times (ms) of one service of one host, oldest first.
+    pub fn report_times(&self, host: &str, service: &str) -> Vec<u64> {
+        let mut times: Vec<u64> = self
+            .points(host, service)
             .iter()
             .map(|p| p["time_ms"].as_u64().unwrap())
             .collect();

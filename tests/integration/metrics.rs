@@ -3,34 +3,16 @@
 //! health — in a text Prometheus' own `promtool check metrics` accepts —
 //! and a bearer token that guards it.
 
+use crate::common::get;
 use crate::fleet_support::{Agent, Receiver, wait_until};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const TOKEN: &str = "token-metrics-test";
 const HTTP_TOKEN: &str = "scrape-token-1234";
 
-/// GET `path` on `base` (`http://host:port/`): status code and body.
-fn get(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let address = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut tcp = TcpStream::connect(address).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_owned())
-}
-
-fn promtool_accepts(text: &str) {
+pub fn promtool_accepts(text: &str) {
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -78,9 +60,13 @@ interval = "1s"
 plugin = "misbehave"
 interval = "1s"
 params = {{ mode = "sequence", values = "99", crit = 50 }}
+[services.boom]
+plugin = "misbehave"
+interval = "1s"
+params = {{ mode = "panic" }}
 [hosts.a]
 token = "{TOKEN}"
-services = ["uptime", "cpu", "loadavg", "seq"]
+services = ["uptime", "cpu", "loadavg", "seq", "boom"]
 "#
     );
     let receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model);
@@ -94,7 +80,9 @@ services = ["uptime", "cpu", "loadavg", "seq"]
     assert!(
         wait_until(Duration::from_secs(30), || {
             body = get(&http, "/metrics", Some(HTTP_TOKEN)).1;
-            body.contains("cpu_utilization_percent{") && body.contains("service=\"seq\"")
+            body.contains("cpu_utilization_percent{")
+                && body.contains("service=\"seq\"")
+                && body.contains("sandglass_plugin_failures_total{")
         }),
         "{body}\n{}",
         receiver.log_text()
@@ -107,6 +95,12 @@ services = ["uptime", "cpu", "loadavg", "seq"]
         "sandglass_service_level{host=\"a\",service=\"seq\"} 2",
         "sandglass_service_level{host=\"a\",service=\"loadavg\"} 0",
         "sandglass_receiver_connected_agents 1",
+        // The receiver's own health.
+        "# TYPE sandglass_receiver_batches_total counter",
+        "# TYPE sandglass_receiver_gaps_total counter",
+        "# TYPE sandglass_receiver_commit_seconds histogram",
+        "sandglass_receiver_commit_seconds_bucket{le=\"+Inf\"} ",
+        "sandglass_plugin_failures_total{reason=\"trap\"} ",
     ] {
         assert!(body.contains(expected), "{expected}:\n{body}");
     }
@@ -114,6 +108,17 @@ services = ["uptime", "cpu", "loadavg", "seq"]
         body.contains("sandglass_host_up{host=\"a\",status="),
         "{body}"
     );
+    let counter = |name: &str| -> f64 {
+        let prefix = format!("{name} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{body}"))
+    };
+    assert!(counter("sandglass_receiver_batches_total") >= 1.0);
+    assert!(counter("sandglass_receiver_samples_total") >= 1.0);
+    // Every committed batch was received (one may be in flight).
+    let committed = counter("sandglass_receiver_commit_seconds_count");
+    assert!(committed >= 1.0 && committed <= counter("sandglass_receiver_batches_total"));
     // Without the token, or with another: refused.
     assert_eq!(get(&http, "/metrics", None).0, 401);
     assert_eq!(get(&http, "/metrics", Some("scrape-token-wrong")).0, 401);

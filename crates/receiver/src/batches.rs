@@ -7,9 +7,12 @@
 //! succeed, an Ack of 2 sent first would make the agent forget batch 1.
 //! [`Answers`] therefore waits for each batch's outcome in turn.
 
+use super::health::Health;
 use super::store::Refusal;
 use sandglass_core::names::check_name;
 use sandglass_protocol::{Ack, Entry, Fault, FaultCode, Gap, Message, Rejected, ReportBatch};
+use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +107,8 @@ pub struct Pending {
     pub seq: u64,
     pub last_seq: u64,
     pub outcome: oneshot::Receiver<Result<u64, Refusal>>,
+    /// When it was queued for the store (for the commit latency).
+    pub queued: Instant,
 }
 
 /// Batches of one connection waiting for their answer, at most.
@@ -118,12 +123,20 @@ impl Answers {
     /// Start answering onto `outbound`; on a failure worth retrying the
     /// agent is told so, `cancel` ends the connection, and no later batch of
     /// it is acknowledged (the agent sends them again; they are stored once).
-    pub fn start(outbound: mpsc::Sender<Message>, cancel: CancellationToken) -> Answers {
+    /// Each commit's latency goes to `health`.
+    pub fn start(
+        outbound: mpsc::Sender<Message>,
+        cancel: CancellationToken,
+        health: Arc<Health>,
+    ) -> Answers {
         let (queue, mut pending) = mpsc::channel::<Pending>(UNANSWERED);
         tokio::spawn(async move {
             while let Some(p) = pending.recv().await {
                 let answer = match p.outcome.await {
-                    Ok(Ok(seq)) => Message::Ack(Ack { seq }),
+                    Ok(Ok(seq)) => {
+                        health.committed(p.queued.elapsed());
+                        Message::Ack(Ack { seq })
+                    }
                     Ok(Err(Refusal::Rejected(reason))) => Message::Rejected(Rejected {
                         seq: p.seq,
                         last_seq: p.last_seq,
@@ -164,6 +177,7 @@ impl Answers {
             seq,
             last_seq,
             outcome,
+            queued: Instant::now(),
         })
         .await;
     }
@@ -267,7 +281,7 @@ mod tests {
     async fn answers_keep_the_order_of_batches_and_stop_after_a_transient_failure() {
         let (outbound, mut sent) = mpsc::channel(16);
         let cancel = CancellationToken::new();
-        let answers = Answers::start(outbound, cancel.clone());
+        let answers = Answers::start(outbound, cancel.clone(), Arc::default());
         let mut senders = Vec::new();
         for seq in [1u64, 2, 3] {
             let (done, outcome) = oneshot::channel();
@@ -277,6 +291,7 @@ mod tests {
                     seq,
                     last_seq: seq,
                     outcome,
+                    queued: Instant::now(),
                 })
                 .await;
         }

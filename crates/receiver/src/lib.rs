@@ -15,17 +15,23 @@
 //!   maintenance;
 //! - [`view`], [`events`], [`query`]: what `receiver status`, `events` and
 //!   `query` print;
-//! - [`http`]: the HTTP listener (`/metrics`).
+//! - [`http`]: the HTTP listener (`/metrics`), showing [`health`], the
+//!   receiver's own counters;
+//! - [`remote_write`]: every stored sample forwarded to Prometheus
+//!   remote-write endpoints, through [`http_post`] (shared with `notify`).
 
 pub mod batches;
 pub mod clock;
 pub mod config;
 pub mod duplicates;
 pub mod events;
+pub mod health;
 pub mod http;
+pub mod http_post;
 pub mod liveness;
 pub mod notify;
 pub mod query;
+pub mod remote_write;
 pub mod server;
 pub mod store;
 pub mod streams;

@@ -5,11 +5,13 @@
 
 mod http;
 mod notify;
+mod remote_write;
 mod triggers;
 
 pub use notify::{Channel, NotifyConfig, Target};
 
 pub use http::HttpSettings;
+pub use remote_write::RemoteWrite;
 
 use crate::triggers::Trigger;
 use anyhow::{Context, bail};
@@ -56,6 +58,8 @@ struct RawConfig {
     max_handshakes: usize,
     tls: Option<ServerTls>,
     http: Option<http::RawHttp>,
+    #[serde(default)]
+    remote_write: Vec<remote_write::RawRemoteWrite>,
     #[serde(default)]
     services: BTreeMap<String, RawService>,
     #[serde(default)]
@@ -163,6 +167,8 @@ pub struct Settings {
     pub tls: Option<ServerTls>,
     /// The HTTP listener (`/metrics`), if configured.
     pub http: Option<HttpSettings>,
+    /// Where every stored sample is forwarded (`[[remote_write]]`).
+    pub remote_write: Vec<RemoteWrite>,
 }
 
 /// `[tls]` of the receiver.
@@ -322,6 +328,7 @@ impl RawConfig {
                     .map(http::RawHttp::resolve)
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("[http]: {e}"))?,
+                remote_write: remote_write::resolve(self.remote_write)?,
                 tls: self.tls.map(|t| ServerTls {
                     cert: base.join(t.cert),
                     key: base.join(t.key),

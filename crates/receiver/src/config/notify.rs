@@ -198,12 +198,26 @@ fn check_unique(
     Ok(())
 }
 
-/// `http://host[:port][/path]`; only plain HTTP (the receiver carries no
-/// HTTPS client: relay through a local proxy or use a command channel).
+/// A webhook's target: see [`http_url`].
 fn webhook(url: &str) -> Result<Target, String> {
+    let (address, path) = http_url(
+        url,
+        "for https use a command channel (e.g. curl) or a local relay",
+    )?;
+    Ok(Target::Webhook {
+        url: url.to_owned(),
+        address,
+        path,
+    })
+}
+
+/// `http://host[:port][/path]` split into the address to connect to
+/// (`host:port`, port 80 by default) and the path. Only plain HTTP: the
+/// receiver carries no HTTPS client; `https_advice` says what to do instead.
+pub(super) fn http_url(url: &str, https_advice: &str) -> Result<(String, String), String> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(format!(
-            "{url:?}: only http:// URLs are supported; for https use a command channel (e.g. curl) or a local relay"
+            "{url:?}: only http:// URLs are supported; {https_advice}"
         ));
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -218,15 +232,8 @@ fn webhook(url: &str) -> Result<Target, String> {
     } else {
         format!("{authority}:80")
     };
-    Ok(Target::Webhook {
-        url: url.to_owned(),
-        address,
-        path: if path.is_empty() {
-            "/".into()
-        } else {
-            path.into()
-        },
-    })
+    let path = if path.is_empty() { "/" } else { path };
+    Ok((address, path.to_owned()))
 }
 
 fn fmt(d: Duration) -> String {

@@ -3,15 +3,25 @@
 //! service with `host`, `service` and the plugin's labels, each service's
 //! level and each host's status as series — and the receiver's own health.
 
+use crate::health::{COMMIT_BUCKETS, Health as Counters};
+use crate::remote_write::Progress;
 use crate::store;
 use rusqlite::Connection;
 use sandglass_core::report::{Level, MetricKind, Sample};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// The series of each service's level, here (newest) and through remote
+/// write (every report).
+pub const SERVICE_LEVEL: &str = "sandglass_service_level";
 
 /// The receiver's health, from the running server.
 pub struct Health {
     pub connected_agents: usize,
+    pub remote_write: Vec<Arc<Progress>>,
+    pub counters: Arc<Counters>,
 }
 
 /// One metric family: its type and help, and its series' lines.
@@ -35,18 +45,32 @@ impl Exposition {
         labels: &[(&str, &str)],
         value: f64,
     ) {
-        let family = self.0.entry(name.to_owned()).or_default();
-        if family.kind.is_none() {
-            family.kind = Some(kind);
-            family.help = help.to_owned();
-        } else if family.kind != Some(kind) {
+        self.add_line(name, kind, help, name, labels, value);
+    }
+
+    /// A line of family `family`; `line` is its name (the family's, or a
+    /// histogram's `_bucket`, `_sum`, `_count`).
+    fn add_line(
+        &mut self,
+        family: &str,
+        kind: &'static str,
+        help: &str,
+        line: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let entry = self.0.entry(family.to_owned()).or_default();
+        if entry.kind.is_none() {
+            entry.kind = Some(kind);
+            entry.help = help.to_owned();
+        } else if entry.kind != Some(kind) {
             // A plugin reporting one name as gauge and counter: the first
             // kind stands; a mixed family would not parse.
             return;
         }
-        family
+        entry
             .lines
-            .push(format!("{name}{} {}", label_set(labels), number(value)));
+            .push(format!("{line}{} {}", label_set(labels), number(value)));
     }
 
     fn text(&self) -> String {
@@ -74,7 +98,7 @@ pub fn exposition(conn: &Connection, health: &Health) -> anyhow::Result<String> 
         if let Some(level) = level {
             let level = Level::parse(level) as u8 as f64;
             out.add(
-                "sandglass_service_level",
+                SERVICE_LEVEL,
                 "gauge",
                 "Level of the service's newest report: 0 OK, 1 WARN, 2 CRIT, 3 UNKNOWN.",
                 &[("host", host), ("service", service)],
@@ -106,22 +130,11 @@ pub fn exposition(conn: &Connection, health: &Health) -> anyhow::Result<String> 
 }
 
 fn add_sample(out: &mut Exposition, host: &str, service: &str, sample: &Sample) {
-    let name = metric_name(&sample.name);
-    let mut labels: Vec<(String, &str)> = vec![("host".into(), host), ("service".into(), service)];
-    for (key, value) in &sample.labels {
-        let key = label_name(key);
-        // `host` and `service` are the receiver's; a plugin's own keep theirs
-        // under another name.
-        let key = if key == "host" || key == "service" {
-            format!("plugin_{key}")
-        } else {
-            key
-        };
-        if !labels.iter().any(|(k, _)| *k == key) {
-            labels.push((key, value));
-        }
-    }
-    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let (name, labels) = series(host, service, sample);
+    let labels: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let (kind, help) = match sample.kind {
         MetricKind::Counter => (
             "counter",
@@ -130,6 +143,29 @@ fn add_sample(out: &mut Exposition, host: &str, service: &str, sample: &Sample) 
         MetricKind::Gauge => ("gauge", "Gauge reported by a Sandglass collector plugin."),
     };
     out.add(&name, kind, help, &labels, sample.value);
+}
+
+/// A sample's metric name and labels as Sandglass exports them, here and
+/// through remote write: a valid Prometheus name, `host` and `service`
+/// first, then the plugin's labels made valid (its own `host` or `service`
+/// renamed `plugin_host`, `plugin_service`; a repeated key kept once).
+pub fn series(host: &str, service: &str, sample: &Sample) -> (String, Vec<(String, String)>) {
+    let mut labels = vec![
+        ("host".to_owned(), host.to_owned()),
+        ("service".to_owned(), service.to_owned()),
+    ];
+    for (key, value) in &sample.labels {
+        let key = label_name(key);
+        let key = if key == "host" || key == "service" {
+            format!("plugin_{key}")
+        } else {
+            key
+        };
+        if !labels.iter().any(|(k, _)| *k == key) {
+            labels.push((key, value.clone()));
+        }
+    }
+    (metric_name(&sample.name), labels)
 }
 
 fn add_health(out: &mut Exposition, conn: &Connection, health: &Health) -> anyhow::Result<()> {
@@ -165,7 +201,128 @@ fn add_health(out: &mut Exposition, conn: &Connection, health: &Health) -> anyho
         &[],
         free as f64,
     );
+    add_counters(out, &health.counters);
+    for progress in &health.remote_write {
+        add_remote_write(out, progress);
+    }
     Ok(())
+}
+
+/// What the receiver counted since it started.
+fn add_counters(out: &mut Exposition, counters: &Counters) {
+    // Read before the batches: every batch counted here was received.
+    let latency = counters.commit_latency();
+    for (name, help, value) in [
+        (
+            "sandglass_receiver_batches_total",
+            "Report batches received from agents (rate() gives batches/s).",
+            &counters.batches,
+        ),
+        (
+            "sandglass_receiver_reports_total",
+            "Reports received from agents.",
+            &counters.reports,
+        ),
+        (
+            "sandglass_receiver_samples_total",
+            "Samples received from agents.",
+            &counters.samples,
+        ),
+        (
+            "sandglass_receiver_gaps_total",
+            "Gap records received: each stands for reports an agent lost.",
+            &counters.gaps,
+        ),
+    ] {
+        out.add(name, "counter", help, &[], value.load(Relaxed) as f64);
+    }
+    for (reason, n) in counters.failures() {
+        out.add(
+            "sandglass_plugin_failures_total",
+            "counter",
+            "Plugin runs that failed (UNKNOWN reports the runtime wrote), by reason.",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
+    let family = "sandglass_receiver_commit_seconds";
+    let help = "Time from queueing a batch for the store to its commit.";
+    let bounds = COMMIT_BUCKETS.iter().map(|b| number(*b));
+    for (bound, count) in bounds.chain(["+Inf".to_owned()]).zip(&latency.cumulative) {
+        let line = format!("{family}_bucket");
+        let labels = [("le", bound.as_str())];
+        out.add_line(family, "histogram", help, &line, &labels, *count as f64);
+    }
+    let count = latency.cumulative.last().copied().unwrap_or(0) as f64;
+    let sum = latency.sum_seconds;
+    out.add_line(
+        family,
+        "histogram",
+        help,
+        &format!("{family}_sum"),
+        &[],
+        sum,
+    );
+    out.add_line(
+        family,
+        "histogram",
+        help,
+        &format!("{family}_count"),
+        &[],
+        count,
+    );
+}
+
+/// One remote-write endpoint's counters and queue.
+fn add_remote_write(out: &mut Exposition, p: &Progress) {
+    let labels = [("endpoint", p.name.as_str())];
+    let get = |n: &std::sync::atomic::AtomicU64| n.load(Relaxed) as f64;
+    for (name, kind, help, value) in [
+        (
+            "sandglass_remote_write_sent_samples_total",
+            "counter",
+            "Samples the remote-write endpoint acknowledged.",
+            get(&p.sent_samples),
+        ),
+        (
+            "sandglass_remote_write_dropped_samples_total",
+            "counter",
+            "Samples the remote-write endpoint refused for good (4xx), not sent again.",
+            get(&p.dropped_samples),
+        ),
+        (
+            "sandglass_remote_write_retried_samples_total",
+            "counter",
+            "Samples in remote-write requests that failed and were sent again.",
+            get(&p.retried_samples),
+        ),
+        (
+            "sandglass_remote_write_skipped_reports_total",
+            "counter",
+            "Stored reports never sent: past max_pending_reports, or deleted by retention first.",
+            get(&p.skipped_reports),
+        ),
+        (
+            "sandglass_remote_write_pending_reports",
+            "gauge",
+            "Stored reports the remote-write endpoint has not acknowledged yet.",
+            get(&p.pending_reports),
+        ),
+        (
+            "sandglass_remote_write_pending_samples",
+            "gauge",
+            "Samples in the remote-write request being sent (0 when caught up).",
+            get(&p.pending_samples),
+        ),
+        (
+            "sandglass_remote_write_lag_seconds",
+            "gauge",
+            "Age of the oldest stored report the endpoint has not acknowledged (0 when caught up).",
+            get(&p.lag_ms) / 1000.0,
+        ),
+    ] {
+        out.add(name, kind, help, &labels, value);
+    }
 }
 
 /// A metric name Prometheus accepts: `[a-zA-Z_:][a-zA-Z0-9_:]*`.

@@ -26,6 +26,10 @@ pub struct HttpState {
     pub token_hash: Option<[u8; 32]>,
     /// Agents connected now.
     pub connected_agents: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Each remote-write endpoint's progress.
+    pub remote_write: Vec<Arc<crate::remote_write::Progress>>,
+    /// The receiver's counters.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Serve until `cancel`.
@@ -73,6 +77,8 @@ async fn metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Res
     }
     let health = metrics::Health {
         connected_agents: (state.connected_agents)(),
+        remote_write: state.remote_write.clone(),
+        counters: state.health.clone(),
     };
     let database = state.database.clone();
     let read = tokio::task::spawn_blocking(move || {

@@ -1,11 +1,11 @@
-//! One attempt through one channel: an HTTP/1.1 POST (written by hand: a
-//! plain-http client is a few lines, and the receiver keeps its tree small)
-//! or a command with the message on stdin. Each is bounded by the
+//! One attempt through one channel: an HTTP/1.1 POST (the receiver's own
+//! plain-http client, [`crate::http_post`]) or a command with the message
+//! on stdin. Each is bounded by the
 //! channel's timeout; the outcome is a text either way, recorded as is.
 
 use crate::config::{Channel, Target};
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use crate::http_post;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,58 +19,13 @@ pub fn attempt(ch: &Channel, body: &str) -> Result<String, String> {
 
 /// POST `body` as JSON; a 2xx status is success.
 fn post(address: &str, path: &str, body: &str, timeout: Duration) -> Result<String, String> {
-    let deadline = Instant::now() + timeout;
-    let addrs: Vec<_> = address
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {address}: {e}"))?
-        .collect();
-    let mut last = format!("{address} resolves to no address");
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, left(deadline)?) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = format!("cannot connect to {addr}: {e}"),
-        }
+    let headers = [("Content-Type", "application/json")];
+    let answer = http_post::post(address, path, &headers, body.as_bytes(), timeout)?;
+    if answer.success() {
+        Ok(format!("HTTP {}", answer.status))
+    } else {
+        Err(answer.describe())
     }
-    let mut stream = stream.ok_or(last)?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: sandglass-receiver\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let io = |e: std::io::Error| format!("{address}: {e}");
-    stream
-        .set_write_timeout(Some(left(deadline)?))
-        .map_err(io)?;
-    stream.write_all(request.as_bytes()).map_err(io)?;
-    // Only the status line matters; read until it is complete.
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 8192 {
-        stream.set_read_timeout(Some(left(deadline)?)).map_err(io)?;
-        match stream.read(&mut buf).map_err(io)? {
-            0 => break,
-            n => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = String::from_utf8_lossy(&head);
-    let line = line.lines().next().unwrap_or("");
-    match line.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()) {
-        Some(code) if (200..300).contains(&code) => Ok(format!("HTTP {code}")),
-        Some(code) => Err(format!("HTTP {code}: {}", line.trim())),
-        None => Err(format!("{address}: not an HTTP answer: {:?}", line.trim())),
-    }
-}
-
-/// Time left before `deadline`, or the timeout as an error.
-fn left(deadline: Instant) -> Result<Duration, String> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| "timed out".to_owned())
 }
 
 /// Run `argv` with `body` on stdin; exit status 0 is success. Past the
@@ -117,6 +72,7 @@ fn run(argv: &[String], body: &str, timeout: Duration) -> Result<String, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::net::TcpListener;
 
     fn command(script: &str, timeout_ms: u64) -> Channel {
@@ -162,9 +118,15 @@ mod tests {
                 "HTTP/1.1 500 Oops\r\n\r\n",
             ] {
                 let (mut s, _) = listener.accept().unwrap();
+                // The whole request (head and body) before answering.
+                let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
-                let n = s.read(&mut buf).unwrap();
-                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("POST /hook HTTP/1.1"));
+                while !request.ends_with(b"\r\n\r\n{}") {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "closed before the body");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                assert!(request.starts_with(b"POST /hook HTTP/1.1"));
                 s.write_all(answer.as_bytes()).unwrap();
             }
         });

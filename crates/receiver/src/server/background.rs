@@ -121,6 +121,10 @@ async fn apply_reload(shared: &Shared) {
         ("listen", old.settings.listen != new.settings.listen),
         ("database", old.settings.database != new.settings.database),
         ("[tls]", old.settings.tls != new.settings.tls),
+        (
+            "[[remote_write]]",
+            old.settings.remote_write != new.settings.remote_write,
+        ),
     ] {
         if changed {
             tracing::warn!("{what} changed in the configuration; it applies after a restart");

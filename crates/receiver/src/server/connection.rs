@@ -151,7 +151,7 @@ impl Handler {
         }
         let mut clock = clock::Offset::from_hello(now, hello.time_ms);
         let _ = outbound.try_send(clock.ping(now));
-        let answers = Answers::start(outbound.clone(), link.cancel.clone());
+        let answers = Answers::start(outbound.clone(), link.cancel.clone(), shared.health.clone());
         let handler = Handler {
             shared,
             host,
@@ -250,11 +250,14 @@ impl Handler {
         match batches::judge(batch) {
             Verdict::Store(batch) => {
                 let (seq, last_seq) = (batch.seq, batch.last_seq());
+                self.shared.health.received(&batch);
+                let queued = std::time::Instant::now();
                 let outcome = self.store_batch(batch).await;
                 let pending = Pending {
                     seq,
                     last_seq,
                     outcome,
+                    queued,
                 };
                 // Waits while too many batches are unanswered: a peer
                 // that does not read its answers is read no further.

@@ -10,8 +10,10 @@ mod housekeeping;
 
 use crate::config::Model;
 use crate::duplicates::Duplicates;
+use crate::health::Health;
 use crate::liveness::Tracker;
 use crate::notify::{Notifier, Setup};
+use crate::remote_write::RemoteWriters;
 use crate::store::{self, Op, ScheduledHost, ScheduledService, Store};
 use anyhow::Context;
 use handshake::Handshakes;
@@ -54,6 +56,9 @@ struct Shared {
     handshakes: Arc<Handshakes>,
     duplicates: Mutex<Duplicates>,
     notifier: Notifier,
+    /// The remote-write threads; dropping this stops them.
+    remote_write: RemoteWriters,
+    health: Arc<Health>,
 }
 
 impl Shared {
@@ -140,6 +145,8 @@ impl Server {
         // slow channels never wait on (or hold up) the store writer.
         let notifier = Notifier::start(store::open(&model.settings.database)?, Setup::of(&model))?;
         let (store, writer) = Store::start(conn, tracker.clone());
+        let remote_write =
+            crate::remote_write::start(&model.settings.remote_write, &model.settings.database);
         store.send(scheduled_op(&model, &tracker)).await;
         let cap = Arc::new(Semaphore::new(model.settings.max_connections));
         let shared = Arc::new(Shared {
@@ -153,6 +160,8 @@ impl Server {
             handshakes: Arc::default(),
             duplicates: Mutex::default(),
             notifier,
+            remote_write,
+            health: Arc::default(),
         });
         serve(shared, cap, writer, listener, http, reload, shutdown).await
     }
@@ -244,6 +253,8 @@ async fn serve_http(shared: Arc<Shared>, listener: TcpListener, cancel: Cancella
         database: settings.database,
         token_hash: settings.http.and_then(|h| h.token_hash),
         connected_agents: Box::new(move || peers.peers.lock().expect("peers lock").len()),
+        remote_write: shared.remote_write.progress.clone(),
+        health: shared.health.clone(),
     });
     if let Err(e) = crate::http::serve(listener, state, cancel).await {
         tracing::error!("the HTTP listener stopped: {e:#}");

@@ -31,9 +31,10 @@ mod schema;
 mod tests;
 
 pub use read::{
-    StoredReport, host_names, latest, parsed, remembered, reports, service_names, services_of,
+    StoredReport, host_names, last_report_rowid, latest, parsed, remembered, reports,
+    reports_after, service_names, services_of,
 };
-pub use schema::{open, open_existing, write_heartbeat};
+pub use schema::{open, open_existing, write_heartbeat, write_meta};
 
 use crate::liveness::{Change, HostStatus, Tracker};
 use ops::{Caches, apply_op};

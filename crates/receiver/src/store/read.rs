@@ -119,6 +119,48 @@ fn stored_report(
     })
 }
 
+/// Up to `limit` stored reports after row `after_rowid` of `reports`, in
+/// row order (the order they were stored), each with its row id: what
+/// remote write reads, keeping the last row an endpoint acknowledged as its
+/// cursor.
+pub fn reports_after(
+    conn: &Connection,
+    after_rowid: i64,
+    limit: usize,
+) -> anyhow::Result<Vec<(i64, StoredReport)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.host, s.name, r.time_ms, r.level, r.text, r.layout_id, r.samples, r.rowid
+         FROM reports r JOIN services s ON s.id = r.service_id
+         WHERE r.rowid > ?1 ORDER BY r.rowid LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after_rowid, limit as i64], |r| {
+        Ok((
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, Vec<u8>>(6)?,
+            r.get::<_, i64>(7)?,
+        ))
+    })?;
+    let mut layouts = Layouts::default();
+    rows.map(|row| {
+        let (head, layout, bytes, rowid) = row?;
+        Ok((
+            rowid,
+            stored_report(conn, &mut layouts, head, layout, &bytes)?,
+        ))
+    })
+    .collect()
+}
+
+/// The newest row id of `reports` (0 when it is empty).
+pub fn last_report_rowid(conn: &Connection) -> anyhow::Result<i64> {
+    Ok(
+        conn.query_row("SELECT COALESCE(MAX(rowid), 0) FROM reports", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
 /// Every host the store knows: configured, or seen reporting.
 pub fn host_names(conn: &Connection) -> anyhow::Result<Vec<String>> {
     names(
