@@ -11,8 +11,9 @@ done
 # Debian packages: for C plugins, clang's wasm32 backend, lld, wasi-libc and
 # compiler-rt for wasm32; systemd for `systemd-analyze verify` of the
 # packaged units (tests/integration/packaging.rs); prometheus for `promtool
-# check metrics` of /metrics (tests/integration/metrics.rs).
-packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 systemd prometheus)
+# check metrics` of /metrics (tests/integration/metrics.rs); chromium and
+# chromium-driver for the status page's browser test (tests/integration/web.rs).
+packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 systemd prometheus chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

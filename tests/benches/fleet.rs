@@ -191,6 +191,13 @@ fn main() -> anyhow::Result<()> {
     config.push_str(
         "[templates.all]\nservices = [\"uptime\", \"cpu\", \"memory\", \"loadavg\", \"network\"]\n",
     );
+    // TRIGGER=1: a trigger judges every cpu sample (10 series per host, a
+    // 1-minute window each; it never fires), to price trigger evaluation.
+    if env("TRIGGER", 0) == 1 {
+        config.push_str(
+            "[triggers.busy]\nservice = \"cpu\"\nmetric = \"cpu_metric\"\nwhen = \"avg(1m) > 1000000000\"\n",
+        );
+    }
     for i in 0..agents {
         config.push_str(&format!(
             "[hosts.h{i}]\ntoken = \"token-h{i}\"\ntemplates = [\"all\"]\n"
@@ -283,11 +290,12 @@ fn main() -> anyhow::Result<()> {
         lat.sort();
         let samples = tally.acked_samples.load(Ordering::Relaxed);
         println!(
-            "{name:<32} {:>10.0} samples/s durable   ack p50 {:>7.1} ms  p99 {:>7.1} ms   receiver CPU {:>5.1}% of one core",
+            "{name:<32} {:>10.0} samples/s durable   ack p50 {:>7.1} ms  p99 {:>7.1} ms   receiver CPU {:>5.1}% of one core, {:.2} ms per 1000 samples",
             samples as f64 / secs as f64,
             percentile(&lat, 0.5),
             percentile(&lat, 0.99),
             cpu_ms as f64 / (secs as f64 * 10.0),
+            cpu_ms as f64 * 1000.0 / samples.max(1) as f64,
         );
     }
     println!(

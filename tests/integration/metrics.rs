@@ -4,31 +4,13 @@
 //! and a bearer token that guards it.
 
 use crate::fleet_support::{Agent, Receiver, wait_until};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use crate::http_client::get;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const TOKEN: &str = "token-metrics-test";
 const HTTP_TOKEN: &str = "scrape-token-1234";
-
-/// GET `path` on `base` (`http://host:port/`): status code and body.
-fn get(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let address = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut tcp = TcpStream::connect(address).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_owned())
-}
 
 fn promtool_accepts(text: &str) {
     let mut check = Command::new("promtool")

@@ -55,6 +55,8 @@ struct RawConfig {
     #[serde(default = "default_max_handshakes")]
     max_handshakes: usize,
     tls: Option<ServerTls>,
+    /// `[http]`, or `[web]` (the same listener: /metrics, the status page, /api).
+    #[serde(alias = "web")]
     http: Option<http::RawHttp>,
     #[serde(default)]
     services: BTreeMap<String, RawService>,
@@ -161,7 +163,7 @@ pub struct Settings {
     /// them is dropped, so idle or slow connections cannot keep agents out.
     pub max_handshakes: usize,
     pub tls: Option<ServerTls>,
-    /// The HTTP listener (`/metrics`), if configured.
+    /// The HTTP listener (`/metrics`, the status page, `/api`), if configured.
     pub http: Option<HttpSettings>,
 }
 
