@@ -17,6 +17,8 @@ const HOUR_MS: u64 = 3_600_000;
 /// The shortest step: finer than a second is finer than any schedule.
 const MIN_STEP_MS: u64 = 1000;
 
+type Labels = Vec<(String, String)>;
+
 /// The values of one metric, one list per label set.
 #[derive(Debug, Serialize)]
 pub struct Series {
@@ -108,7 +110,7 @@ pub fn read(conn: &Connection, query: &Query) -> Result<Series, ApiError> {
         .first()
         .map(|p| p.sample.unit.clone())
         .unwrap_or_default();
-    let mut by_labels: BTreeMap<Vec<(String, String)>, Vec<(u64, f64)>> = BTreeMap::new();
+    let mut by_labels: BTreeMap<Labels, Vec<(u64, f64)>> = BTreeMap::new();
     for p in points {
         by_labels
             .entry(p.sample.labels)
