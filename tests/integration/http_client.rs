@@ -90,7 +90,9 @@ fn read_answer(tcp: &mut TcpStream) -> (String, String) {
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse().ok());
-            wanted = length.map(|length| (end + 4, length)).or(Some((end + 4, usize::MAX)));
+            wanted = length
+                .map(|length| (end + 4, length))
+                .or(Some((end + 4, usize::MAX)));
         }
     }
     let text = String::from_utf8_lossy(&data).into_owned();

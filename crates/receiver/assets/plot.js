@@ -39,8 +39,8 @@
   // ticks on a large value (60612, 60612.5) stay apart.
   function tickLabel(v, step) {
     if (Math.abs(v) >= 1e4 && step >= Math.abs(v) / 1000) return number(v);
-    const decimals = Math.max(0, Math.min(6, -Math.floor(Math.log10(step) + 1e-9)));
-    return v.toFixed(decimals);
+    const frac = String(Number(step.toPrecision(3))).split(".")[1];
+    return v.toFixed(frac ? Math.min(6, frac.length) : 0);
   }
 
   function timeLabel(ms, spanMs) {
