@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The run command: build the agent, the receiver and the core plugins, start
 # a receiver (examples/receiver.toml) and an agent (examples/agent.toml) on
-# this machine, and print `receiver status` as real data arrives.
+# this machine, print the status page's URL, and print `receiver status` as
+# real data arrives.
 # Runs until Ctrl-C (stopping both); `--once` prints the status once and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,9 @@ done
 "$bin/agent" run --config examples/agent.toml 2>target/demo/agent.log &
 agent=$!
 echo "receiver (pid $receiver) and agent (pid $agent) running; logs in target/demo/"
-sed -n 's#^http on #metrics: #p' target/demo/receiver.out | sed 's#/$#/metrics#'
+# The status page, its API (docs/http-api.md) and /metrics share one listener.
+url=$(sed -n 's#^http on ##p' target/demo/receiver.out)
+[ -n "$url" ] && echo "status page: $url (API: ${url}api/hosts, metrics: ${url}metrics)"
 # Every service has reported once within a second or two of the start.
 for _ in $(seq 40); do
     "$bin/receiver" status --config examples/receiver.toml | grep -q "^demo OK" && break

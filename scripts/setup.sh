@@ -13,8 +13,10 @@ done
 # packaged units (tests/integration/packaging.rs); prometheus for `promtool
 # check metrics` of /metrics (tests/integration/metrics.rs);
 # victoria-metrics for the remote-write tests (tests/integration/remote_write.rs
-# starts it itself on 127.0.0.1; the package's own service is not used).
-packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 systemd prometheus victoria-metrics)
+# starts it itself on 127.0.0.1; the package's own service is not used);
+# chromium and chromium-driver for the status page's browser test
+# (tests/integration/web.rs).
+packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 systemd prometheus victoria-metrics chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

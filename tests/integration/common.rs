@@ -1,8 +1,6 @@
 //! Helpers: build the plugins once per test run, run the agent binary.
 
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -86,30 +84,4 @@ pub fn once(config: &Path) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-/// GET `path` on `base` (`http://host:port/`): status code and body.
-pub fn get(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    try_get(base, path, token).unwrap_or_else(|e| panic!("GET {base}{path}: {e}"))
-}
-
-/// GET over HTTP/1.0, so that the body comes whole (never chunked) and the
-/// server closes the connection after it.
-pub fn try_get(base: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    let address = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut tcp = TcpStream::connect(address)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: {address}\r\n{auth}\r\n")?;
-    let mut response = String::new();
-    tcp.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {response:?}")))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    Ok((code, body.to_owned()))
 }

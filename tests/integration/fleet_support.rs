@@ -25,7 +25,7 @@ pub struct Receiver {
     child: Child,
     pub config: PathBuf,
     pub address: String,
-    /// `http://ADDRESS/` when the model configures `[http]`.
+    /// `http://ADDRESS/` when the model configures `[http]` (or `[web]`).
     pub http: Option<String>,
     pub log: PathBuf,
 }
@@ -56,7 +56,7 @@ impl Receiver {
         let mut line = String::new();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         stdout.read_line(&mut line).unwrap();
-        let http = model.contains("[http]").then(|| {
+        let http = (model.contains("[http]") || model.contains("[web]")).then(|| {
             let mut http = String::new();
             stdout.read_line(&mut http).unwrap();
             http.trim()

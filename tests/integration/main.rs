@@ -25,7 +25,9 @@
 //! - [`template`]: `agent plugin new` and `agent plugin check`;
 //! - [`triggers`]: triggers firing and recovering, levels as events, host status;
 //! - [`notify`]: webhooks and commands told of triggers, maintenance, a webhook down;
-//! - [`tls`]: TLS with client certificates from the test CA script.
+//! - [`tls`]: TLS with client certificates from the test CA script;
+//! - [`web`]: the status page's JSON API, and the page itself in headless
+//!   Chromium (driven through chromedriver, [`webdriver`]).
 
 mod command;
 mod common;
@@ -36,6 +38,7 @@ mod fleet_support;
 mod grafana;
 mod hostile;
 mod hostile_plugins;
+mod http_client;
 mod logwatch;
 mod metrics;
 mod notify;
@@ -51,3 +54,5 @@ mod template;
 mod tls;
 mod triggers;
 mod victoria;
+mod web;
+mod webdriver;

@@ -3,8 +3,8 @@
 //! health — in a text Prometheus' own `promtool check metrics` accepts —
 //! and a bearer token that guards it.
 
-use crate::common::get;
 use crate::fleet_support::{Agent, Receiver, wait_until};
+use crate::http_client::get;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -3,8 +3,9 @@
 //! across a 60 s outage of VictoriaMetrics, and with two receivers when one
 //! of them stops and its agents fail over to the other.
 
-use crate::common::{get, plugin_dir};
+use crate::common::plugin_dir;
 use crate::fleet_support::{Agent, Receiver, wait_until};
+use crate::http_client::get;
 use crate::metrics::promtool_accepts;
 use crate::victoria::{Series, Victoria};
 use std::collections::{BTreeMap, BTreeSet};

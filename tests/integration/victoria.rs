@@ -3,8 +3,8 @@
 //! stopped and started again on the same data directory and port, and read
 //! through its HTTP API.
 
-use crate::common::try_get;
 use crate::fleet_support::wait_until;
+use crate::http_client::try_get;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -97,11 +97,29 @@ pub struct ServiceView {
 
 /// Every host and its scheduled services.
 pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
+    hosts(conn, None, VALUES_SHOWN)
+}
+
+/// One host and its services with up to `values_shown` latest values.
+pub fn host(
+    conn: &Connection,
+    name: &str,
+    values_shown: usize,
+) -> anyhow::Result<Option<HostView>> {
+    Ok(hosts(conn, Some(name), values_shown)?.pop())
+}
+
+fn hosts(
+    conn: &Connection,
+    only: Option<&str>,
+    values_shown: usize,
+) -> anyhow::Result<Vec<HostView>> {
     let mut hosts: Vec<HostView> = conn
         .prepare(
-            "SELECT name, status, since_ms, reason, connected, peer, agent_version FROM hosts ORDER BY name",
+            "SELECT name, status, since_ms, reason, connected, peer, agent_version FROM hosts
+             WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
         )?
-        .query_map([], |r| {
+        .query_map([only], |r| {
             Ok(HostView {
                 name: r.get(0)?,
                 status: store::parsed(r, 1)?,
@@ -115,49 +133,65 @@ pub fn status(conn: &Connection) -> anyhow::Result<Vec<HostView>> {
             })
         })?
         .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare(
-        "SELECT name, plugin, interval_ms, last_ms, level, text, late, scheduled FROM services
-         WHERE host = ?1 AND (scheduled = 1 OR last_ms IS NOT NULL) ORDER BY scheduled DESC, name",
-    )?;
-    let mut lost = conn.prepare(
-        "SELECT SUM(reports), MIN(first_ms), MAX(last_ms), MAX(received_ms),
-                (SELECT reason FROM gaps g2 WHERE g2.host = ?1 ORDER BY id DESC LIMIT 1)
-         FROM gaps WHERE host = ?1 HAVING COUNT(*) > 0",
-    )?;
     for host in &mut hosts {
-        host.lost = lost
-            .query_row([&host.name], |r| {
-                Ok(LostView {
-                    reports: r.get(0)?,
-                    first_ms: r.get(1)?,
-                    last_ms: r.get(2)?,
-                    received_ms: r.get(3)?,
-                    reason: r.get(4)?,
-                })
-            })
-            .optional()?;
-        host.services = stmt
-            .query_map([&host.name], |r| {
-                Ok(ServiceView {
-                    name: r.get(0)?,
-                    plugin: r.get(1)?,
-                    interval_ms: r.get(2)?,
-                    last_ms: r.get(3)?,
-                    level: r.get(4)?,
-                    text: r.get(5)?,
-                    late: r.get(6)?,
-                    scheduled: r.get(7)?,
-                    values: Vec::new(),
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        for service in &mut host.services {
-            if let Some(latest) = store::latest(conn, &host.name, &service.name)? {
-                service.values = latest.samples.into_iter().take(VALUES_SHOWN).collect();
-            }
-        }
+        host.lost = lost(conn, &host.name)?;
+        host.services = services(conn, &host.name, values_shown)?;
     }
     Ok(hosts)
+}
+
+/// What `host`'s agent said it lost, if anything.
+pub fn lost(conn: &Connection, host: &str) -> anyhow::Result<Option<LostView>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT SUM(reports), MIN(first_ms), MAX(last_ms), MAX(received_ms),
+                    (SELECT reason FROM gaps g2 WHERE g2.host = ?1 ORDER BY id DESC LIMIT 1)
+             FROM gaps WHERE host = ?1 HAVING COUNT(*) > 0",
+        )?
+        .query_row([host], |r| {
+            Ok(LostView {
+                reports: r.get(0)?,
+                first_ms: r.get(1)?,
+                last_ms: r.get(2)?,
+                received_ms: r.get(3)?,
+                reason: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+/// `host`'s scheduled services (and those that reported though not
+/// scheduled), each with up to `values_shown` samples of its newest report.
+pub fn services(
+    conn: &Connection,
+    host: &str,
+    values_shown: usize,
+) -> anyhow::Result<Vec<ServiceView>> {
+    let mut services: Vec<ServiceView> = conn
+        .prepare_cached(
+            "SELECT name, plugin, interval_ms, last_ms, level, text, late, scheduled FROM services
+             WHERE host = ?1 AND (scheduled = 1 OR last_ms IS NOT NULL) ORDER BY scheduled DESC, name",
+        )?
+        .query_map([host], |r| {
+            Ok(ServiceView {
+                name: r.get(0)?,
+                plugin: r.get(1)?,
+                interval_ms: r.get(2)?,
+                last_ms: r.get(3)?,
+                level: r.get(4)?,
+                text: r.get(5)?,
+                late: r.get(6)?,
+                scheduled: r.get(7)?,
+                values: Vec::new(),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    for service in &mut services {
+        if let Some(latest) = store::latest(conn, host, &service.name)? {
+            service.values = latest.samples.into_iter().take(values_shown).collect();
+        }
+    }
+    Ok(services)
 }
 
 /// `12s ago`, `5m ago`, `3h ago`.

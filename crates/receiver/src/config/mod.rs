@@ -57,6 +57,8 @@ struct RawConfig {
     #[serde(default = "default_max_handshakes")]
     max_handshakes: usize,
     tls: Option<ServerTls>,
+    /// `[http]`, or `[web]` (the same listener: /metrics, the status page, /api).
+    #[serde(alias = "web")]
     http: Option<http::RawHttp>,
     #[serde(default)]
     remote_write: Vec<remote_write::RawRemoteWrite>,
@@ -165,7 +167,7 @@ pub struct Settings {
     /// them is dropped, so idle or slow connections cannot keep agents out.
     pub max_handshakes: usize,
     pub tls: Option<ServerTls>,
-    /// The HTTP listener (`/metrics`), if configured.
+    /// The HTTP listener (`/metrics`, the status page, `/api`), if configured.
     pub http: Option<HttpSettings>,
     /// Where every stored sample is forwarded (`[[remote_write]]`).
     pub remote_write: Vec<RemoteWrite>,

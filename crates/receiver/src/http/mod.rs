@@ -1,35 +1,92 @@
-//! The receiver's HTTP listener (`[http]` in `receiver.toml`, off unless
-//! configured): `/metrics` for Prometheus. A bearer token guards it when
+//! The receiver's HTTP listener (`[http]` or `[web]` in `receiver.toml`,
+//! off unless configured): the status page, the JSON API it uses, and
+//! `/metrics` for Prometheus, on one port. A token guards all of it when
 //! configured (required when it listens beyond the loopback interface).
 //!
+//! - [`auth`]: the bearer token for scripts, a login form and a session
+//!   cookie for browsers;
+//! - [`api`]: `/api/...`, JSON in and out, errors as JSON with a 4xx status;
+//! - [`hosts`]: the hosts table (filtered, paginated in SQL) and one host's
+//!   page, read from the store;
+//! - [`series`]: a metric's values over a range, aggregated to the plot's
+//!   width by the same code as `receiver query --step`;
+//! - [`pages`]: the page and its script and style, compiled into the binary;
+//! - [`metrics`]: the Prometheus exposition.
+//!
 //! Every answer is read from the database on a blocking thread through its
-//! own read-only connection (SQLite's WAL lets readers in while the writer
-//! commits), so a scrape never holds up ingestion.
+//! own connection (SQLite's WAL lets readers in while the writer commits),
+//! so a page or a scrape never holds up ingestion.
 
+pub mod api;
+pub mod auth;
+pub mod hosts;
 pub mod metrics;
+pub mod pages;
+pub mod series;
 
-use crate::config::token_matches;
+use crate::config::Model;
 use crate::store;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use crate::triggers::Firing;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What the handlers need from the running receiver.
+/// What the handlers need from the running receiver beyond its database.
+pub trait Live: Send + Sync {
+    /// Agents connected now.
+    fn connected_agents(&self) -> usize;
+    /// The configuration in force (hosts' groups; maintenance checks names
+    /// against it).
+    fn model(&self) -> Arc<Model>;
+    /// The triggers firing on `host` now (kept in memory by the receiver).
+    fn firing(&self, host: &str) -> Vec<Firing>;
+    /// Each remote-write endpoint's progress.
+    fn remote_write(&self) -> Vec<Arc<crate::remote_write::Progress>>;
+    /// The receiver's counters.
+    fn health(&self) -> Arc<crate::health::Health>;
+}
+
+/// The listener's state.
 pub struct HttpState {
     pub database: PathBuf,
-    /// sha256 of the bearer token, if one is required.
+    /// sha256 of the token, if one is required.
     pub token_hash: Option<[u8; 32]>,
-    /// Agents connected now.
-    pub connected_agents: Box<dyn Fn() -> usize + Send + Sync>,
-    /// Each remote-write endpoint's progress.
-    pub remote_write: Vec<Arc<crate::remote_write::Progress>>,
-    /// The receiver's counters.
-    pub health: Arc<crate::health::Health>,
+    pub live: Box<dyn Live>,
+    /// Browsers logged in with the token.
+    pub sessions: auth::Sessions,
+}
+
+impl HttpState {
+    pub fn new(database: PathBuf, token_hash: Option<[u8; 32]>, live: Box<dyn Live>) -> Self {
+        HttpState {
+            database,
+            token_hash,
+            live,
+            sessions: auth::Sessions::default(),
+        }
+    }
+
+    /// Run `read` with a connection to the database, on a blocking thread.
+    pub async fn with_db<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&rusqlite::Connection, &HttpState) -> Result<T, api::ApiError>
+        + Send
+        + 'static,
+    ) -> Result<T, api::ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = store::open_existing(&state.database).map_err(api::ApiError::internal)?;
+            read(&conn, &state)
+        })
+        .await
+        .map_err(|e| api::ApiError::internal(anyhow::anyhow!("{e}")))?
+    }
 }
 
 /// Serve until `cancel`.
@@ -39,7 +96,15 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new()
-        .route("/metrics", get(metrics))
+        .route("/", get(pages::index))
+        .route("/hosts/{host}", get(pages::index))
+        .route("/assets/{file}", get(pages::asset))
+        .route("/login", get(pages::login).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/metrics", get(metrics_text))
+        .nest("/api", api::routes())
+        .fallback(not_found)
+        .layer(middleware::from_fn(security_headers))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -47,47 +112,58 @@ pub async fn serve(
     Ok(())
 }
 
-/// Whether the request carries the token (or none is required).
-fn authorized(state: &HttpState, headers: &HeaderMap) -> bool {
-    let Some(expected) = &state.token_hash else {
-        return true;
-    };
+/// Every answer: no framing by other sites, no scripts or styles but our
+/// own, no guessing of content types, nothing cached that a token guards.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|token| token_matches(expected, token))
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
-fn unauthorized() -> Response {
-    let mut response = (
-        StatusCode::UNAUTHORIZED,
-        "a bearer token is required: Authorization: Bearer <[http] token>\n",
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    if path.starts_with("/api/") {
+        return api::ApiError::new(StatusCode::NOT_FOUND, format!("no API endpoint {path}"))
+            .into_response();
+    }
+    (
+        StatusCode::NOT_FOUND,
+        format!("nothing at {path}: the status page is at /, the API under /api/\n"),
     )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
+        .into_response()
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
+async fn metrics_text(State(state): State<Arc<HttpState>>, request: Request) -> Response {
+    if !auth::authorized(&state, request.headers()) {
+        return auth::unauthorized_text();
     }
     let health = metrics::Health {
-        connected_agents: (state.connected_agents)(),
-        remote_write: state.remote_write.clone(),
-        counters: state.health.clone(),
+        connected_agents: state.live.connected_agents(),
+        remote_write: state.live.remote_write(),
+        counters: state.live.health(),
     };
-    let database = state.database.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        let conn = store::open_existing(&database)?;
-        metrics::exposition(&conn, &health)
-    })
-    .await;
+    let read = state
+        .with_db(move |conn, _| metrics::exposition(conn, &health).map_err(api::ApiError::internal))
+        .await;
     match read {
-        Ok(Ok(text)) => (
+        Ok(text) => (
             [(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -95,10 +171,9 @@ async fn metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Res
             text,
         )
             .into_response(),
-        Ok(Err(e)) => {
-            tracing::warn!("/metrics: {e:#}");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response()
+        Err(e) => {
+            tracing::warn!("/metrics: {}", e.message);
+            (e.status, format!("{}\n", e.message)).into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

@@ -308,6 +308,11 @@ impl Tracker {
             .get(host)
             .map(|h| (h.status, h.since_ms, h.reason.as_str()))
     }
+
+    /// The triggers firing on `host` now, worst first.
+    pub fn firing(&self, host: &str) -> Vec<Firing> {
+        self.triggers.firing(host)
+    }
 }
 
 /// Why service `s` is late at `now_ms`, if it is. Within a started

@@ -248,16 +248,38 @@ async fn serve(
 /// The HTTP listener, until `cancel`.
 async fn serve_http(shared: Arc<Shared>, listener: TcpListener, cancel: CancellationToken) {
     let settings = shared.model().settings.clone();
-    let peers = shared.clone();
-    let state = Arc::new(crate::http::HttpState {
-        database: settings.database,
-        token_hash: settings.http.and_then(|h| h.token_hash),
-        connected_agents: Box::new(move || peers.peers.lock().expect("peers lock").len()),
-        remote_write: shared.remote_write.progress.clone(),
-        health: shared.health.clone(),
-    });
+    let state = Arc::new(crate::http::HttpState::new(
+        settings.database,
+        settings.http.and_then(|h| h.token_hash),
+        Box::new(LiveServer(shared)),
+    ));
     if let Err(e) = crate::http::serve(listener, state, cancel).await {
         tracing::error!("the HTTP listener stopped: {e:#}");
+    }
+}
+
+/// What the HTTP listener reads from the running server.
+struct LiveServer(Arc<Shared>);
+
+impl crate::http::Live for LiveServer {
+    fn connected_agents(&self) -> usize {
+        self.0.peers.lock().expect("peers lock").len()
+    }
+
+    fn model(&self) -> Arc<Model> {
+        self.0.model()
+    }
+
+    fn firing(&self, host: &str) -> Vec<crate::triggers::Firing> {
+        self.0.tracker.lock().expect("tracker lock").firing(host)
+    }
+
+    fn remote_write(&self) -> Vec<Arc<crate::remote_write::Progress>> {
+        self.0.remote_write.progress.clone()
+    }
+
+    fn health(&self) -> Arc<crate::health::Health> {
+        self.0.health.clone()
     }
 }
 
