@@ -15,7 +15,8 @@
 //!   maintenance;
 //! - [`view`], [`events`], [`query`]: what `receiver status`, `events` and
 //!   `query` print;
-//! - [`http`]: the HTTP listener (`/metrics`).
+//! - [`http`]: the HTTP listener (`/metrics`);
+//! - [`plugins`]: the checked plugins of `plugin_dir`, served to agents.
 
 pub mod batches;
 pub mod clock;
@@ -25,6 +26,7 @@ pub mod events;
 pub mod http;
 pub mod liveness;
 pub mod notify;
+pub mod plugins;
 pub mod query;
 pub mod server;
 pub mod store;

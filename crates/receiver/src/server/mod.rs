@@ -7,11 +7,13 @@ mod background;
 mod connection;
 mod handshake;
 mod housekeeping;
+mod transfer;
 
 use crate::config::Model;
 use crate::duplicates::Duplicates;
 use crate::liveness::Tracker;
 use crate::notify::{Notifier, Setup};
+use crate::plugins::Library;
 use crate::store::{self, Op, ScheduledHost, ScheduledService, Store};
 use anyhow::Context;
 use handshake::Handshakes;
@@ -54,6 +56,10 @@ struct Shared {
     handshakes: Arc<Handshakes>,
     duplicates: Mutex<Duplicates>,
     notifier: Notifier,
+    /// The checked plugins of `plugin_dir`, pinned and served to agents.
+    plugins: Mutex<Option<Library>>,
+    /// Test hook: plugin transfers still to corrupt (see [`CORRUPT_HOOK`]).
+    corrupt_transfers: AtomicU64,
 }
 
 impl Shared {
@@ -70,13 +76,20 @@ pub struct Server {
     tracker: Arc<Mutex<Tracker>>,
     conn: rusqlite::Connection,
     tls: Option<TlsAcceptor>,
+    plugins: Option<Library>,
 }
+
+/// A test hook, documented in docs/plugin-guide.md ("Distribution"): the number of plugin
+/// transfers whose first chunk this receiver sends with one byte flipped,
+/// so tests can see an agent refuse bytes that do not match their sha256.
+pub const CORRUPT_HOOK: &str = "SANDGLASS_TEST_CORRUPT_PLUGIN_TRANSFERS";
 
 impl Server {
     /// Load the configuration, open (or create) the store and restore what
     /// it remembers for liveness.
     pub fn open(config_path: &Path) -> anyhow::Result<Server> {
-        let model = Model::load(config_path)?;
+        let mut plugins = None;
+        let model = Model::load_with(config_path, &mut plugins)?;
         let tls = model
             .settings
             .tls
@@ -101,6 +114,7 @@ impl Server {
             tracker: Arc::new(Mutex::new(tracker)),
             conn,
             tls,
+            plugins,
         })
     }
 
@@ -135,7 +149,12 @@ impl Server {
             tracker,
             conn,
             tls,
+            plugins,
         } = self;
+        let corrupt_transfers = std::env::var(CORRUPT_HOOK)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         // The notifier has a connection of its own: its queue writes and
         // slow channels never wait on (or hold up) the store writer.
         let notifier = Notifier::start(store::open(&model.settings.database)?, Setup::of(&model))?;
@@ -153,6 +172,8 @@ impl Server {
             handshakes: Arc::default(),
             duplicates: Mutex::default(),
             notifier,
+            plugins: Mutex::new(plugins),
+            corrupt_transfers: AtomicU64::new(corrupt_transfers),
         });
         serve(shared, cap, writer, listener, http, reload, shutdown).await
     }
