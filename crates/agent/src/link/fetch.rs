@@ -120,6 +120,14 @@ impl Fetcher {
 
     /// The store work ended: ask for more (or the next plugin) next.
     pub(super) fn stored(&mut self, outcome: &anyhow::Result<Stored>) {
+        let sha256 = self.asked.as_deref().unwrap_or_default();
+        match outcome {
+            Ok(Stored::Complete(path)) => {
+                tracing::info!(sha256, path = %path.display(), "plugin fetched from the receiver")
+            }
+            Ok(Stored::More) => {}
+            Err(e) => tracing::warn!(sha256, "{e:#}"),
+        }
         if let (Err(_), Some(sha256)) = (outcome, self.asked.as_ref()) {
             match self.failures.iter_mut().find(|(s, _)| s == sha256) {
                 Some((_, n)) => *n += 1,

@@ -8,7 +8,6 @@
 //! more to send ([`Session::send_due_batch`]).
 
 use super::connect::{Conn, Established, connect_any};
-use super::fetch::Stored;
 use super::liveness::{Broken, Liveness, write};
 use super::{BATCH_HEADROOM, Ended, FLUSH_WAIT, LinkConfig, MAX_IN_FLIGHT, SWITCH_WAIT, State};
 use crate::services::Collected;
@@ -322,13 +321,6 @@ impl<'a> Session<'a> {
         let outcome = tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| anyhow!("storing a plugin chunk failed: {e}"))?;
-        match &outcome {
-            Ok(Stored::Complete(path)) => {
-                tracing::info!(sha256 = chunk.sha256, path = %path.display(), "plugin fetched from the receiver")
-            }
-            Ok(Stored::More) => {}
-            Err(e) => tracing::warn!(sha256 = chunk.sha256, "{e:#}"),
-        }
         self.state.fetcher.stored(&outcome);
         Ok(())
     }
