@@ -186,7 +186,9 @@ impl Daemon<'_> {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        // Not at start: the services are loading (compiling) their plugins.
+        let first = tokio::time::Instant::now() + SWEEP_EVERY;
+        let mut sweep = tokio::time::interval_at(first, SWEEP_EVERY);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
