@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
-cargo bench -p sandglass-tests --bench web
+cargo bench --profile release --workspace --bench web

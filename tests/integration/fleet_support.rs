@@ -34,6 +34,11 @@ impl Receiver {
     /// Start on `listen` (e.g. "127.0.0.1:0") with `model` (the services,
     /// templates, groups and hosts part of receiver.toml).
     pub fn start(dir: &Path, listen: &str, model: &str) -> Receiver {
+        Receiver::start_with_env(dir, listen, model, &[])
+    }
+
+    /// [`Receiver::start`] with environment variables set (test hooks).
+    pub fn start_with_env(dir: &Path, listen: &str, model: &str, env: &[(&str, &str)]) -> Receiver {
         let config = dir.join("receiver.toml");
         std::fs::write(
             &config,
@@ -49,6 +54,7 @@ impl Receiver {
                 "--listen",
                 listen,
             ])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -13,6 +13,7 @@
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
 //! - [`faults`]: kill -9 of either side, connections cut mid-frame, a full
 //!   spool, failover — every run counted end to end;
+//! - [`distribution`]: plugins sent by the receiver to agents without them;
 //! - [`delivery`]: the largest reports through a receiver outage, a hung
 //!   receiver, a full agent disk: every report stored or counted as lost;
 //! - [`hostile`]: slow and idle connections at the receiver;
@@ -32,6 +33,7 @@
 mod command;
 mod common;
 mod delivery;
+mod distribution;
 mod faults;
 mod fleet;
 mod fleet_support;

@@ -45,6 +45,9 @@ pub struct AgentConfig {
     pub spool: SpoolConfig,
     /// TLS to the receiver (absent: plain TCP).
     pub tls: Option<ClientTls>,
+    /// Compiled plugins and plugins fetched from the receiver.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Local services, run by `agent once` (in `agent run` the receiver's
     /// schedule decides what runs).
     #[serde(default)]
@@ -63,6 +66,10 @@ pub struct Allow {
     /// Default none.
     #[serde(default)]
     pub files: Vec<PathBuf>,
+    /// Fetch a plugin the schedule pins from the receiver when `plugin_dir`
+    /// lacks that exact build. Default true.
+    #[serde(default = "yes")]
+    pub remote_plugins: bool,
 }
 
 fn yes() -> bool {
@@ -74,6 +81,7 @@ impl Default for Allow {
         Allow {
             sys: true,
             files: Vec::new(),
+            remote_plugins: true,
         }
     }
 }
@@ -133,6 +141,24 @@ impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             max_size: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// `[cache]`: compiled plugins (`<state_dir>/cache`) and plugins fetched
+/// from the receiver (`<state_dir>/plugins`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Files of a plugin build no scheduled service has used for this long
+    /// are removed. Default "7d".
+    pub keep_unused: HumanDuration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            keep_unused: HumanDuration(Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -222,6 +248,7 @@ pub struct Agent {
     pub connection: ConnectionConfig,
     pub spool: SpoolConfig,
     pub tls: Option<ClientTls>,
+    pub cache: CacheConfig,
     pub services: Vec<Service>,
 }
 
@@ -341,6 +368,7 @@ impl AgentConfig {
         let allow = Allow {
             sys: self.allow.sys,
             files: self.allow.files.iter().map(|f| base.join(f)).collect(),
+            remote_plugins: self.allow.remote_plugins,
         };
         Ok(Agent {
             host_id,
@@ -353,6 +381,7 @@ impl AgentConfig {
             connection: self.connection,
             spool: self.spool,
             tls,
+            cache: self.cache,
             services,
         })
     }

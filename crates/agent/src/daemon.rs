@@ -4,15 +4,18 @@
 //! SIGHUP, and on SIGTERM / Ctrl-C lets running plugins finish and flushes
 //! what it can.
 
+use super::hygiene::{Hygiene, SWEEP_EVERY};
 use super::link::{self, LinkConfig};
-use super::schedule::{ScheduleCache, services};
+use super::schedule::{ScheduleCache, fetched_dir, services, to_fetch};
 use super::scheduler::Scheduler;
 use super::services::ServiceRunner;
 use super::spool::Spool;
 use crate::config::Agent;
 use anyhow::Context;
+use sandglass_core::time::now_ms;
 use sandglass_daemon::tls;
 use sandglass_protocol::Schedule;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -49,6 +52,7 @@ pub(crate) fn link_config(agent: &Agent, config: &Path) -> anyhow::Result<LinkCo
         token: agent.token.clone().ok_or_else(|| missing("token"))?,
         plugin_dir: agent.plugin_dir.clone(),
         hash_cache: agent.state_dir.join("installed"),
+        fetched_dir: fetched_dir(&agent.state_dir),
         connection: agent.connection.clone(),
         tls,
     })
@@ -85,10 +89,11 @@ pub async fn run(
             .with_context(|| format!("cannot use state_dir {}", agent.state_dir.display()))?,
     );
     let cache = ScheduleCache::new(&agent.state_dir);
+    let hygiene = Hygiene::new(&agent.state_dir, agent.cache.keep_unused.0);
     let (report_tx, report_rx) = mpsc::channel(1024);
     let in_progress = Arc::new(AtomicUsize::new(0));
     let scheduler = Scheduler::new(
-        runner,
+        runner.clone(),
         agent.host_id.clone(),
         report_tx,
         in_progress.clone(),
@@ -100,7 +105,11 @@ pub async fn run(
         scheduler,
         cache,
         current: None,
+        wanted: watch::channel(Vec::new()).0,
+        runner,
+        hygiene,
     };
+    let wanted = daemon.wanted.subscribe();
     let revision = daemon.start_from_cache();
     let (schedule_tx, schedule_rx) = watch::channel(None);
     let link = tokio::spawn(link::run(
@@ -110,6 +119,7 @@ pub async fn run(
         in_progress,
         schedule_tx,
         revision,
+        wanted,
     ));
     daemon.serve(reload, schedule_rx, shutdown).await;
     // Let running plugins finish; their reports still go out.
@@ -144,6 +154,10 @@ struct Daemon<'a> {
     cache: ScheduleCache,
     /// The schedule running, if any.
     current: Option<Schedule>,
+    /// The pinned plugins to fetch from the receiver, for the link.
+    wanted: watch::Sender<Vec<String>>,
+    runner: Arc<ServiceRunner>,
+    hygiene: Hygiene,
 }
 
 impl Daemon<'_> {
@@ -157,7 +171,7 @@ impl Daemon<'_> {
                 revision = schedule.revision,
                 "starting with the cached schedule until the receiver says otherwise"
             );
-            self.scheduler.apply(services(&schedule, &self.agent));
+            self.run_schedule(&schedule);
             self.current = Some(schedule);
         }
         revision
@@ -172,9 +186,13 @@ impl Daemon<'_> {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        // Not at start: the services are loading (compiling) their plugins.
+        let first = tokio::time::Instant::now() + SWEEP_EVERY;
+        let mut sweep = tokio::time::interval_at(first, SWEEP_EVERY);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = sweep.tick() => self.sweep(),
                 changed = schedules.changed() => {
                     if changed.is_err() {
                         break;
@@ -187,10 +205,31 @@ impl Daemon<'_> {
         }
     }
 
+    /// Run `schedule`'s services, and have the link fetch the plugins
+    /// they need from the receiver.
+    fn run_schedule(&mut self, schedule: &Schedule) {
+        let services = services(schedule, &self.agent);
+        self.wanted
+            .send_replace(to_fetch(&services, &self.agent.state_dir));
+        self.scheduler.apply(services);
+    }
+
+    /// Remove the compiled and fetched plugins no service has used for
+    /// `[cache] keep_unused`.
+    fn sweep(&mut self) {
+        let mut in_use: HashSet<String> = self.runner.loaded_sha256().collect();
+        if let Some(schedule) = &self.current {
+            in_use.extend(schedule.services.iter().filter_map(|s| s.sha256.clone()));
+        }
+        for path in self.hygiene.sweep(&in_use, now_ms()) {
+            tracing::info!(path = %path.display(), "removed a plugin build no service has used for [cache] keep_unused");
+        }
+    }
+
     /// A new schedule from the receiver: keep it for the next start and run it.
     fn apply(&mut self, schedule: Schedule) {
         self.cache.save(&schedule);
-        self.scheduler.apply(services(&schedule, &self.agent));
+        self.run_schedule(&schedule);
         tracing::info!(revision = schedule.revision, services = ?self.scheduler.running(), "schedule applied");
         self.current = Some(schedule);
     }
@@ -207,8 +246,9 @@ impl Daemon<'_> {
                     );
                 }
                 self.agent = reloaded;
-                if let Some(schedule) = &self.current {
-                    self.scheduler.apply(services(schedule, &self.agent));
+                if let Some(schedule) = self.current.take() {
+                    self.run_schedule(&schedule);
+                    self.current = Some(schedule);
                 }
                 tracing::info!("configuration reloaded");
             }

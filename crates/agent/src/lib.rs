@@ -15,12 +15,14 @@
 //! - [`spool`]: reports on disk until the receiver acknowledges them;
 //! - [`link`]: the connection to the receiver (backoff, batches, acks);
 //! - [`installed`]: the plugins the Hello lists, hashes remembered;
+//! - [`hygiene`]: removing compiled and fetched plugins no service uses;
 //! - [`daemon`]: `agent run`, tying them together with signals;
 //! - [`tools`]: `agent plugin run`, `check` and `new`, for plugin authors.
 
 pub mod config;
 pub mod config_check;
 pub mod daemon;
+pub mod hygiene;
 pub mod installed;
 pub mod link;
 pub mod schedule;

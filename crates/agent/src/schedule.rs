@@ -4,6 +4,7 @@
 
 use crate::config::{Agent, Service};
 use sandglass_core::files::write_atomic;
+use sandglass_core::hash::sha256_hex;
 use sandglass_core::names::check_name;
 use sandglass_core::units::{ByteSize, HumanDuration};
 use sandglass_protocol::GrantName;
@@ -30,7 +31,7 @@ pub fn services(schedule: &Schedule, agent: &Agent) -> Vec<Service> {
 fn service(s: &ScheduledService, agent: &Agent) -> Service {
     let mut refused = Vec::new();
     let plugin_path = match check_name(&s.plugin) {
-        Ok(()) => agent.plugin_dir.join(format!("{}.wasm", s.plugin)),
+        Ok(()) => plugin_path(s, agent, &mut refused),
         Err(e) => {
             refused.push(format!("plugin {e}"));
             PathBuf::new()
@@ -75,6 +76,62 @@ fn service(s: &ScheduledService, agent: &Agent) -> Service {
         interval: Duration::from_millis(s.interval_ms).max(MIN_INTERVAL),
         refused: (!refused.is_empty()).then(|| refused.join("; ")),
     }
+}
+
+/// Where the plugins fetched from the receiver are kept, by sha256.
+pub fn fetched_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("plugins")
+}
+
+/// The file of a fetched plugin: content-addressed, so a name can never
+/// point at other bytes.
+pub fn fetched_path(state_dir: &Path, sha256: &str) -> PathBuf {
+    fetched_dir(state_dir).join(format!("{sha256}.wasm"))
+}
+
+/// The file a service runs: the agent's own `plugin_dir/<plugin>.wasm`
+/// when nothing is pinned or it is the pinned build; otherwise the pinned
+/// build fetched from the receiver, if `[allow] remote_plugins` permits.
+fn plugin_path(s: &ScheduledService, agent: &Agent, refused: &mut Vec<String>) -> PathBuf {
+    let local = agent.plugin_dir.join(format!("{}.wasm", s.plugin));
+    let Some(pin) = &s.sha256 else {
+        return local;
+    };
+    if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+        refused.push(format!(
+            "the schedule pins sha256 {pin:?}, which is not 64 hex digits"
+        ));
+        return local;
+    }
+    let pin = pin.to_ascii_lowercase();
+    let local_sha = std::fs::read(&local).ok().map(|bytes| sha256_hex(&bytes));
+    if local_sha.as_deref() == Some(pin.as_str()) {
+        return local;
+    }
+    if !agent.allow.remote_plugins {
+        refused.push(format!(
+            "plugin {} with sha256 {pin} is not in plugin_dir {} and [allow] remote_plugins = false: install that build there, or set remote_plugins = true in the agent config",
+            s.plugin,
+            agent.plugin_dir.display()
+        ));
+        return local;
+    }
+    fetched_path(&agent.state_dir, &pin)
+}
+
+/// The pinned plugins `services` run from the receiver's copy and this
+/// agent does not have yet: what the link fetches.
+pub fn to_fetch(services: &[Service], state_dir: &Path) -> Vec<String> {
+    let dir = fetched_dir(state_dir);
+    let mut wanted: Vec<String> = services
+        .iter()
+        .filter(|s| s.refused.is_none() && s.plugin_path.parent() == Some(dir.as_path()))
+        .filter(|s| !s.plugin_path.exists())
+        .filter_map(|s| s.sha256.as_ref().map(|sha| sha.to_ascii_lowercase()))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    wanted
 }
 
 /// Whether `dir` lies inside one of the allowed directories, judged on the
@@ -193,6 +250,42 @@ mod tests {
         assert!(escape.refused.unwrap().contains("[allow] files"));
         let sys = service(&scheduled(vec![GrantName::Sys], vec![]), &a);
         assert!(sys.refused.unwrap().contains("[allow] sys"));
+    }
+
+    #[test]
+    fn a_pinned_plugin_comes_from_plugin_dir_or_the_receiver_if_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::write(dir.path().join("plugins/logwatch.wasm"), b"local build").unwrap();
+        let pinned = |sha: String| ScheduledService {
+            sha256: Some(sha),
+            ..scheduled(vec![], vec![])
+        };
+        let a = agent(dir.path(), "");
+        let local = service(&pinned(sha256_hex(b"local build")), &a);
+        assert!(local.plugin_path.ends_with("plugins/logwatch.wasm"));
+        let other = sha256_hex(b"the receiver's build");
+        let remote = service(&pinned(other.clone()), &a);
+        assert_eq!(remote.refused, None);
+        assert_eq!(remote.plugin_path, fetched_path(&a.state_dir, &other));
+        assert_eq!(
+            to_fetch(&[local, remote.clone()], &a.state_dir),
+            std::slice::from_ref(&other)
+        );
+        std::fs::create_dir_all(fetched_dir(&a.state_dir)).unwrap();
+        std::fs::write(&remote.plugin_path, b"fetched").unwrap();
+        assert!(
+            to_fetch(&[remote], &a.state_dir).is_empty(),
+            "fetched already"
+        );
+
+        let off = agent(dir.path(), "[allow]\nremote_plugins = false\n");
+        let refused = service(&pinned(other), &off).refused.unwrap();
+        assert!(refused.contains("remote_plugins = false"), "{refused}");
+        let bad = service(&pinned("../../etc/passwd".into()), &a)
+            .refused
+            .unwrap();
+        assert!(bad.contains("not 64 hex digits"), "{bad}");
     }
 
     #[test]

@@ -78,6 +78,14 @@ impl ServiceRunner {
     fn plugin(&self, service: &Service, current: Option<Stamp>) -> Result<Arc<Plugin>, String> {
         let path = &service.plugin_path;
         let Some(_) = current else {
+            if let Some(sha) = &service.sha256
+                && path.file_stem().is_some_and(|stem| *stem == **sha)
+            {
+                return Err(format!(
+                    "plugin {} is not installed (expected sha256 {sha}): plugin_dir does not have that build, and it has not come from the receiver (yet; the agent's log says why)",
+                    service.plugin
+                ));
+            }
             let pin = match &service.sha256 {
                 Some(sha) => format!("expected sha256 {sha}"),
                 None => "no sha256 pinned".into(),
@@ -103,6 +111,17 @@ impl ServiceRunner {
             },
         );
         plugin
+    }
+
+    /// The sha256 of every plugin loaded (their compiled artifacts are in
+    /// use).
+    pub fn loaded_sha256(&self) -> impl Iterator<Item = String> + use<> {
+        let plugins = self.plugins.lock().expect("plugin cache lock");
+        let loaded: Vec<String> = plugins
+            .values()
+            .filter_map(|l| Some(l.plugin.as_ref().ok()?.sha256.clone()))
+            .collect();
+        loaded.into_iter()
     }
 
     fn view(&self, service: &Service) -> Result<Arc<View>, String> {

@@ -17,7 +17,8 @@
 //!   replacement;
 //! - [`wire_struct!`]: structs that travel as MessagePack arrays and decode
 //!   tolerantly;
-//! - [`ABI_VERSION`]: the collector ABI version, from `wit/collector.wit`.
+//! - [`ABI_VERSION`]: the collector ABI version, from `wit/collector.wit`;
+//!   [`plugin_abi`]: what a plugin must export and may import for it.
 
 #[macro_use]
 mod wire;
@@ -27,6 +28,7 @@ pub mod files;
 pub mod hash;
 pub mod limits;
 pub mod names;
+pub mod plugin_abi;
 pub mod render;
 pub mod report;
 pub mod text;

@@ -2,7 +2,7 @@
 //! The length is checked against the limit before a byte of payload is
 //! buffered for it, and the buffer only grows by what the peer really sent.
 
-use super::{MAGIC, Message, PROTOCOL_VERSION};
+use super::{MAGIC, Message, PROTOCOL_MINOR, PROTOCOL_VERSION};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
@@ -119,23 +119,37 @@ impl Encoder<Message> for FrameCodec {
     }
 }
 
-/// Send this side's preamble: magic, version, two reserved zero bytes.
+/// The versions a peer's preamble names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preamble {
+    /// Peers of different versions do not talk.
+    pub version: u16,
+    /// What the peer added within the version; 0 from peers that predate
+    /// minor versions (they sent the bytes as reserved zeros).
+    pub minor: u16,
+}
+
+/// Send this side's preamble: magic, version, minor version.
 pub async fn write_preamble<W: AsyncWrite + Unpin>(w: &mut W) -> std::io::Result<()> {
     let mut preamble = [0u8; 8];
     preamble[..4].copy_from_slice(&MAGIC);
     preamble[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    preamble[6..8].copy_from_slice(&PROTOCOL_MINOR.to_be_bytes());
     w.write_all(&preamble).await
 }
 
-/// Read the peer's preamble; returns the protocol version it speaks.
-pub async fn read_preamble<R: AsyncRead + Unpin>(r: &mut R) -> Result<u16, ProtocolError> {
+/// Read the peer's preamble; returns the versions it speaks.
+pub async fn read_preamble<R: AsyncRead + Unpin>(r: &mut R) -> Result<Preamble, ProtocolError> {
     let mut preamble = [0u8; 8];
     r.read_exact(&mut preamble).await?;
     let magic: [u8; 4] = preamble[..4].try_into().expect("4 bytes");
     if magic != MAGIC {
         return Err(ProtocolError::NotSandglass(magic));
     }
-    Ok(u16::from_be_bytes([preamble[4], preamble[5]]))
+    Ok(Preamble {
+        version: u16::from_be_bytes([preamble[4], preamble[5]]),
+        minor: u16::from_be_bytes([preamble[6], preamble[7]]),
+    })
 }
 
 #[cfg(test)]
@@ -262,8 +276,14 @@ mod tests {
         write_preamble(&mut buf).await.unwrap();
         assert_eq!(
             read_preamble(&mut &buf[..]).await.unwrap(),
-            PROTOCOL_VERSION
+            Preamble {
+                version: PROTOCOL_VERSION,
+                minor: PROTOCOL_MINOR
+            }
         );
+        // A 1.0 peer sent bytes 6-7 as reserved zeros: minor 0.
+        buf[6..8].copy_from_slice(&[0, 0]);
+        assert_eq!(read_preamble(&mut &buf[..]).await.unwrap().minor, 0);
         let err = read_preamble(&mut &b"GET / HTTP/1.1\r\n"[..])
             .await
             .unwrap_err();
@@ -375,6 +395,39 @@ mod tests {
             decode(tagged("Error", ("Busy", "later", X))),
             Message::Error(f) if f.code == FaultCode::Busy
         ));
+        assert_eq!(
+            decode(tagged("PluginRequest", ("ab", 5u64, X))),
+            Message::PluginRequest(PluginRequest {
+                sha256: "ab".into(),
+                offset: 5
+            })
+        );
+        assert!(matches!(
+            decode(tagged("PluginUnavailable", ("ab", "gone", X))),
+            Message::PluginUnavailable(u) if u.reason == "gone"
+        ));
+    }
+
+    /// docs/protocol.md's example of a chunk: its bytes travel as one
+    /// MessagePack `bin`, not an array of numbers.
+    #[test]
+    fn a_plugin_chunk_carries_its_bytes_as_bin() {
+        let chunk = Message::PluginChunk(PluginChunk {
+            sha256: "ab".into(),
+            offset: 0,
+            size: 3,
+            bytes: Bytes(vec![1, 2, 3]),
+        });
+        let frame = encode(&chunk);
+        let mut expected = vec![0, 0, 0, 24, 0x81, 0xab];
+        expected.extend_from_slice(b"PluginChunk");
+        expected.extend_from_slice(&[0x94, 0xa2, b'a', b'b', 0x00, 0x03, 0xc4, 3, 1, 2, 3]);
+        assert_eq!(&frame[..], &expected[..]);
+        let mut buf = frame;
+        assert_eq!(
+            FrameCodec::new(DEFAULT_MAX_FRAME).decode(&mut buf).unwrap(),
+            Some(chunk)
+        );
     }
 
     /// And a struct from an older peer, without the fields added since,

@@ -9,17 +9,23 @@
 
 mod codec;
 mod messages;
+mod plugins;
 
-pub use codec::{FrameCodec, ProtocolError, read_preamble, write_preamble};
+pub use codec::{FrameCodec, Preamble, ProtocolError, read_preamble, write_preamble};
 pub use messages::{
     Ack, Entry, Fault, FaultCode, Gap, GrantName, Hello, InstalledPlugin, Message, Probe, Rejected,
     ReportBatch, Revision, Schedule, ScheduledService, ServiceLimits, Welcome,
 };
+pub use plugins::{Bytes, PLUGIN_CHUNK, PluginChunk, PluginRequest, PluginUnavailable};
 
 /// First four bytes of every Sandglass connection, in both directions.
 pub const MAGIC: [u8; 4] = *b"SGLS";
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
+/// The minor version this build speaks, in bytes 6–7 of the preamble (0 from
+/// peers that predate it): a minor version only adds messages a peer sends
+/// once it knows the other side speaks them. 1: plugin transfer.
+pub const PROTOCOL_MINOR: u16 = 1;
 /// The receiver's default TCP port.
 pub const DEFAULT_PORT: u16 = 7531;
 /// Largest frame before the peer has authenticated: a Hello is small, and an

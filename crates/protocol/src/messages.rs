@@ -3,6 +3,7 @@
 //! `{variant-name: payload}` or, without payload, the variant name. Fields may
 //! only ever be appended, with a default, so older peers keep decoding.
 
+use crate::plugins::{PluginChunk, PluginRequest, PluginUnavailable};
 use sandglass_core::report::Report;
 use sandglass_core::wire_struct;
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,15 @@ pub enum Message {
     /// nonce and the answerer's clock.
     Ping(Probe),
     Pong(Probe),
+    /// Agent -> receiver (1.1): send part of the plugin file with this
+    /// sha256. Sent only to a receiver whose preamble says minor >= 1.
+    PluginRequest(PluginRequest),
+    /// Receiver -> agent (1.1): one chunk of a plugin file, the answer to a
+    /// `PluginRequest`.
+    PluginChunk(PluginChunk),
+    /// Receiver -> agent (1.1): the answer to a `PluginRequest` the
+    /// receiver cannot serve.
+    PluginUnavailable(PluginUnavailable),
 }
 
 wire_struct! {

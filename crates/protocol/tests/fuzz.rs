@@ -138,6 +138,20 @@ fn seeds() -> Vec<Message> {
             last_seq: 9,
             reason: "too big".into(),
         }),
+        Message::PluginRequest(PluginRequest {
+            sha256: "ef".repeat(32),
+            offset: 262_144,
+        }),
+        Message::PluginChunk(PluginChunk {
+            sha256: "ef".repeat(32),
+            offset: 262_144,
+            size: 300_000,
+            bytes: Bytes((0..600).map(|i| (i % 256) as u8).collect()),
+        }),
+        Message::PluginUnavailable(PluginUnavailable {
+            sha256: "ef".repeat(32),
+            reason: "no such plugin".into(),
+        }),
     ]
 }
 

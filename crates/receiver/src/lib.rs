@@ -19,6 +19,7 @@
 //!   receiver's own counters;
 //! - [`remote_write`]: every stored sample forwarded to Prometheus
 //!   remote-write endpoints, through [`http_post`] (shared with `notify`).
+//! - [`plugins`]: the checked plugins of `plugin_dir`, served to agents.
 
 pub mod batches;
 pub mod clock;
@@ -30,6 +31,7 @@ pub mod http;
 pub mod http_post;
 pub mod liveness;
 pub mod notify;
+pub mod plugins;
 pub mod query;
 pub mod remote_write;
 pub mod server;

@@ -29,6 +29,8 @@ pub(super) struct Established {
     pub(super) socket: RawFd,
     /// Position of its receiver in the list.
     pub(super) index: usize,
+    /// Whether the receiver answers `PluginRequest` (protocol 1.1 and later).
+    pub(super) serves_plugins: bool,
 }
 
 /// The positions of `n` receivers from `first` on, wrapping around.
@@ -46,9 +48,10 @@ pub(super) async fn connect_any(
     for &index in order {
         let address = &config.receivers[index];
         match connect(config, address, hello.clone()).await {
-            Ok((framed, welcome, socket)) => {
+            Ok((framed, welcome, socket, minor)) => {
                 return Ok(Established {
                     framed,
+                    serves_plugins: minor >= 1,
                     refresh: Duration::from_millis(welcome.refresh_ms.max(1000)),
                     max_frame: welcome.max_frame,
                     socket,
@@ -65,7 +68,7 @@ async fn connect(
     config: &LinkConfig,
     address: &str,
     mut hello: Hello,
-) -> anyhow::Result<(Conn, Welcome, RawFd)> {
+) -> anyhow::Result<(Conn, Welcome, RawFd, u16)> {
     let timeout = config.connection.timeout.0;
     let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
@@ -84,13 +87,14 @@ async fn connect(
     // says nothing hangs (its backlog took the connect): no longer than the
     // silence that ends a session.
     let answer = timeout.min(config.connection.ping_interval.0 * 2);
-    let version = tokio::time::timeout(answer, read_preamble(&mut stream))
+    let preamble = tokio::time::timeout(answer, read_preamble(&mut stream))
         .await
         .context("no answer from the receiver")?
         .with_context(|| match config.tls {
             Some(_) => "the receiver ended the TLS session (if it requires client certificates, set [tls] cert and key)",
             None => "the receiver ended the connection",
         })?;
+    let version = preamble.version;
     let mut framed = Framed::new(stream, FrameCodec::new(DEFAULT_MAX_FRAME));
     if version == PROTOCOL_VERSION {
         // Now, not before connecting: the receiver takes the difference to
@@ -103,7 +107,9 @@ async fn connect(
         .context("no Welcome from the receiver")?
         .context("the receiver closed the connection")??;
     match first {
-        Message::Welcome(welcome) if version == PROTOCOL_VERSION => Ok((framed, welcome, socket)),
+        Message::Welcome(welcome) if version == PROTOCOL_VERSION => {
+            Ok((framed, welcome, socket, preamble.minor))
+        }
         Message::Error(f) => {
             let f = Escaped(&f.to_string()).to_string();
             tracing::error!(receiver = address, "the receiver refused this agent: {f}");

@@ -22,6 +22,7 @@
 //! the spool's file I/O off the async executor.
 
 mod connect;
+mod fetch;
 mod liveness;
 mod session;
 mod spooler;
@@ -63,6 +64,8 @@ pub struct LinkConfig {
     pub plugin_dir: PathBuf,
     /// Where the plugins' hashes are remembered between starts.
     pub hash_cache: PathBuf,
+    /// Where plugins fetched from the receiver go.
+    pub fetched_dir: PathBuf,
     pub connection: ConnectionConfig,
     pub tls: Option<tls::Client>,
 }
@@ -80,6 +83,9 @@ struct State {
     /// Until the first acknowledgement: when the agent started.
     awaiting_first_ack: Option<std::time::Instant>,
     installed: Installed,
+    /// The pinned plugins the schedule needs from the receiver (sha256).
+    wanted: watch::Receiver<Vec<String>>,
+    fetcher: fetch::Fetcher,
 }
 
 impl State {
@@ -165,6 +171,7 @@ pub async fn run(
     in_progress: Arc<AtomicUsize>,
     schedules: watch::Sender<Option<Schedule>>,
     revision: u64,
+    wanted: watch::Receiver<Vec<String>>,
 ) {
     let config = Arc::new(config);
     let mut state = State {
@@ -176,6 +183,8 @@ pub async fn run(
         stopping: false,
         awaiting_first_ack: Some(sandglass_daemon::started()),
         installed: Installed::new(config.plugin_dir.clone(), config.hash_cache.clone()),
+        wanted,
+        fetcher: fetch::Fetcher::new(config.fetched_dir.clone()),
     };
     deliver(&config, &mut state).await;
     if let Err(e) = state.spool.close().await {
@@ -275,6 +284,7 @@ mod tests {
             token: "t".into(),
             plugin_dir: dir.join("plugins"),
             hash_cache: dir.join("installed"),
+            fetched_dir: dir.join("fetched"),
             connection: ConnectionConfig {
                 reconnect_min: HumanDuration(Duration::from_millis(50)),
                 reconnect_max: HumanDuration(Duration::from_millis(200)),
@@ -319,7 +329,15 @@ mod tests {
         let (schedules, schedules_rx) = watch::channel(None);
         let in_progress = Arc::new(AtomicUsize::new(0));
         Running {
-            task: tokio::spawn(run(config, spool, reports, in_progress, schedules, 0)),
+            task: tokio::spawn(run(
+                config,
+                spool,
+                reports,
+                in_progress,
+                schedules,
+                0,
+                watch::channel(Vec::new()).1,
+            )),
             _reports: reports_tx,
             _schedules: schedules_rx,
         }

@@ -16,8 +16,8 @@ use anyhow::anyhow;
 use futures_util::StreamExt;
 use sandglass_core::time::now_ms;
 use sandglass_protocol::{
-    Ack, DEFAULT_MAX_FRAME, Fault, FaultCode, Message, Probe, Rejected, ReportBatch, Revision,
-    Schedule,
+    Ack, DEFAULT_MAX_FRAME, Fault, FaultCode, Message, PluginChunk, Probe, Rejected, ReportBatch,
+    Revision, Schedule,
 };
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -76,6 +76,10 @@ struct Session<'a> {
     /// An earlier receiver that answered, and until when the batches in
     /// flight here may take to be answered before moving to it.
     switch: Option<(Established, Instant)>,
+    /// Whether the receiver sends plugins (protocol 1.1).
+    serves_plugins: bool,
+    /// Whether the daemon still tells which plugins to fetch.
+    wanted_open: bool,
 }
 
 impl<'a> Session<'a> {
@@ -86,7 +90,10 @@ impl<'a> Session<'a> {
             max_frame,
             socket,
             index,
+            serves_plugins,
         } = established;
+        state.fetcher.reconnected();
+        state.fetcher.want(state.wanted.borrow_and_update().clone());
         let budget = Budget {
             entries: config.connection.batch_max,
             // Below the receiver's limit, and below this agent's own (its codec
@@ -123,6 +130,8 @@ impl<'a> Session<'a> {
             next_failback: (index > 0).then(|| now + config.connection.failback.0),
             probe: None,
             switch: None,
+            serves_plugins,
+            wanted_open: true,
             state,
         }
     }
@@ -146,6 +155,11 @@ impl<'a> Session<'a> {
                 probed = async { self.probe.as_mut().expect("guarded").await }, if self.probe.is_some() => {
                     self.on_probe(probed);
                 }
+                changed = self.state.wanted.changed(), if self.wanted_open => {
+                    self.wanted_open = changed.is_ok();
+                    let wanted = self.state.wanted.borrow_and_update().clone();
+                    self.state.fetcher.want(wanted);
+                }
                 () = tokio::time::sleep_until(wake) => self.on_tick().await?,
             }
         }
@@ -162,6 +176,7 @@ impl<'a> Session<'a> {
             }
         } else {
             self.send_due_batch(now).await?;
+            self.request_plugin().await?;
         }
         if !self.state.stopping {
             return Ok(None);
@@ -278,10 +293,35 @@ impl<'a> Session<'a> {
                 self.write(pong).await?;
             }
             Message::Error(f) => return Err(anyhow!("the receiver reports {f}").into()),
+            Message::PluginChunk(chunk) => self.on_plugin_chunk(chunk).await?,
+            Message::PluginUnavailable(u) => self.state.fetcher.on_unavailable(&u),
             other => {
                 return Err(anyhow!("unexpected message from the receiver: {other:?}").into());
             }
         }
+        Ok(())
+    }
+
+    /// Ask for the next chunk of a plugin the schedule needs, unless one
+    /// is asked for already.
+    async fn request_plugin(&mut self) -> Result<(), Broken> {
+        if !self.serves_plugins {
+            return Ok(());
+        }
+        match self.state.fetcher.next_request() {
+            Some(request) => self.write(Message::PluginRequest(request)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A chunk of the plugin asked for: stored off the executor (the last
+    /// one hashes the whole file).
+    async fn on_plugin_chunk(&mut self, chunk: PluginChunk) -> Result<(), Broken> {
+        let work = self.state.fetcher.on_chunk(&chunk)?;
+        let outcome = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| anyhow!("storing a plugin chunk failed: {e}"))?;
+        self.state.fetcher.stored(&outcome);
         Ok(())
     }
 

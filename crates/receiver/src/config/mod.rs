@@ -13,10 +13,11 @@ pub use notify::{Channel, NotifyConfig, Target};
 pub use http::HttpSettings;
 pub use remote_write::RemoteWrite;
 
+use crate::plugins::Library;
 use crate::triggers::Trigger;
-use anyhow::{Context, bail};
+use anyhow::bail;
 use sandglass_core::config::{ParamValue, load_toml};
-use sandglass_core::hash::{sha256, sha256_hex};
+use sandglass_core::hash::sha256;
 use sandglass_core::limits::LimitOverrides;
 use sandglass_core::names::check_name;
 use sandglass_core::units::{ByteSize, HumanDuration};
@@ -209,9 +210,18 @@ pub struct Model {
 }
 
 impl Model {
-    /// Read and validate `path`.
+    /// Read and validate `path` (reading and checking the plugins of its
+    /// `plugin_dir`).
     pub fn load(path: &Path) -> anyhow::Result<Model> {
-        load_toml(path, RawConfig::resolve)
+        Model::load_with(path, &mut None)
+    }
+
+    /// Read and validate `path`, pinning the plugins of `library` (the
+    /// running receiver's, kept up to date by its watch). A library of
+    /// another directory than the file's `plugin_dir` is replaced by a scan
+    /// of that one.
+    pub fn load_with(path: &Path, library: &mut Option<Library>) -> anyhow::Result<Model> {
+        load_toml(path, |raw: RawConfig, base| raw.resolve(base, library))
     }
 }
 
@@ -248,7 +258,7 @@ pub fn token_matches(expected: &[u8; 32], token: &str) -> bool {
 }
 
 impl RawConfig {
-    fn resolve(self, base: &Path) -> anyhow::Result<Model> {
+    fn resolve(self, base: &Path, library: &mut Option<Library>) -> anyhow::Result<Model> {
         if self.max_connections == 0 {
             bail!("max_connections must be at least 1");
         }
@@ -271,13 +281,14 @@ impl RawConfig {
                 self.max_frame
             );
         }
-        let pins = match &self.plugin_dir {
-            Some(dir) => Some(PluginPins::scan(&base.join(dir))?),
-            None => None,
-        };
+        let plugin_dir = self.plugin_dir.as_ref().map(|dir| base.join(dir));
+        if library.as_ref().map(Library::dir) != plugin_dir.as_deref() {
+            *library = plugin_dir.as_deref().map(Library::scan).transpose()?;
+        }
+        let pins = library.as_ref();
         let mut services = BTreeMap::new();
         for (name, s) in &self.services {
-            let service = resolve_service(name, s, pins.as_ref())
+            let service = resolve_service(name, s, pins)
                 .map_err(|e| anyhow::anyhow!("[services.{name}]: {e}"))?;
             services.insert(name.clone(), service);
         }
@@ -403,7 +414,7 @@ impl RawConfig {
 fn resolve_service(
     name: &str,
     s: &RawService,
-    pins: Option<&PluginPins>,
+    pins: Option<&Library>,
 ) -> anyhow::Result<ScheduledService> {
     check_name(name).map_err(|e| anyhow::anyhow!("service {e}"))?;
     check_name(&s.plugin).map_err(|e| anyhow::anyhow!("plugin {e}"))?;
@@ -423,7 +434,7 @@ fn resolve_service(
             }
             Some(sha.to_ascii_lowercase())
         }
-        (None, Some(pins)) => Some(pins.sha256(&s.plugin)?),
+        (None, Some(library)) => Some(library.pin(&s.plugin)?),
         (None, None) => None,
     };
     let l = &s.limits;
@@ -459,48 +470,10 @@ fn revision(services: &[ScheduledService]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
 }
 
-/// sha256 of every plugin in the receiver's `plugin_dir`, pinned into the
-/// schedules of services that do not pin one themselves.
-struct PluginPins {
-    dir: PathBuf,
-    sha256: BTreeMap<String, String>,
-}
-
-impl PluginPins {
-    fn scan(dir: &Path) -> anyhow::Result<PluginPins> {
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("plugin_dir {}: cannot list it", dir.display()))?;
-        let mut sha256 = BTreeMap::new();
-        for entry in entries {
-            let path = entry?.path();
-            if let (Some(stem), Some("wasm")) = (
-                path.file_stem().and_then(|s| s.to_str()),
-                path.extension().and_then(|e| e.to_str()),
-            ) {
-                let bytes = std::fs::read(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                sha256.insert(stem.to_owned(), sha256_hex(&bytes));
-            }
-        }
-        Ok(PluginPins {
-            dir: dir.to_owned(),
-            sha256,
-        })
-    }
-
-    fn sha256(&self, plugin: &str) -> anyhow::Result<String> {
-        self.sha256.get(plugin).cloned().ok_or_else(|| {
-            anyhow::anyhow!(
-                "plugin {plugin:?} is not in plugin_dir {}: build it there, set sha256 explicitly, or remove plugin_dir",
-                self.dir.display()
-            )
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::check::fixtures;
 
     fn load(text: &str) -> anyhow::Result<Model> {
         let dir = tempfile::tempdir().unwrap();
@@ -617,8 +590,13 @@ templates = ["linux"]
     fn plugin_dir_pins_sha256() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("plugins")).unwrap();
-        std::fs::write(dir.path().join("plugins/uptime.wasm"), b"not really wasm").unwrap();
-        std::fs::write(dir.path().join("plugins/cpu.wasm"), b"cpu").unwrap();
+        let uptime_wasm = fixtures::command("uptime");
+        std::fs::write(dir.path().join("plugins/uptime.wasm"), &uptime_wasm).unwrap();
+        std::fs::write(
+            dir.path().join("plugins/cpu.wasm"),
+            fixtures::command("cpu"),
+        )
+        .unwrap();
         let path = dir.path().join("receiver.toml");
         std::fs::write(&path, format!("plugin_dir = \"plugins\"\n{FLEET}")).unwrap();
         let err = Model::load(&path).unwrap_err();
@@ -627,6 +605,17 @@ templates = ["linux"]
             "{err:#}"
         );
         std::fs::write(dir.path().join("plugins/nginx.wasm"), b"nginx").unwrap();
+        let err = Model::load(&path).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("plugin \"nginx\" in plugin_dir")
+                && format!("{err:#}").contains("not valid WebAssembly"),
+            "{err:#}"
+        );
+        std::fs::write(
+            dir.path().join("plugins/nginx.wasm"),
+            fixtures::command("nginx"),
+        )
+        .unwrap();
         let model = Model::load(&path).unwrap();
         let uptime = model.hosts["db-01"]
             .schedule
@@ -636,7 +625,7 @@ templates = ["linux"]
             .unwrap();
         assert_eq!(
             uptime.sha256.as_deref(),
-            Some(sha256_hex(b"not really wasm").as_str())
+            Some(sandglass_core::hash::sha256_hex(&uptime_wasm).as_str())
         );
     }
 }

@@ -78,7 +78,8 @@ fn log_change(c: &Change) {
     }
 }
 
-/// Reload on SIGHUP or when the file changes (checked every second).
+/// Reload on SIGHUP, when the file changes or when a plugin of
+/// `plugin_dir` changes (all checked every second).
 pub(super) async fn config_watch(
     shared: Arc<Shared>,
     reload: Arc<Notify>,
@@ -96,7 +97,7 @@ pub(super) async fn config_watch(
             () = reload.notified() => {}
             () = tokio::time::sleep(CONFIG_POLL) => {
                 let now = stamp(&shared.config_path);
-                if now == last {
+                if now == last && !plugins_changed(&shared) {
                     continue;
                 }
             }
@@ -106,10 +107,20 @@ pub(super) async fn config_watch(
     }
 }
 
+/// Look at `plugin_dir` again: whether a plugin's current version changed.
+fn plugins_changed(shared: &Shared) -> bool {
+    let mut plugins = shared.plugins.lock().expect("plugins lock");
+    plugins.as_mut().is_some_and(|library| library.poll())
+}
+
 /// Read the configuration again and apply it: liveness, the store's
 /// schedule, and the connected agents' schedules.
 async fn apply_reload(shared: &Shared) {
-    let new = match Model::load(&shared.config_path) {
+    let loaded = Model::load_with(
+        &shared.config_path,
+        &mut shared.plugins.lock().expect("plugins lock"),
+    );
+    let new = match loaded {
         Ok(model) => Arc::new(model),
         Err(e) => {
             tracing::error!("reload failed, keeping the running configuration: {e:#}");

@@ -207,6 +207,18 @@ impl Handler {
                 self.on_error(f).await;
                 Ok(Flow::Close)
             }
+            Message::PluginRequest(request) => {
+                // Queued with the acknowledgements, one chunk per request:
+                // an Ack waits behind at most one chunk.
+                let chunk = super::transfer::answer(&self.shared, &self.host, request);
+                tokio::select! {
+                    () = self.link.cancel.cancelled() => Ok(Flow::Close),
+                    sent = self.outbound.send(chunk) => Ok(match sent {
+                        Ok(()) => Flow::Continue,
+                        Err(_) => Flow::Close,
+                    }),
+                }
+            }
             other => Err(self.on_unexpected(&other)),
         }
     }

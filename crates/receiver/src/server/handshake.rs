@@ -122,7 +122,7 @@ pub(super) fn frame_fault(e: &ProtocolError) -> FaultCode {
 /// TLS, preamble and Hello.
 async fn handshake(tcp: TcpStream, shared: &Shared) -> anyhow::Result<(Conn, Hello)> {
     let mut stream = accept_tls(tcp, shared.tls.as_ref()).await?;
-    let version = read_preamble(&mut stream).await?;
+    let version = read_preamble(&mut stream).await?.version;
     write_preamble(&mut stream).await?;
     let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME));
     if version != PROTOCOL_VERSION {
@@ -178,5 +178,8 @@ pub(super) fn name(message: &Message) -> &'static str {
         Message::Error(_) => "Error",
         Message::Ping(_) => "Ping",
         Message::Pong(_) => "Pong",
+        Message::PluginRequest(_) => "PluginRequest",
+        Message::PluginChunk(_) => "PluginChunk",
+        Message::PluginUnavailable(_) => "PluginUnavailable",
     }
 }

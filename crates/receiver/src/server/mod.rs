@@ -7,6 +7,7 @@ mod background;
 mod connection;
 mod handshake;
 mod housekeeping;
+mod transfer;
 
 use crate::config::Model;
 use crate::duplicates::Duplicates;
@@ -14,6 +15,7 @@ use crate::health::Health;
 use crate::liveness::Tracker;
 use crate::notify::{Notifier, Setup};
 use crate::remote_write::RemoteWriters;
+use crate::plugins::Library;
 use crate::store::{self, Op, ScheduledHost, ScheduledService, Store};
 use anyhow::Context;
 use handshake::Handshakes;
@@ -59,6 +61,10 @@ struct Shared {
     /// The remote-write threads; dropping this stops them.
     remote_write: RemoteWriters,
     health: Arc<Health>,
+    /// The checked plugins of `plugin_dir`, pinned and served to agents.
+    plugins: Mutex<Option<Library>>,
+    /// Test hook: plugin transfers still to corrupt (see [`CORRUPT_HOOK`]).
+    corrupt_transfers: AtomicU64,
 }
 
 impl Shared {
@@ -75,13 +81,20 @@ pub struct Server {
     tracker: Arc<Mutex<Tracker>>,
     conn: rusqlite::Connection,
     tls: Option<TlsAcceptor>,
+    plugins: Option<Library>,
 }
+
+/// A test hook, documented in docs/plugin-guide.md ("Distribution"): the number of plugin
+/// transfers whose first chunk this receiver sends with one byte flipped,
+/// so tests can see an agent refuse bytes that do not match their sha256.
+pub const CORRUPT_HOOK: &str = "SANDGLASS_TEST_CORRUPT_PLUGIN_TRANSFERS";
 
 impl Server {
     /// Load the configuration, open (or create) the store and restore what
     /// it remembers for liveness.
     pub fn open(config_path: &Path) -> anyhow::Result<Server> {
-        let model = Model::load(config_path)?;
+        let mut plugins = None;
+        let model = Model::load_with(config_path, &mut plugins)?;
         let tls = model
             .settings
             .tls
@@ -106,6 +119,7 @@ impl Server {
             tracker: Arc::new(Mutex::new(tracker)),
             conn,
             tls,
+            plugins,
         })
     }
 
@@ -140,7 +154,12 @@ impl Server {
             tracker,
             conn,
             tls,
+            plugins,
         } = self;
+        let corrupt_transfers = std::env::var(CORRUPT_HOOK)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         // The notifier has a connection of its own: its queue writes and
         // slow channels never wait on (or hold up) the store writer.
         let notifier = Notifier::start(store::open(&model.settings.database)?, Setup::of(&model))?;
@@ -162,6 +181,8 @@ impl Server {
             notifier,
             remote_write,
             health: Arc::default(),
+            plugins: Mutex::new(plugins),
+            corrupt_transfers: AtomicU64::new(corrupt_transfers),
         });
         serve(shared, cap, writer, listener, http, reload, shutdown).await
     }
