@@ -432,14 +432,19 @@ fn reports_come_back_exactly_as_sent_and_one_series_reads_alone() {
     );
 }
 
-#[test]
-fn reports_stored_before_layouts_are_still_read() {
-    let (_dir, path, tracker) = fresh();
+/// A database holding [`batch_with_samples`], and a connection to it.
+fn stored_with_samples() -> (tempfile::TempDir, Connection) {
+    let (dir, path, tracker) = fresh();
     let (store, writer) = start(&path, &tracker);
     send(&store, 1, batch_with_samples());
     drop(store);
     writer.join().unwrap();
-    let conn = open(&path).unwrap();
+    (dir, open(&path).unwrap())
+}
+
+#[test]
+fn reports_stored_before_layouts_are_still_read() {
+    let (_dir, conn) = stored_with_samples();
     let old = vec![
         sample("jiffies", 7.0, &[("cpu", "cpu0")]),
         sample("jiffies", 8.0, &[("cpu", "cpu1")]),
@@ -461,12 +466,7 @@ fn reports_stored_before_layouts_are_still_read() {
 
 #[test]
 fn a_report_whose_values_do_not_fit_its_layout_is_an_error_that_says_so() {
-    let (_dir, path, tracker) = fresh();
-    let (store, writer) = start(&path, &tracker);
-    send(&store, 1, batch_with_samples());
-    drop(store);
-    writer.join().unwrap();
-    let conn = open(&path).unwrap();
+    let (_dir, conn) = stored_with_samples();
     conn.execute(
         "UPDATE reports SET samples = X'0102' WHERE time_ms = 1001",
         [],
