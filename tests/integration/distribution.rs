@@ -168,6 +168,35 @@ fn plugins_in_the_receivers_plugin_dir_reach_agents_with_empty_plugin_dirs() {
         >= since + 2));
     assert!(runs_ok("loadavg"), "the new build runs: {}", logs());
 
+    // `receiver plugins` lists both builds, the hosts on the new one, and
+    // the failures of d (which may not fetch) counted for the build it is
+    // pinned to.
+    let first_sha = sandglass_core::hash::sha256_hex(&loadavg);
+    let on_new = || {
+        let v = versions(&receiver, "loadavg");
+        v.len() == 2
+            && v[0]["sha256"] == first_sha.as_str()
+            && v[1]["sha256"] == second_sha.as_str()
+            && ["a", "b", "c"]
+                .iter()
+                .all(|h| hosts(&v[1]["running"]).contains(h))
+            && ["a", "b", "c"]
+                .iter()
+                .all(|h| !hosts(&v[0]["running"]).contains(h))
+            && v[1]["unknown"].as_u64() > Some(0)
+    };
+    assert!(
+        wait_until(WAIT, on_new),
+        "{:?}",
+        versions(&receiver, "loadavg")
+    );
+    let v = versions(&receiver, "loadavg");
+    assert_eq!(v[0]["size"].as_u64(), Some(loadavg.len() as u64), "{v:?}");
+    assert_eq!(v[1]["size"].as_u64(), Some(second.len() as u64), "{v:?}");
+    assert!(v[0]["runs"].as_u64() > Some(0), "{v:?}");
+    assert!(v[0]["first_seen_ms"].as_u64() <= v[1]["first_seen_ms"].as_u64());
+    assert_eq!(hosts(&v[1]["pinned"]), ["a", "b", "c", "d"], "{v:?}");
+
     // A broken replacement is refused by the receiver and never offered:
     // the previous build keeps running.
     replace(&served.join("loadavg.wasm"), &second[..second.len() / 2]);
@@ -192,4 +221,31 @@ fn plugins_in_the_receivers_plugin_dir_reach_agents_with_empty_plugin_dirs() {
             .count();
         assert_eq!(fetched, 3, "uptime and two loadavg builds, nothing else");
     }
+    assert_eq!(
+        versions(&receiver, "loadavg").len(),
+        2,
+        "the broken file is no build"
+    );
+}
+
+/// The builds of `plugin` as `receiver plugins --json` lists them.
+fn versions(receiver: &Receiver, plugin: &str) -> Vec<Value> {
+    let listed = receiver.json(&[
+        "plugins",
+        "--config",
+        receiver.config.to_str().unwrap(),
+        "--json",
+    ]);
+    listed
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == plugin))
+        .and_then(|p| p["versions"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// A JSON list of host names.
+fn hosts(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }

@@ -5,7 +5,7 @@ use sandglass_core::time::now_ms;
 use sandglass_core::units::HumanDuration;
 use sandglass_receiver::config::{Model, database_of};
 use sandglass_receiver::notify::{admin, message::rfc3339};
-use sandglass_receiver::{events, query, server, store, view};
+use sandglass_receiver::{events, plugins, query, server, store, view};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -76,6 +76,17 @@ enum Command {
         config: PathBuf,
         #[command(flatten)]
         listing: Listing,
+    },
+    /// Each plugin: its builds (sha256, size, first seen), the hosts that
+    /// run and pin each, and its runs and UNKNOWN results over --since.
+    Plugins {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+        /// The window runs and failures are counted over, e.g. `1h`, `1d`.
+        #[arg(long, default_value = "1h")]
+        since: HumanDuration,
+        #[arg(long)]
+        json: bool,
     },
     /// Validate the configuration and print each host's schedule.
     Check {
@@ -180,6 +191,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rows =
                 sandglass_receiver::notify::queue::list(&conn, listing.since_ms(), listing.limit)?;
             listing.print(&rows, |rows| admin::notifications_table(rows))
+        }
+        Command::Plugins {
+            config,
+            since,
+            json,
+        } => {
+            let (database, _) = database_of(&config)?;
+            let conn = store::open_existing(&database)?;
+            let since_ms = now_ms().saturating_sub(since.0.as_millis() as u64);
+            let found = plugins::listing::plugins(&conn, since_ms)?;
+            if json {
+                sandglass_daemon::print(&(serde_json::to_string_pretty(&found)? + "\n"))
+            } else {
+                sandglass_daemon::print(&plugins::listing::table(&found, &since.to_string()))
+            }
         }
         Command::Check { config } => {
             let model = Model::load(&config)?;

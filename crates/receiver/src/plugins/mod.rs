@@ -11,7 +11,9 @@
 //! version before it stays.
 
 pub mod check;
+pub mod listing;
 
+use crate::store::PluginVersion;
 use sandglass_core::hash::sha256_hex;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -186,6 +188,21 @@ impl Library {
                 self.dir.display()
             ),
         }
+    }
+
+    /// Every build the library serves, as the store records them (`receiver
+    /// plugins` lists them with the time each was first seen).
+    pub fn versions(&self) -> Vec<PluginVersion> {
+        self.entries
+            .iter()
+            .flat_map(|(name, e)| {
+                e.versions.iter().map(|v| PluginVersion {
+                    plugin: name.clone(),
+                    sha256: v.sha256.clone(),
+                    size: v.bytes.len() as u64,
+                })
+            })
+            .collect()
     }
 
     /// The bytes of the version with this sha256, if the library serves it.

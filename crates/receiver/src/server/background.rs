@@ -2,7 +2,7 @@
 //! heartbeats) and the configuration watch (reload on SIGHUP or when the
 //! file changes, pushing changed schedules to connected agents).
 
-use super::{Shared, fault, scheduled_op};
+use super::{Shared, fault, scheduled_op, versions_op};
 use crate::config::Model;
 use crate::liveness::{Change, HostStatus, Subject};
 use crate::store::Op;
@@ -147,6 +147,8 @@ async fn apply_reload(shared: &Shared) {
         .lock()
         .expect("tracker lock")
         .apply_model(&new, now_ms());
+    let versions = versions_op(shared.plugins.lock().expect("plugins lock").as_ref());
+    shared.store.send(versions).await;
     shared.store.send(scheduled_op(&new, &shared.tracker)).await;
     shared.notifier.configure(&new);
     let pushed = push_schedules(shared, &old, &new);

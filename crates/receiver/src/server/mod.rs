@@ -166,6 +166,7 @@ impl Server {
         let (store, writer) = Store::start(conn, tracker.clone());
         let remote_write =
             crate::remote_write::start(&model.settings.remote_write, &model.settings.database);
+        store.send(versions_op(plugins.as_ref())).await;
         store.send(scheduled_op(&model, &tracker)).await;
         let cap = Arc::new(Semaphore::new(model.settings.max_connections));
         let shared = Arc::new(Shared {
@@ -315,6 +316,7 @@ fn scheduled_op(model: &Model, tracker: &Mutex<Tracker>) -> Op {
                 host: name.clone(),
                 service: s.name.clone(),
                 plugin: s.plugin.clone(),
+                sha256: s.sha256.clone(),
                 interval_ms: s.interval_ms,
             });
         }
@@ -330,6 +332,14 @@ fn scheduled_op(model: &Model, tracker: &Mutex<Tracker>) -> Op {
     Op::Scheduled {
         services,
         hosts,
+        time_ms: now_ms(),
+    }
+}
+
+/// The store op recording the builds `plugin_dir` offers (none without one).
+fn versions_op(plugins: Option<&Library>) -> Op {
+    Op::PluginVersions {
+        versions: plugins.map(Library::versions).unwrap_or_default(),
         time_ms: now_ms(),
     }
 }

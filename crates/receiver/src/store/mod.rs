@@ -23,6 +23,7 @@
 //! ([`Refusal::Rejected`]) so that it cannot block the agent's stream.
 
 mod ops;
+mod plugin_runs;
 mod read;
 pub mod retention;
 pub mod samples;
@@ -79,6 +80,12 @@ pub enum Op {
         hosts: Vec<ScheduledHost>,
         time_ms: u64,
     },
+    /// The checked versions of the plugins of `plugin_dir`: recorded with
+    /// the time first seen (a version seen before keeps its time).
+    PluginVersions {
+        versions: Vec<PluginVersion>,
+        time_ms: u64,
+    },
     /// Liveness changes, with the host's resulting status.
     Changes {
         changes: Vec<Change>,
@@ -107,7 +114,18 @@ pub struct ScheduledService {
     pub host: String,
     pub service: String,
     pub plugin: String,
+    /// The plugin build the schedule pins: the reports that arrive while
+    /// it is pinned are counted as its runs (`plugin_runs`).
+    pub sha256: Option<String>,
     pub interval_ms: u64,
+}
+
+/// One checked build of a plugin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginVersion {
+    pub plugin: String,
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// A configured host and its status, since when and why.

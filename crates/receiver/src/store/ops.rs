@@ -2,6 +2,7 @@
 //! the writer.
 
 use super::samples::{self, NewestLayouts};
+use super::plugin_runs;
 use super::schema::write_heartbeat;
 use super::{Op, ScheduledHost, ScheduledService, Seen};
 use crate::liveness::{Change, ServiceState, Subject};
@@ -63,6 +64,9 @@ pub(super) fn apply_op(
             hosts,
             time_ms,
         } => write_scheduled(tx, services, hosts, *time_ms),
+        Op::PluginVersions { versions, time_ms } => {
+            plugin_runs::write_versions(tx, versions, *time_ms)
+        }
         Op::Heartbeat { time_ms, running } => Ok(write_heartbeat(tx, *time_ms, *running)?),
         Op::Changes { changes } => write_changes(tx, changes),
         Op::Prune {
@@ -133,6 +137,7 @@ fn write_scheduled(
                 interval_ms = excluded.interval_ms",
             params![s.host, s.service, s.plugin, s.interval_ms, time_ms],
         )?;
+        plugin_runs::write_pin(tx, &s.host, &s.service, s.sha256.as_deref())?;
     }
     Ok(())
 }
@@ -255,6 +260,7 @@ fn insert_entries<'b>(
             layout,
             values
         ])?;
+        plugin_runs::count_run(tx, id, time_ms, report.status.level)?;
         let newest = latest.entry(id).or_insert(Latest {
             time_ms: 0,
             service: &report.service,

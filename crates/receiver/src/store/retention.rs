@@ -6,7 +6,7 @@
 use rusqlite::{Connection, params};
 
 /// Delete up to `max_rows` rows older than `before_ms`: reports (by the
-/// per-service time index), then gaps and events. Returns how many went.
+/// per-service time index), then gaps, events and plugin run counts. Returns how many went.
 pub(super) fn prune(tx: &Connection, before_ms: u64, max_rows: usize) -> rusqlite::Result<usize> {
     let mut left = max_rows;
     let services: Vec<i64> = tx
@@ -23,13 +23,17 @@ pub(super) fn prune(tx: &Connection, before_ms: u64, max_rows: usize) -> rusqlit
         }
         left -= reports.execute(params![id, before_ms, left as i64])?;
     }
-    for (table, time) in [("gaps", "received_ms"), ("events", "time_ms")] {
+    for (table, time) in [
+        ("gaps", "received_ms"),
+        ("events", "time_ms"),
+        ("plugin_runs", "minute_ms"),
+    ] {
         if left == 0 {
             break;
         }
         left -= tx.execute(
             &format!(
-                "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {time} < ?1 LIMIT ?2)"
+                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {time} < ?1 LIMIT ?2)"
             ),
             params![before_ms, left as i64],
         )?;

@@ -58,6 +58,26 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS plugin_versions (
+    plugin TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (plugin, sha256)
+);
+CREATE TABLE IF NOT EXISTS service_pins (
+    service_id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plugin_runs (
+    service_id INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    minute_ms INTEGER NOT NULL,
+    runs INTEGER NOT NULL,
+    unknown INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    PRIMARY KEY (service_id, sha256, minute_ms)
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     time_ms INTEGER NOT NULL,

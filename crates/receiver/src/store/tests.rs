@@ -91,6 +91,7 @@ fn start_on(
                 host: "h".into(),
                 service: "svc".into(),
                 plugin: "p".into(),
+                sha256: None,
                 interval_ms: 1_000,
             }],
             hosts: vec![],
@@ -482,3 +483,87 @@ fn a_report_whose_values_do_not_fit_its_layout_is_an_error_that_says_so() {
 
 /// The end of every range (SQLite integers are signed).
 const END: u64 = i64::MAX as u64;
+/// Schedule service svc of host h pinned at `sha256`.
+fn pin(store: &Store, sha256: &str) {
+    store
+        .tx
+        .blocking_send(Op::Scheduled {
+            services: vec![ScheduledService {
+                host: "h".into(),
+                service: "svc".into(),
+                plugin: "p".into(),
+                sha256: Some(sha256.into()),
+                interval_ms: 1_000,
+            }],
+            hosts: vec![],
+            time_ms: 0,
+        })
+        .ok()
+        .unwrap();
+}
+
+#[test]
+fn runs_are_counted_for_the_build_pinned_when_they_arrive() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    let (old, new) = ("a".repeat(64), "b".repeat(64));
+    let version = |sha256: &str, size| PluginVersion {
+        plugin: "p".into(),
+        sha256: sha256.into(),
+        size,
+    };
+    store
+        .tx
+        .blocking_send(Op::PluginVersions {
+            versions: vec![version(&old, 100)],
+            time_ms: 5,
+        })
+        .ok()
+        .unwrap();
+    // Reports before any pin are not counted for a build.
+    send(&store, 1, batch(1, 1..=1));
+    pin(&store, &old);
+    send(&store, 1, batch(2, 2..=4));
+    store
+        .tx
+        .blocking_send(Op::PluginVersions {
+            // The old build again keeps its first sighting.
+            versions: vec![version(&old, 100), version(&new, 120)],
+            time_ms: 9,
+        })
+        .ok()
+        .unwrap();
+    pin(&store, &new);
+    let mut good = batch(5, 5..=6);
+    for e in &mut good.entries {
+        if let Entry::Report(r) = e {
+            r.status.level = Level::Ok;
+        }
+    }
+    send(&store, 1, good);
+    drop(store);
+    writer.join().unwrap();
+
+    let conn = open_existing(&path).unwrap();
+    let listed = crate::plugins::listing::plugins(&conn, 0).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "p");
+    let v = &listed[0].versions;
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(
+        (v[0].sha256.as_str(), v[0].size, v[0].first_seen_ms),
+        (old.as_str(), Some(100), Some(5))
+    );
+    assert_eq!((v[0].runs, v[0].unknown), (3, 3));
+    assert!(v[0].running.is_empty() && v[0].pinned.is_empty(), "{v:?}");
+    assert_eq!(
+        (v[1].sha256.as_str(), v[1].size, v[1].first_seen_ms),
+        (new.as_str(), Some(120), Some(9))
+    );
+    assert_eq!((v[1].runs, v[1].unknown), (2, 0));
+    let h = std::collections::BTreeSet::from(["h".to_owned()]);
+    assert_eq!((&v[1].running, &v[1].pinned), (&h, &h));
+    // Runs before the window are not counted.
+    let later = crate::plugins::listing::plugins(&conn, 60_000).unwrap();
+    assert_eq!(later[0].versions[1].runs, 0);
+}
