@@ -121,6 +121,7 @@ fn fill(database: &Path, hosts: u64) {
                     host: host_name(i),
                     service: s.to_string(),
                     plugin: s.to_string(),
+                    sha256: None,
                     interval_ms: 86_400_000,
                 })
             })

@@ -1,8 +1,8 @@
 //! One function per store operation, each run inside its own savepoint by
 //! the writer.
 
-use super::samples::{self, NewestLayouts};
 use super::plugin_runs;
+use super::samples::{self, NewestLayouts};
 use super::schema::write_heartbeat;
 use super::{Op, ScheduledHost, ScheduledService, Seen};
 use crate::liveness::{Change, ServiceState, Subject};

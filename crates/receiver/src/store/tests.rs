@@ -84,21 +84,7 @@ fn start_on(
     tracker: &Arc<Mutex<Tracker>>,
 ) -> (Store, std::thread::JoinHandle<()>) {
     let (store, writer) = Store::start(conn, tracker.clone());
-    store
-        .tx
-        .blocking_send(Op::Scheduled {
-            services: vec![ScheduledService {
-                host: "h".into(),
-                service: "svc".into(),
-                plugin: "p".into(),
-                sha256: None,
-                interval_ms: 1_000,
-            }],
-            hosts: vec![],
-            time_ms: 0,
-        })
-        .ok()
-        .unwrap();
+    schedule(&store, None);
     (store, writer)
 }
 
@@ -483,8 +469,8 @@ fn a_report_whose_values_do_not_fit_its_layout_is_an_error_that_says_so() {
 
 /// The end of every range (SQLite integers are signed).
 const END: u64 = i64::MAX as u64;
-/// Schedule service svc of host h pinned at `sha256`.
-fn pin(store: &Store, sha256: &str) {
+/// Schedule service svc (plugin p) on host h, pinned at `sha256` if given.
+fn schedule(store: &Store, sha256: Option<&str>) {
     store
         .tx
         .blocking_send(Op::Scheduled {
@@ -492,7 +478,7 @@ fn pin(store: &Store, sha256: &str) {
                 host: "h".into(),
                 service: "svc".into(),
                 plugin: "p".into(),
-                sha256: Some(sha256.into()),
+                sha256: sha256.map(str::to_owned),
                 interval_ms: 1_000,
             }],
             hosts: vec![],
@@ -522,7 +508,7 @@ fn runs_are_counted_for_the_build_pinned_when_they_arrive() {
         .unwrap();
     // Reports before any pin are not counted for a build.
     send(&store, 1, batch(1, 1..=1));
-    pin(&store, &old);
+    schedule(&store, Some(&old));
     send(&store, 1, batch(2, 2..=4));
     store
         .tx
@@ -533,7 +519,7 @@ fn runs_are_counted_for_the_build_pinned_when_they_arrive() {
         })
         .ok()
         .unwrap();
-    pin(&store, &new);
+    schedule(&store, Some(&new));
     let mut good = batch(5, 5..=6);
     for e in &mut good.entries {
         if let Entry::Report(r) = e {
