@@ -72,7 +72,7 @@ pub fn plugins(conn: &Connection, since_ms: u64) -> rusqlite::Result<Vec<Plugin>
     let mut counted = conn.prepare(
         "SELECT s.plugin, r.sha256, sum(r.runs), sum(r.unknown)
          FROM plugin_runs r JOIN services s ON s.id = r.service_id
-         WHERE r.minute_ms >= ?1 GROUP BY s.plugin, r.sha256",
+         WHERE r.bucket_ms >= ?1 GROUP BY s.plugin, r.sha256",
     )?;
     let rows = counted.query_map(params![since_ms], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))

@@ -12,8 +12,11 @@ use super::PluginVersion;
 use rusqlite::{Connection, params};
 use sandglass_core::report::Level;
 
-/// Runs are counted per service, build and minute of report time.
-const MINUTE_MS: u64 = 60_000;
+/// Runs are counted per service, build and ten minutes of report time: a
+/// row (with its 64-character hash, twice with the index) per report would
+/// double what the store takes per sample; one per ten minutes costs about
+/// two bytes per sample of a service that runs every minute.
+const BUCKET_MS: u64 = 600_000;
 
 /// Record builds not seen before, with `time_ms` as their first sighting.
 pub(super) fn write_versions(
@@ -66,16 +69,16 @@ pub(super) fn count_run(
     level: Level,
 ) -> anyhow::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO plugin_runs (service_id, sha256, minute_ms, runs, unknown, last_ms)
+        "INSERT INTO plugin_runs (service_id, sha256, bucket_ms, runs, unknown, last_ms)
          SELECT ?1, sha256, ?2, 1, ?3, ?4 FROM service_pins WHERE service_id = ?1
-         ON CONFLICT (service_id, sha256, minute_ms) DO UPDATE SET
+         ON CONFLICT (service_id, sha256, bucket_ms) DO UPDATE SET
             runs = runs + 1,
             unknown = unknown + excluded.unknown,
             last_ms = max(last_ms, excluded.last_ms)",
     )?
     .execute(params![
         service_id,
-        time_ms - time_ms % MINUTE_MS,
+        time_ms - time_ms % BUCKET_MS,
         (level == Level::Unknown) as i64,
         time_ms
     ])?;

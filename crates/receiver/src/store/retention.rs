@@ -26,7 +26,7 @@ pub(super) fn prune(tx: &Connection, before_ms: u64, max_rows: usize) -> rusqlit
     for (table, time) in [
         ("gaps", "received_ms"),
         ("events", "time_ms"),
-        ("plugin_runs", "minute_ms"),
+        ("plugin_runs", "bucket_ms"),
     ] {
         if left == 0 {
             break;

@@ -72,11 +72,11 @@ CREATE TABLE IF NOT EXISTS service_pins (
 CREATE TABLE IF NOT EXISTS plugin_runs (
     service_id INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
-    minute_ms INTEGER NOT NULL,
+    bucket_ms INTEGER NOT NULL,
     runs INTEGER NOT NULL,
     unknown INTEGER NOT NULL,
     last_ms INTEGER NOT NULL,
-    PRIMARY KEY (service_id, sha256, minute_ms)
+    PRIMARY KEY (service_id, sha256, bucket_ms)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
