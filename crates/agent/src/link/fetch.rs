@@ -190,7 +190,7 @@ fn append(dir: &Path, part: &Path, chunk: &PluginChunk) -> anyhow::Result<u64> {
         bail!(
             "the receiver sent bytes {}..{} of {}, but {have} are stored",
             chunk.offset,
-            chunk.offset + len,
+            chunk.offset.saturating_add(len),
             chunk.size
         );
     }
