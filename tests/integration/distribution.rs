@@ -29,7 +29,7 @@ fn model(services: &[&str]) -> String {
 
 /// The same plugin with another sha256: a custom section appended (ignored
 /// by every runtime).
-fn rebuilt(wasm: &[u8], tag: &str) -> Vec<u8> {
+pub(crate) fn rebuilt(wasm: &[u8], tag: &str) -> Vec<u8> {
     let name = b"sandglass-test";
     let body_len = 1 + name.len() + tag.len();
     let mut out = wasm.to_vec();
@@ -40,7 +40,7 @@ fn rebuilt(wasm: &[u8], tag: &str) -> Vec<u8> {
 }
 
 /// A service of a host as `receiver status --json` shows it.
-fn service(receiver: &Receiver, host: &str, name: &str) -> Value {
+pub(crate) fn service(receiver: &Receiver, host: &str, name: &str) -> Value {
     let status = receiver.status();
     let host = status
         .as_array()
@@ -54,13 +54,13 @@ fn service(receiver: &Receiver, host: &str, name: &str) -> Value {
 
 /// Replace `path` the way `cp` over an existing file does not: a new file
 /// renamed over it, as editors and deploy tools do.
-fn replace(path: &Path, bytes: &[u8]) {
+pub(crate) fn replace(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn fetched(agent: &Agent, sha256: &str) -> bool {
+pub(crate) fn fetched(agent: &Agent, sha256: &str) -> bool {
     agent
         .state_dir
         .join(format!("plugins/{sha256}.wasm"))
@@ -153,6 +153,7 @@ fn plugins_in_the_receivers_plugin_dir_reach_agents_with_empty_plugin_dirs() {
     // A replaced file reaches all three, no SIGHUP.
     let second = rebuilt(&loadavg, "second build");
     let second_sha = sandglass_core::hash::sha256_hex(&second);
+    let replaced_ms = sandglass_core::time::now_ms();
     replace(&served.join("loadavg.wasm"), &second);
     let start = Instant::now();
     assert!(
@@ -161,6 +162,24 @@ fn plugins_in_the_receivers_plugin_dir_reach_agents_with_empty_plugin_dirs() {
         logs()
     );
     eprintln!("replaced plugin on all three after {:?}", start.elapsed());
+    // Until the new build arrived each agent ran the one before: no host
+    // went UNKNOWN for the update.
+    let events = receiver.json(&[
+        "events",
+        "--config",
+        receiver.config.to_str().unwrap(),
+        "--service",
+        "loadavg",
+        "--json",
+    ]);
+    let missing: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["host"] != "d" && e["time_ms"].as_u64() > Some(replaced_ms))
+        .filter(|e| e["reason"].as_str().unwrap_or("").contains("not installed"))
+        .collect();
+    assert!(missing.is_empty(), "{missing:?}");
     let since = receiver.report_times("a", "loadavg").len();
     assert!(wait_until(WAIT, || receiver
         .report_times("a", "loadavg")
@@ -229,7 +248,7 @@ fn plugins_in_the_receivers_plugin_dir_reach_agents_with_empty_plugin_dirs() {
 }
 
 /// The builds of `plugin` as `receiver plugins --json` lists them.
-fn versions(receiver: &Receiver, plugin: &str) -> Vec<Value> {
+pub(crate) fn versions(receiver: &Receiver, plugin: &str) -> Vec<Value> {
     let listed = receiver.json(&[
         "plugins",
         "--config",
@@ -244,7 +263,7 @@ fn versions(receiver: &Receiver, plugin: &str) -> Vec<Value> {
 }
 
 /// A JSON list of host names.
-fn hosts(list: &Value) -> Vec<&str> {
+pub(crate) fn hosts(list: &Value) -> Vec<&str> {
     list.as_array()
         .map(|l| l.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default()

@@ -140,12 +140,17 @@ impl Receiver {
 
     /// The message of a `receiver query` that must fail with exit 1.
     pub fn query_refused(&self, args: &[&str]) -> String {
+        let config = self.config.to_str().unwrap();
+        self.refused(&[&["query", "--config", config], args].concat())
+    }
+
+    /// The message of `receiver ARGS`, which must fail with exit 1.
+    pub fn refused(&self, args: &[&str]) -> String {
         let out = Command::new(sandglass_tests::binary("receiver"))
-            .args(["query", "--config", self.config.to_str().unwrap()])
             .args(args)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "receiver query {args:?}");
+        assert_eq!(out.status.code(), Some(1), "receiver {args:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 

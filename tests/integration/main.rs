@@ -49,6 +49,7 @@ mod packaging;
 mod protocol;
 mod query;
 mod remote_write;
+mod rollout;
 mod sandbox;
 mod secrets;
 mod status;

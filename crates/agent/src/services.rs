@@ -19,11 +19,27 @@ struct Loaded {
     plugin: Result<Arc<Plugin>, String>,
 }
 
+/// How long a service whose schedule pins a build still on its way from
+/// the receiver keeps running the build it ran before (a plugin update
+/// then costs no UNKNOWN run, on any host); past it, the missing build is
+/// reported.
+const FETCH_GRACE_MS: u64 = 60_000;
+
+/// The build a service ran last (of the plugin it names), and since when
+/// its pinned build has been awaited.
+struct Previous {
+    name: String,
+    plugin: Arc<Plugin>,
+    awaited: Option<(String, u64)>,
+}
+
 /// Runs services; safe to share between threads.
 pub struct ServiceRunner {
     runtime: Runtime,
     states: Arc<StateStore>,
     plugins: Mutex<HashMap<PathBuf, Loaded>>,
+    /// By service name.
+    previous: Mutex<HashMap<String, Previous>>,
     /// Filesystem views by grant, built once: a view opens its directories.
     views: Mutex<HashMap<ViewKey, Arc<View>>>,
 }
@@ -68,6 +84,7 @@ impl ServiceRunner {
             runtime: Runtime::new(Some(state_dir.join("cache")))?,
             states: Arc::new(StateStore::open(state_dir.join("state"))?),
             plugins: Mutex::new(HashMap::new()),
+            previous: Mutex::new(HashMap::new()),
             views: Mutex::new(HashMap::new()),
         })
     }
@@ -78,9 +95,7 @@ impl ServiceRunner {
     fn plugin(&self, service: &Service, current: Option<Stamp>) -> Result<Arc<Plugin>, String> {
         let path = &service.plugin_path;
         let Some(_) = current else {
-            if let Some(sha) = &service.sha256
-                && path.file_stem().is_some_and(|stem| *stem == **sha)
-            {
+            if let Some(sha) = awaited(service) {
                 return Err(format!(
                     "plugin {} is not installed (expected sha256 {sha}): plugin_dir does not have that build, and it has not come from the receiver (yet; the agent's log says why)",
                     service.plugin
@@ -111,6 +126,29 @@ impl ServiceRunner {
             },
         );
         plugin
+    }
+
+    /// The build `service` ran before, while the build its schedule now
+    /// pins is on its way from the receiver, for [`FETCH_GRACE_MS`].
+    fn while_awaited(&self, service: &Service, time_ms: u64) -> Option<Arc<Plugin>> {
+        let sha = awaited(service)?;
+        let mut previous = self.previous.lock().expect("previous lock");
+        let p = previous
+            .get_mut(&service.name)
+            .filter(|p| p.name == service.plugin)?;
+        let since = match &p.awaited {
+            Some((awaited, since)) if awaited == sha => *since,
+            _ => {
+                tracing::info!(
+                    service = service.name,
+                    sha256 = sha,
+                    "running the previous build until the newly pinned one arrives"
+                );
+                p.awaited = Some((sha.clone(), time_ms));
+                time_ms
+            }
+        };
+        (time_ms.saturating_sub(since) <= FETCH_GRACE_MS).then(|| p.plugin.clone())
     }
 
     /// The sha256 of every plugin loaded (their compiled artifacts are in
@@ -193,11 +231,14 @@ impl ServiceRunner {
         if let Some(refused) = &service.refused {
             return refuse(refused.clone());
         }
-        let plugin = match self.plugin(service, current) {
-            Ok(plugin) => plugin,
-            Err(e) => return refuse(e),
+        let (plugin, pinned) = match self.plugin(service, current) {
+            Ok(plugin) => (plugin, service.sha256.as_ref()),
+            Err(e) => match self.while_awaited(service, time_ms) {
+                Some(previous) => (previous, None),
+                None => return refuse(e),
+            },
         };
-        if let Some(pinned) = &service.sha256
+        if let Some(pinned) = pinned
             && !pinned.eq_ignore_ascii_case(&plugin.sha256)
         {
             return refuse(format!(
@@ -217,6 +258,17 @@ impl ServiceRunner {
             Ok(view) => view,
             Err(e) => return refuse(e),
         };
+        if pinned.is_some() || service.sha256.is_none() {
+            let mut previous = self.previous.lock().expect("previous lock");
+            previous.insert(
+                service.name.clone(),
+                Previous {
+                    name: service.plugin.clone(),
+                    plugin: plugin.clone(),
+                    awaited: None,
+                },
+            );
+        }
         let request = RunRequest {
             service: service.name.clone(),
             params: service.params.clone(),
@@ -282,6 +334,14 @@ fn unknown(service: &Service, time_ms: u64, text: String) -> Collected {
         },
         next_state: None,
     }
+}
+
+/// The pinned build of a service whose plugin comes from the receiver
+/// (its path is named by the sha256), which may not have arrived yet.
+fn awaited(service: &Service) -> Option<&String> {
+    let sha = service.sha256.as_ref()?;
+    let stem = service.plugin_path.file_stem()?;
+    (*stem == **sha).then_some(sha)
 }
 
 /// The first grant the plugin declares that the service does not give.

@@ -19,7 +19,8 @@
 //!   receiver's own counters;
 //! - [`remote_write`]: every stored sample forwarded to Prometheus
 //!   remote-write endpoints, through [`http_post`] (shared with `notify`).
-//! - [`plugins`]: the checked plugins of `plugin_dir`, served to agents.
+//! - [`plugins`]: the checked plugins of `plugin_dir`, served to agents;
+//!   [`rollout`]: a new build of a running plugin, host group by group.
 
 pub mod batches;
 pub mod clock;
@@ -34,6 +35,7 @@ pub mod notify;
 pub mod plugins;
 pub mod query;
 pub mod remote_write;
+pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod streams;

@@ -5,7 +5,7 @@ use sandglass_core::time::now_ms;
 use sandglass_core::units::HumanDuration;
 use sandglass_receiver::config::{Model, database_of};
 use sandglass_receiver::notify::{admin, message::rfc3339};
-use sandglass_receiver::{events, plugins, query, server, store, view};
+use sandglass_receiver::{events, plugins, query, rollout, server, store, view};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -78,8 +78,11 @@ enum Command {
         listing: Listing,
     },
     /// Each plugin: its builds (sha256, size, first seen), the hosts that
-    /// run and pin each, and its runs and UNKNOWN results over --since.
+    /// run and pin each, its runs and UNKNOWN results over --since, and its
+    /// rollout; `resume` or `abandon` a halted rollout.
     Plugins {
+        #[command(subcommand)]
+        action: Option<RolloutAction>,
         #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
         config: PathBuf,
         /// The window runs and failures are counted over, e.g. `1h`, `1d`.
@@ -90,6 +93,26 @@ enum Command {
     },
     /// Validate the configuration and print each host's schedule.
     Check {
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+    },
+}
+
+/// What an operator does about a plugin's rollout.
+#[derive(Subcommand)]
+enum RolloutAction {
+    /// Go on with a halted rollout: its canaries get the new build again,
+    /// judged on runs from now on.
+    Resume {
+        /// The plugin, as `receiver plugins` names it.
+        plugin: String,
+        #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
+        config: PathBuf,
+    },
+    /// Give a halted (or stepping) rollout up: every host stays on the
+    /// previous build until plugin_dir offers another.
+    Abandon {
+        plugin: String,
         #[arg(long, default_value = "/etc/sandglass/receiver.toml")]
         config: PathBuf,
     },
@@ -193,6 +216,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listing.print(&rows, |rows| admin::notifications_table(rows))
         }
         Command::Plugins {
+            action: Some(action),
+            ..
+        } => rollout_action(action),
+        Command::Plugins {
+            action: None,
             config,
             since,
             json,
@@ -222,6 +250,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn rollout_action(action: RolloutAction) -> anyhow::Result<()> {
+    let (config, plugin) = match &action {
+        RolloutAction::Resume { config, plugin } | RolloutAction::Abandon { config, plugin } => {
+            (config, plugin)
+        }
+    };
+    let (database, _) = database_of(config)?;
+    let conn = store::open_existing(&database)?;
+    let rollout = match action {
+        RolloutAction::Resume { .. } => rollout::resume(&conn, plugin, now_ms())?,
+        RolloutAction::Abandon { .. } => rollout::abandon(&conn, plugin)?,
+    };
+    println!(
+        "rollout of {plugin} to build {} is {} ({}); the receiver applies it within a second",
+        rollout::short(&rollout.to),
+        rollout.stage.as_str(),
+        rollout.reason
+    );
+    Ok(())
 }
 
 /// The database of `config`, with the notification tables.

@@ -6,12 +6,14 @@
 mod http;
 mod notify;
 mod remote_write;
+mod rollout;
 mod triggers;
 
 pub use notify::{Channel, NotifyConfig, Target};
 
 pub use http::HttpSettings;
 pub use remote_write::RemoteWrite;
+pub use rollout::{Canaries, RolloutPolicy};
 
 use crate::plugins::Library;
 use crate::triggers::Trigger;
@@ -75,6 +77,7 @@ struct RawConfig {
     triggers: BTreeMap<String, triggers::RawTrigger>,
     #[serde(default)]
     notify: notify::RawNotify,
+    rollout: Option<rollout::RawRollout>,
 }
 
 fn default_listen() -> String {
@@ -207,6 +210,12 @@ pub struct Model {
     pub hosts: BTreeMap<String, HostModel>,
     /// `[notify]`: who is told of problems.
     pub notify: NotifyConfig,
+    /// `[rollout]`: how a new build of a running plugin reaches the hosts
+    /// (none: to all at once).
+    pub rollout: Option<RolloutPolicy>,
+    /// The services whose build `plugin_dir` decides (no `sha256` of their
+    /// own): the ones a rollout may pin per host.
+    pub distributed: BTreeSet<String>,
 }
 
 impl Model {
@@ -316,6 +325,22 @@ impl RawConfig {
             &self.templates.keys().map(String::as_str).collect(),
         )?;
         let notify = self.notify.resolve(base)?;
+        let group_names: Vec<&str> = self.groups.keys().map(String::as_str).collect();
+        let rollout = self
+            .rollout
+            .as_ref()
+            .map(|r| r.resolve(&group_names))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("[rollout]: {e}"))?;
+        let distributed = match library {
+            Some(_) => self
+                .services
+                .iter()
+                .filter(|(_, s)| s.sha256.is_none())
+                .map(|(name, _)| name.clone())
+                .collect(),
+            None => BTreeSet::new(),
+        };
         let mut hosts = BTreeMap::new();
         for (name, h) in &self.hosts {
             check_name(name).map_err(|e| anyhow::anyhow!("[hosts.{name}]: host {e}"))?;
@@ -350,6 +375,8 @@ impl RawConfig {
             },
             hosts,
             notify,
+            rollout,
+            distributed,
         })
     }
 
@@ -464,7 +491,7 @@ fn resolve_service(
 
 /// A schedule's revision: a hash of its content, so it changes exactly when
 /// the content does, across receiver restarts too. Never 0 (0 = "none").
-fn revision(services: &[ScheduledService]) -> u64 {
+pub(crate) fn revision(services: &[ScheduledService]) -> u64 {
     let bytes = rmp_serde::to_vec(services).expect("a schedule always encodes");
     let digest = sha256(&bytes);
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")).max(1)

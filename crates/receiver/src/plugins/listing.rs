@@ -3,6 +3,7 @@
 //! `store::plugin_runs` writes; see there how runs are attributed).
 
 use crate::notify::message::rfc3339;
+use crate::rollout::{self, Rollout, Stage, short};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,6 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Plugin {
     pub name: String,
     pub versions: Vec<Version>,
+    /// Its rollout: the build every host runs (`done`), or one under way,
+    /// halted or abandoned.
+    pub rollout: Option<Rollout>,
 }
 
 /// One build of a plugin.
@@ -35,7 +39,10 @@ pub struct Version {
 
 /// Every plugin the receiver has offered, pinned or seen run, with runs
 /// counted from `since_ms`.
-pub fn plugins(conn: &Connection, since_ms: u64) -> rusqlite::Result<Vec<Plugin>> {
+pub fn plugins(conn: &Connection, since_ms: u64) -> anyhow::Result<Vec<Plugin>> {
+    // A database an older receiver wrote has no rollouts yet.
+    conn.execute_batch(rollout::SCHEMA)?;
+    let mut rollouts = rollout::load(conn, None)?;
     let mut by_name: BTreeMap<String, BTreeMap<String, Version>> = BTreeMap::new();
     let mut order: Vec<(String, String)> = Vec::new();
     let mut known = conn.prepare(
@@ -94,7 +101,12 @@ pub fn plugins(conn: &Connection, since_ms: u64) -> rusqlite::Result<Vec<Plugin>
                 .filter_map(|(_, sha256)| builds.remove(sha256))
                 .collect();
             versions.extend(builds.into_values());
-            Plugin { name, versions }
+            let rollout = rollouts.remove(&name);
+            Plugin {
+                name,
+                versions,
+                rollout,
+            }
         })
         .collect())
 }
@@ -127,6 +139,17 @@ pub fn table(plugins: &[Plugin], window: &str) -> String {
     let mut out = String::new();
     for p in plugins {
         out += &format!("{}\n", p.name);
+        if let Some(r) = p.rollout.as_ref().filter(|r| r.stage != Stage::Done) {
+            let from = r.from.as_deref().map_or("-", short);
+            out += &format!(
+                "  rollout {from} -> {}: {} since {}, {} hosts reached: {}\n",
+                short(&r.to),
+                r.stage.as_str(),
+                rfc3339(r.started_ms),
+                r.reached.len(),
+                r.reason
+            );
+        }
         for v in &p.versions {
             let size = v.size.map_or("-".into(), |s| format!("{s} B"));
             let seen = v.first_seen_ms.map_or("-".into(), rfc3339);

@@ -15,13 +15,14 @@ pub mod listing;
 
 use crate::store::PluginVersion;
 use sandglass_core::hash::sha256_hex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 /// Versions of each plugin whose bytes stay served: the current one and
-/// the one before it (agents still on the old schedule may be fetching it).
+/// the one before it (agents still on the old schedule may be fetching it),
+/// and any older one a rollout still pins ([`Library::keep`]).
 const KEPT_VERSIONS: usize = 2;
 
 /// A file's modification time (ns) and size.
@@ -51,6 +52,9 @@ struct Entry {
 pub struct Library {
     dir: PathBuf,
     entries: BTreeMap<String, Entry>,
+    /// Builds kept served beyond [`KEPT_VERSIONS`]: the previous builds of
+    /// rollouts under way, which hosts not yet reached still run.
+    keep: BTreeSet<String>,
 }
 
 impl Library {
@@ -60,6 +64,7 @@ impl Library {
         let mut library = Library {
             dir: dir.to_owned(),
             entries: BTreeMap::new(),
+            keep: BTreeSet::new(),
         };
         for (name, stamp) in library.list()? {
             library.read(&name, stamp);
@@ -69,6 +74,12 @@ impl Library {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Keep serving these builds, whatever replaces them (the previous
+    /// builds of rollouts under way).
+    pub fn keep(&mut self, builds: BTreeSet<String>) {
+        self.keep = builds;
     }
 
     /// Look at the directory again; returns whether a plugin's current
@@ -150,8 +161,15 @@ impl Library {
                     sha256,
                     bytes: Arc::new(bytes),
                 });
-                let excess = entry.versions.len().saturating_sub(KEPT_VERSIONS);
-                entry.versions.drain(..excess);
+                while entry.versions.len() > KEPT_VERSIONS {
+                    let oldest = entry.versions[..entry.versions.len() - KEPT_VERSIONS]
+                        .iter()
+                        .position(|v| !self.keep.contains(&v.sha256));
+                    match oldest {
+                        Some(i) => drop(entry.versions.remove(i)),
+                        None => break,
+                    }
+                }
             }
             Err(why) => {
                 let kept = match entry.versions.last() {

@@ -2,7 +2,7 @@
 //! heartbeats) and the configuration watch (reload on SIGHUP or when the
 //! file changes, pushing changed schedules to connected agents).
 
-use super::{Shared, fault, scheduled_op, versions_op};
+use super::{Shared, fault, pin_rollouts, scheduled_op, versions_op};
 use crate::config::Model;
 use crate::liveness::{Change, HostStatus, Subject};
 use crate::store::Op;
@@ -78,8 +78,8 @@ fn log_change(c: &Change) {
     }
 }
 
-/// Reload on SIGHUP, when the file changes or when a plugin of
-/// `plugin_dir` changes (all checked every second).
+/// Reload on SIGHUP, when the file changes, when a plugin of `plugin_dir`
+/// changes or when a rollout moves (all checked every second).
 pub(super) async fn config_watch(
     shared: Arc<Shared>,
     reload: Arc<Notify>,
@@ -97,7 +97,7 @@ pub(super) async fn config_watch(
             () = reload.notified() => {}
             () = tokio::time::sleep(CONFIG_POLL) => {
                 let now = stamp(&shared.config_path);
-                if now == last && !plugins_changed(&shared) {
+                if now == last && !plugins_changed(&shared) && !rollout_moved(&shared) {
                     continue;
                 }
             }
@@ -113,13 +113,27 @@ fn plugins_changed(shared: &Shared) -> bool {
     plugins.as_mut().is_some_and(|library| library.poll())
 }
 
-/// Read the configuration again and apply it: liveness, the store's
-/// schedule, and the connected agents' schedules.
+/// Judge the rollouts under way: whether a host's pin changed.
+fn rollout_moved(shared: &Shared) -> bool {
+    let model = shared.model();
+    shared
+        .rollouts
+        .lock()
+        .expect("rollouts lock")
+        .tick(&model, now_ms())
+}
+
+/// Read the configuration again and apply it: rollouts, liveness, the
+/// store's schedule, and the connected agents' schedules.
 async fn apply_reload(shared: &Shared) {
-    let loaded = Model::load_with(
-        &shared.config_path,
-        &mut shared.plugins.lock().expect("plugins lock"),
-    );
+    let loaded = {
+        let mut plugins = shared.plugins.lock().expect("plugins lock");
+        Model::load_with(&shared.config_path, &mut plugins).map(|mut model| {
+            let mut rollouts = shared.rollouts.lock().expect("rollouts lock");
+            pin_rollouts(&mut rollouts, &mut model, &mut plugins);
+            model
+        })
+    };
     let new = match loaded {
         Ok(model) => Arc::new(model),
         Err(e) => {
@@ -141,6 +155,11 @@ async fn apply_reload(shared: &Shared) {
             tracing::warn!("{what} changed in the configuration; it applies after a restart");
         }
     }
+    shared
+        .rollouts
+        .lock()
+        .expect("rollouts lock")
+        .record_pin_changes(&old, &new, now_ms());
     *shared.model.write().expect("model lock") = new.clone();
     shared
         .tracker

@@ -16,6 +16,7 @@ use crate::liveness::Tracker;
 use crate::notify::{Notifier, Setup};
 use crate::plugins::Library;
 use crate::remote_write::RemoteWriters;
+use crate::rollout::Rollouts;
 use crate::store::{self, Op, ScheduledHost, ScheduledService, Store};
 use anyhow::Context;
 use handshake::Handshakes;
@@ -63,6 +64,8 @@ struct Shared {
     health: Arc<Health>,
     /// The checked plugins of `plugin_dir`, pinned and served to agents.
     plugins: Mutex<Option<Library>>,
+    /// Their rollouts (lock after `plugins` when both are needed).
+    rollouts: Mutex<Rollouts>,
     /// Test hook: plugin transfers still to corrupt (see [`CORRUPT_HOOK`]).
     corrupt_transfers: AtomicU64,
 }
@@ -82,6 +85,7 @@ pub struct Server {
     conn: rusqlite::Connection,
     tls: Option<TlsAcceptor>,
     plugins: Option<Library>,
+    rollouts: Rollouts,
 }
 
 /// A test hook, documented in docs/plugin-guide.md ("Distribution"): the number of plugin
@@ -94,7 +98,7 @@ impl Server {
     /// it remembers for liveness.
     pub fn open(config_path: &Path) -> anyhow::Result<Server> {
         let mut plugins = None;
-        let model = Model::load_with(config_path, &mut plugins)?;
+        let mut model = Model::load_with(config_path, &mut plugins)?;
         let tls = model
             .settings
             .tls
@@ -103,6 +107,8 @@ impl Server {
             .transpose()
             .with_context(|| format!("{}: [tls]", config_path.display()))?;
         let conn = store::open(&model.settings.database)?;
+        let mut rollouts = Rollouts::open(&model.settings.database)?;
+        pin_rollouts(&mut rollouts, &mut model, &mut plugins);
         // No agent is connected to a receiver that is only starting (one
         // that crashed left its hosts marked connected).
         conn.execute("UPDATE hosts SET connected = 0", [])
@@ -120,6 +126,7 @@ impl Server {
             conn,
             tls,
             plugins,
+            rollouts,
         })
     }
 
@@ -155,6 +162,7 @@ impl Server {
             conn,
             tls,
             plugins,
+            rollouts,
         } = self;
         let corrupt_transfers = std::env::var(CORRUPT_HOOK)
             .ok()
@@ -183,6 +191,7 @@ impl Server {
             remote_write,
             health: Arc::default(),
             plugins: Mutex::new(plugins),
+            rollouts: Mutex::new(rollouts),
             corrupt_transfers: AtomicU64::new(corrupt_transfers),
         });
         serve(shared, cap, writer, listener, http, reload, shutdown).await
@@ -333,6 +342,16 @@ fn scheduled_op(model: &Model, tracker: &Mutex<Tracker>) -> Op {
         services,
         hosts,
         time_ms: now_ms(),
+    }
+}
+
+/// Start rollouts for new builds of running plugins and pin each host's
+/// schedule to the build its rollout gives it; `plugin_dir` keeps serving
+/// the builds those pins still need.
+fn pin_rollouts(rollouts: &mut Rollouts, model: &mut Model, plugins: &mut Option<Library>) {
+    if let Some(library) = plugins {
+        let needed = rollouts.reconcile(model, library, now_ms());
+        library.keep(needed);
     }
 }
 

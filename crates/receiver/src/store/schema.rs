@@ -110,6 +110,7 @@ pub fn open(path: &Path) -> anyhow::Result<Connection> {
         .and_then(|()| super::samples::migrate(&conn))
         .and_then(|()| conn.execute_batch(streams::SCHEMA))
         .and_then(|()| conn.execute_batch(crate::notify::SCHEMA))
+        .and_then(|()| conn.execute_batch(crate::rollout::SCHEMA))
         .with_context(|| format!("cannot set up the schema of {}", path.display()))?;
     Ok(conn)
 }
