@@ -5,6 +5,8 @@
 # prints the time until every agent has it, MB/s served, ack latency
 # p50/p99/max before and during the transfer, receiver CPU and peak RSS.
 #   AGENTS=100 BASELINE_SECS=5 REPORT_MS=100 TIMEOUT_SECS=600 bash scripts/bench-plugin-transfer.sh
+# FETCHING=50 has only the first 50 agents fetch: the acks of the others, on
+# connections that carry no chunks, are printed apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh

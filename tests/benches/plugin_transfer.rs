@@ -13,23 +13,28 @@
 //! the pin. It ends when the last agent has the whole plugin. Printed: time
 //! to deliver it to every agent (and the median agent), MB served and MB/s,
 //! ack latency p50/p99/max per phase and their ratio, the receiver's CPU per
-//! phase and peak RSS. Wrong bytes, a refusal, or an agent still without the
-//! plugin after TIMEOUT_SECS (default 600) fail the run.
+//! phase, how long its threads waited for a CPU (contention for the cores,
+//! which the simulated agents share with it) and its peak RSS. FETCHING=n
+//! has only the first n agents fetch, and prints the others' acks apart: a
+//! delay they share is not the chunks queued on a connection. Wrong bytes,
+//! a refusal, or an agent still without the plugin after TIMEOUT_SECS
+//! (default 600) fail the run.
 //! Run: `bash scripts/bench-plugin-transfer.sh`.
 
+#[path = "support/fetch.rs"]
+mod fetch;
 #[path = "support/simulated.rs"]
 mod simulated;
 
 use anyhow::{Context, bail};
+use fetch::Fetch;
 use futures_util::{SinkExt, StreamExt};
-use sandglass_core::hash::{hex, sha256_hex};
-use sandglass_protocol::{Ack, Message, PluginChunk, PluginRequest};
-use sha2::{Digest, Sha256};
+use sandglass_core::hash::sha256_hex;
+use sandglass_protocol::{Ack, Message};
 use simulated::{Link, Receiver, Usage, batch, connect, env, hosts, percentile, proc_usage};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 /// The services of every host: a small plugin and the large one.
 const SERVICES: [&str; 2] = ["uptime", "pressure"];
@@ -51,81 +56,12 @@ struct Phases {
 
 /// What one agent saw.
 struct Outcome {
+    /// Whether it fetched the plugin (see FETCHING).
+    fetched: bool,
     /// Per acknowledged batch: when it was sent, and its ack latency (µs).
     acks: Vec<(Instant, u64)>,
     /// Plugin bytes received.
     bytes: u64,
-}
-
-/// One plugin being fetched, checked as the real agent checks it.
-struct Fetch {
-    sha256: String,
-    /// Bytes received and stored (hashed) so far.
-    have: u64,
-    /// The whole file's size, from the first chunk.
-    size: Option<u64>,
-    /// `None` while a chunk is being stored.
-    hasher: Option<Sha256>,
-}
-
-impl Fetch {
-    fn request(&self) -> Message {
-        Message::PluginRequest(PluginRequest {
-            sha256: self.sha256.clone(),
-            offset: self.have,
-        })
-    }
-
-    /// Check a chunk against what was asked for; returns the work that
-    /// stores it (hashing 256 KiB, off the executor like the agent's disk
-    /// write).
-    fn on_chunk(&mut self, chunk: PluginChunk) -> anyhow::Result<JoinHandle<Sha256>> {
-        let len = chunk.bytes.0.len() as u64;
-        let size = *self.size.get_or_insert(chunk.size);
-        if chunk.sha256 != self.sha256
-            || chunk.offset != self.have
-            || chunk.size != size
-            || len == 0
-            || self.have + len > size
-        {
-            bail!(
-                "wrong chunk: plugin {} bytes {}..{} of {}, but {} of {size} bytes of {} were asked for",
-                chunk.sha256,
-                chunk.offset,
-                chunk.offset + len,
-                chunk.size,
-                self.have,
-                self.sha256
-            );
-        }
-        let Some(mut hasher) = self.hasher.take() else {
-            bail!(
-                "a chunk arrived while the previous one was being stored (one request at a time)"
-            );
-        };
-        self.have += len;
-        Ok(tokio::task::spawn_blocking(move || {
-            hasher.update(&chunk.bytes.0);
-            hasher
-        }))
-    }
-
-    /// The chunk is stored: the next request, or `None` once the whole
-    /// plugin is here with the sha256 asked for.
-    fn stored(&mut self, hasher: Sha256) -> anyhow::Result<Option<Message>> {
-        if Some(self.have) != self.size {
-            self.hasher = Some(hasher);
-            return Ok(Some(self.request()));
-        }
-        let got = hex(&hasher.finalize());
-        if got != self.sha256 {
-            bail!(
-                "wrong bytes: the plugin received has sha256 {got}, not the {} asked for",
-                self.sha256
-            );
-        }
-        Ok(None)
-    }
 }
 
 /// Read frames up to the schedule; the sha256 it pins the plugin at.
@@ -148,12 +84,14 @@ async fn pinned(link: &mut Link) -> anyhow::Result<String> {
     }
 }
 
-/// One simulated agent: reports every `every` from `phases.start`,
-/// fetches the pinned plugin from `phases.transfer` on and says so on
-/// `completed`, and stops reporting once `stop` says every agent has it.
+/// One simulated agent: reports every `every` from `phases.start`; if it
+/// `fetches`, fetches the pinned plugin from `phases.transfer` on and says
+/// so on `completed`; stops reporting once `stop` says every agent that
+/// fetches has it.
 async fn agent(
     address: String,
     host: String,
+    fetches: bool,
     phases: Phases,
     every: Duration,
     completed: mpsc::UnboundedSender<Instant>,
@@ -163,15 +101,10 @@ async fn agent(
     let sha256 = tokio::time::timeout(SHORT_WAIT, pinned(&mut link))
         .await
         .context("no schedule")??;
-    let mut fetch = Fetch {
-        sha256,
-        have: 0,
-        size: None,
-        hasher: Some(Sha256::new()),
-    };
-    let mut storing: Option<JoinHandle<Sha256>> = None;
-    let mut asked = false;
-    let mut done = false;
+    let mut fetch = Fetch::new(sha256);
+    let mut storing = None;
+    let mut asked = !fetches;
+    let mut done = !fetches;
     let mut stopping = false;
     // Report times ten days back, a service interval apart (as in fleet.rs):
     // unique per service, always in the past.
@@ -184,15 +117,16 @@ async fn agent(
         let now = Instant::now();
         if stopping && sent.is_empty() {
             return Ok(Outcome {
+                fetched: fetches,
                 acks,
-                bytes: fetch.have,
+                bytes: fetch.have(),
             });
         }
         if !done && now >= phases.deadline {
             bail!(
                 "still without the whole plugin at the deadline: {} of {} bytes",
-                fetch.have,
-                fetch.size.unwrap_or_default()
+                fetch.have(),
+                fetch.size()
             );
         }
         if !stopping && now >= next_report {
@@ -253,10 +187,14 @@ async fn agent(
     }
 }
 
-/// Ack latencies (µs) of the batches sent within `from..until`, sorted.
-fn latencies(outcomes: &[Outcome], from: Instant, until: Instant) -> Vec<u64> {
+/// Ack latencies (µs) of the batches these agents sent within
+/// `from..until`, sorted.
+fn latencies<'a>(
+    outcomes: impl Iterator<Item = &'a Outcome>,
+    from: Instant,
+    until: Instant,
+) -> Vec<u64> {
     let mut all: Vec<u64> = outcomes
-        .iter()
         .flat_map(|o| &o.acks)
         .filter(|(sent, _)| (from..until).contains(sent))
         .map(|(_, us)| *us)
@@ -274,14 +212,47 @@ fn cpu_percent(from: Usage, to: Usage, over: Duration) -> f64 {
     (to.cpu_ms - from.cpu_ms) as f64 / (over.as_secs_f64() * 10.0)
 }
 
+/// How long the threads of `pid` have waited, runnable, for a CPU (ms; the
+/// second field of /proc/<pid>/task/*/schedstat): what contention for the
+/// machine's cores costs the process, acks included.
+fn cpu_wait_ms(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    let waited_ns: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    waited_ns / 1_000_000
+}
+
+/// Milliseconds waited per second between two readings.
+fn wait_per_second(from: u64, to: u64, over: Duration) -> f64 {
+    to.saturating_sub(from) as f64 / over.as_secs_f64()
+}
+
+/// The run's settings, from the environment.
+struct Settings {
+    agents: usize,
+    /// How many of the agents fetch the plugin (the first ones); the rest
+    /// only report, on connections that carry no chunks.
+    fetching: usize,
+    baseline: Duration,
+    every: Duration,
+    timeout: Duration,
+}
+
 fn main() -> anyhow::Result<()> {
     let agents = env("AGENTS", 100) as usize;
-    let baseline = Duration::from_secs(env("BASELINE_SECS", 5));
-    let every = Duration::from_millis(env("REPORT_MS", 100));
-    let timeout = Duration::from_secs(env("TIMEOUT_SECS", 600));
-
+    let settings = Settings {
+        agents,
+        fetching: (env("FETCHING", agents as u64) as usize).clamp(1, agents),
+        baseline: Duration::from_secs(env("BASELINE_SECS", 5)),
+        every: Duration::from_millis(env("REPORT_MS", 100)),
+        timeout: Duration::from_secs(env("TIMEOUT_SECS", 600)),
+    };
     let wasm = std::fs::read(sandglass_tests::plugin(PLUGIN))?;
-    let sha256 = sha256_hex(&wasm);
     let dir = tempfile::tempdir()?;
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins)?;
@@ -302,14 +273,21 @@ fn main() -> anyhow::Result<()> {
     let config_path = dir.path().join("receiver.toml");
     std::fs::write(&config_path, config)?;
     let receiver = Receiver::start(&config_path)?;
-    let result = run(&receiver, agents, baseline, every, timeout);
+    let result = run(&receiver, &settings);
     receiver.stop();
     let run = result?;
+    print(&settings, &wasm, &run)
+}
 
+/// Check what the agents received and print the figures.
+fn print(settings: &Settings, wasm: &[u8], run: &Run) -> anyhow::Result<()> {
+    let Settings {
+        agents, fetching, ..
+    } = *settings;
     let served: u64 = run.outcomes.iter().map(|o| o.bytes).sum();
-    if served != wasm.len() as u64 * agents as u64 {
+    if served != wasm.len() as u64 * fetching as u64 {
         bail!(
-            "{served} plugin bytes received, not {agents} x {}",
+            "{served} plugin bytes received, not {fetching} x {}",
             wasm.len()
         );
     }
@@ -319,18 +297,23 @@ fn main() -> anyhow::Result<()> {
         .map(|t| *t - run.phases.transfer)
         .collect();
     delivered.sort_unstable();
-    let last = run.phases.transfer + delivered[delivered.len() - 1];
-    let transfer = last - run.phases.transfer;
-    let before = latencies(&run.outcomes, run.phases.start, run.phases.transfer);
-    let during = latencies(&run.outcomes, run.phases.transfer, last);
+    let transfer = delivered[delivered.len() - 1];
+    let (start, from, until) = (
+        run.phases.start,
+        run.phases.transfer,
+        run.phases.transfer + transfer,
+    );
+    let fetched = || run.outcomes.iter().filter(|o| o.fetched);
+    let before = latencies(run.outcomes.iter(), start, from);
+    let during = latencies(fetched(), from, until);
     let mb = served as f64 / 1e6;
 
     println!(
-        "plugin transfer: {agents} agents, plugin {PLUGIN} {:.1} MB (sha256 {}), a batch of {} reports every {} ms per agent",
+        "plugin transfer: {fetching} of {agents} agents fetch plugin {PLUGIN}, {:.1} MB (sha256 {}); a batch of {} reports every {} ms per agent",
         wasm.len() as f64 / 1e6,
-        &sha256[..12],
+        &sha256_hex(wasm)[..12],
         SERVICES.len(),
-        every.as_millis()
+        settings.every.as_millis()
     );
     println!(
         "delivered to every agent in {:.2} s (median agent {:.2} s); {mb:.0} MB served, {:.0} MB/s",
@@ -338,10 +321,18 @@ fn main() -> anyhow::Result<()> {
         secs(delivered[delivered.len() / 2]),
         mb / secs(transfer)
     );
-    for (name, lat, cpu) in [
-        ("baseline (reports only)", &before, run.cpu_baseline),
-        ("during the transfer", &during, run.cpu_transfer),
-    ] {
+    let mut rows = vec![
+        ("baseline (reports only)", before.clone(), run.cpu_baseline),
+        ("during the transfer", during.clone(), run.cpu_transfer),
+    ];
+    if fetching < agents {
+        rows.push((
+            "  agents not fetching",
+            latencies(run.outcomes.iter().filter(|o| !o.fetched), from, until),
+            run.cpu_transfer,
+        ));
+    }
+    for (name, lat, cpu) in &rows {
         println!(
             "{name:<24} {:>6} acks   ack p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms   receiver CPU {cpu:>5.1}% of one core",
             lat.len(),
@@ -361,6 +352,10 @@ fn main() -> anyhow::Result<()> {
         run.end.peak_kib as f64 / 1024.0,
         run.cpu_agents
     );
+    println!(
+        "receiver threads runnable but waiting for a CPU: {:.0} ms per second in the baseline, {:.0} ms per second during the transfer",
+        run.wait_baseline, run.wait_transfer
+    );
     Ok(())
 }
 
@@ -368,23 +363,20 @@ fn main() -> anyhow::Result<()> {
 struct Run {
     phases: Phases,
     outcomes: Vec<Outcome>,
-    /// When each agent had the whole plugin.
+    /// When each fetching agent had the whole plugin.
     completions: Vec<Instant>,
     idle: Usage,
     end: Usage,
     cpu_baseline: f64,
     cpu_transfer: f64,
     cpu_agents: f64,
+    /// Receiver threads' wait for a CPU, ms per second, per phase.
+    wait_baseline: f64,
+    wait_transfer: f64,
 }
 
 /// Both phases against the started receiver.
-fn run(
-    receiver: &Receiver,
-    agents: usize,
-    baseline: Duration,
-    every: Duration,
-    timeout: Duration,
-) -> anyhow::Result<Run> {
+fn run(receiver: &Receiver, settings: &Settings) -> anyhow::Result<Run> {
     let pid = receiver.pid;
     let idle = proc_usage(pid);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -393,32 +385,33 @@ fn run(
     let start = Instant::now() + Duration::from_secs(2);
     let phases = Phases {
         start,
-        transfer: start + baseline,
-        deadline: start + baseline + timeout,
+        transfer: start + settings.baseline,
+        deadline: start + settings.baseline + settings.timeout,
     };
     runtime.block_on(async {
         let (completed, mut completions_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..agents {
+        for i in 0..settings.agents {
             let host = format!("h{i}");
             let task = agent(
                 receiver.address.clone(),
                 host.clone(),
+                i < settings.fetching,
                 phases,
-                every,
+                settings.every,
                 completed.clone(),
                 stop_rx.clone(),
             );
             tasks.spawn(async move { task.await.with_context(|| format!("agent {host}")) });
         }
         tokio::time::sleep_until(phases.start.into()).await;
-        let at_start = proc_usage(pid);
+        let (at_start, wait_at_start) = (proc_usage(pid), cpu_wait_ms(pid));
         tokio::time::sleep_until(phases.transfer.into()).await;
-        let at_transfer = proc_usage(pid);
+        let (at_transfer, wait_at_transfer) = (proc_usage(pid), cpu_wait_ms(pid));
         let agents_at_transfer = proc_usage(std::process::id());
-        let mut completions = Vec::with_capacity(agents);
-        while completions.len() < agents {
+        let mut completions = Vec::with_capacity(settings.fetching);
+        while completions.len() < settings.fetching {
             tokio::select! {
                 Some(at) = completions_rx.recv() => completions.push(at),
                 Some(ended) = tasks.join_next() => {
@@ -427,23 +420,26 @@ fn run(
                 }
             }
         }
-        let at_done = proc_usage(pid);
+        let (at_done, wait_at_done) = (proc_usage(pid), cpu_wait_ms(pid));
         let agents_at_done = proc_usage(std::process::id());
         let last = completions.iter().max().copied().unwrap_or(phases.transfer);
         let _ = stop.send(true);
-        let mut outcomes = Vec::with_capacity(agents);
+        let mut outcomes = Vec::with_capacity(settings.agents);
         while let Some(ended) = tasks.join_next().await {
             outcomes.push(ended??);
         }
+        let transfer = last - phases.transfer;
         Ok(Run {
             phases,
             outcomes,
             completions,
             idle,
             end: proc_usage(pid),
-            cpu_baseline: cpu_percent(at_start, at_transfer, baseline),
-            cpu_transfer: cpu_percent(at_transfer, at_done, last - phases.transfer),
-            cpu_agents: cpu_percent(agents_at_transfer, agents_at_done, last - phases.transfer),
+            cpu_baseline: cpu_percent(at_start, at_transfer, settings.baseline),
+            cpu_transfer: cpu_percent(at_transfer, at_done, transfer),
+            cpu_agents: cpu_percent(agents_at_transfer, agents_at_done, transfer),
+            wait_baseline: wait_per_second(wait_at_start, wait_at_transfer, settings.baseline),
+            wait_transfer: wait_per_second(wait_at_transfer, wait_at_done, transfer),
         })
     })
 }
