@@ -12,85 +12,21 @@
 //! firing): the CPU per sample with and without is what judging triggers
 //! costs.
 
+#[path = "support/simulated.rs"]
+mod simulated;
+
 use futures_util::{SinkExt, StreamExt};
-use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
-use sandglass_protocol::{
-    Ack, DEFAULT_MAX_FRAME, Entry, FrameCodec, Hello, Message, ReportBatch, read_preamble,
-    write_preamble,
-};
+use sandglass_protocol::{Ack, Message};
+use simulated::{Receiver, batch, connect, env, hosts, percentile, proc_usage};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
 const REPORTS_PER_BATCH: usize = 5;
 const SAMPLES_PER_REPORT: usize = 10;
 const SAMPLES_PER_BATCH: u64 = (REPORTS_PER_BATCH * SAMPLES_PER_REPORT) as u64;
-const SERVICES: [&str; 5] = ["uptime", "cpu", "memory", "loadavg", "network"];
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The receiver's CPU time (ms) and RSS / peak RSS (KiB).
-fn proc_usage(pid: u32) -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (ticks * 10, kib("VmRSS:"), kib("VmHWM:"))
-}
-
-fn batch(seq: u64, time_ms: u64) -> ReportBatch {
-    let reports: Vec<Report> = SERVICES
-        .iter()
-        .map(|service| Report {
-            service: service.to_string(),
-            plugin: service.to_string(),
-            time_ms,
-            status: Status {
-                level: Level::Ok,
-                text: "fine".into(),
-            },
-            samples: (0..SAMPLES_PER_REPORT)
-                .map(|i| Sample {
-                    name: format!("{service}_metric"),
-                    value: (seq * 7 + i as u64) as f64,
-                    kind: MetricKind::Gauge,
-                    unit: String::new(),
-                    labels: vec![("n".into(), i.to_string())],
-                })
-                .collect(),
-            cost: Cost::default(),
-        })
-        .collect();
-    ReportBatch {
-        seq,
-        entries: reports.into_iter().map(Entry::Report).collect(),
-        settled: 0,
-    }
-}
+const SERVICES: [&str; REPORTS_PER_BATCH] = ["uptime", "cpu", "memory", "loadavg", "network"];
 
 #[derive(Default)]
 struct Tally {
@@ -109,23 +45,7 @@ async fn agent(
     steady: Arc<Tally>,
     flood: Arc<Tally>,
 ) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(&address).await?;
-    stream.set_nodelay(true)?;
-    write_preamble(&mut stream).await?;
-    read_preamble(&mut stream).await?;
-    let mut framed = Framed::new(stream, FrameCodec::new(DEFAULT_MAX_FRAME));
-    framed
-        .send(Message::Hello(Hello {
-            host_id: host.clone(),
-            token: format!("token-{host}"),
-            agent_version: "bench".into(),
-            abi_version: "1.0.0".into(),
-            time_ms: sandglass_core::time::now_ms(),
-            schedule_revision: 0,
-            plugins: vec![],
-            stream: 1,
-        }))
-        .await?;
+    let mut framed = connect(&address, &host).await?;
     // Report times in the past, one service interval (1 s) apart per batch,
     // as a real agent's runs are: unique per service, and a trigger's window
     // holds what it would in production (60 values for `avg(1m)`). The flood
@@ -145,7 +65,7 @@ async fn agent(
         if now < flood_until && ((flooding && sent.len() < 8) || (!flooding && now >= next_steady))
         {
             time_ms += 1_000;
-            let batch = batch(seq, time_ms);
+            let batch = batch(&SERVICES, SAMPLES_PER_REPORT, seq, time_ms);
             seq = batch.last_seq() + 1;
             sent.insert(batch.last_seq(), now);
             framed.send(Message::Reports(batch)).await?;
@@ -176,13 +96,6 @@ async fn agent(
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
-}
-
 fn main() -> anyhow::Result<()> {
     let agents = env("AGENTS", 1000);
     let steady_secs = env("STEADY_SECS", 5);
@@ -206,30 +119,11 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    for i in 0..agents {
-        config.push_str(&format!(
-            "[hosts.h{i}]\ntoken = \"token-h{i}\"\ntemplates = [\"all\"]\n"
-        ));
-    }
+    config.push_str(&hosts(agents, "all"));
     let config_path = dir.path().join("receiver.toml");
     std::fs::write(&config_path, config)?;
-    let mut receiver = Command::new(sandglass_tests::binary("receiver"))
-        .args([
-            "run",
-            "--config",
-            config_path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        // The simulated report times are old, so hosts turn UNREACHABLE:
-        // expected here, and not worth a log line each.
-        .env("SANDGLASS_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(receiver.stdout.take().unwrap()).read_line(&mut line)?;
-    let address = line.trim().trim_start_matches("listening on ").to_owned();
-    let pid = receiver.id();
+    let receiver = Receiver::start(&config_path)?;
+    let (address, pid) = (receiver.address.clone(), receiver.pid);
     let idle = proc_usage(pid);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -267,19 +161,20 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let at_end = proc_usage(pid);
-        (at_flood.0 - at_start.0, at_end.0 - at_flood.0, at_end)
+        (
+            at_flood.cpu_ms - at_start.cpu_ms,
+            at_end.cpu_ms - at_flood.cpu_ms,
+            at_end,
+        )
     });
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = receiver.wait();
+    receiver.stop();
     let conn = rusqlite::Connection::open(dir.path().join("fleet.db"))?;
     let stored: u64 = conn.query_row("SELECT count(*) FROM reports", [], |r| r.get(0))?;
 
     println!(
         "fleet: {agents} agents, batches of {SAMPLES_PER_BATCH} samples ({REPORTS_PER_BATCH} reports x {SAMPLES_PER_REPORT}), receiver pid {pid}"
     );
-    println!("receiver idle RSS {:.1} MiB", idle.1 as f64 / 1024.0);
+    println!("receiver idle RSS {:.1} MiB", idle.rss_kib as f64 / 1024.0);
     for (name, tally, secs, cpu_ms) in [
         (
             "steady (1 batch/s per agent)",
@@ -308,8 +203,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "receiver RSS at the end {:.1} MiB, peak {:.1} MiB",
-        rss.1 as f64 / 1024.0,
-        rss.2 as f64 / 1024.0
+        rss.rss_kib as f64 / 1024.0,
+        rss.peak_kib as f64 / 1024.0
     );
     let acked_reports = (steady.acked_samples.load(Ordering::Relaxed)
         + flood.acked_samples.load(Ordering::Relaxed))
