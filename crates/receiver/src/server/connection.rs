@@ -50,7 +50,8 @@ pub(super) async fn connection(
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     // The socket under TLS and framing, to see whether the agent left.
     let socket = stream.as_raw_fd();
-    let (mut framed, hello) = handshake::admit(shared, stream, addr, id, &settings).await?;
+    let (mut framed, hello) =
+        handshake::admit(shared, stream, addr, id, &settings, permit.is_some()).await?;
     // Past max_connections only an agent replacing its own stale connection
     // gets in (it frees the slot the stale one holds).
     if permit.is_none()

@@ -15,7 +15,7 @@ use sandglass_protocol::{
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
@@ -25,37 +25,51 @@ use tokio_util::sync::CancellationToken;
 pub(super) type Conn = Framed<tls::Stream, FrameCodec>;
 
 /// Connections in their handshake, oldest first. Past `max_handshakes` the
-/// oldest is told to go: a real agent finishes its handshake in
-/// milliseconds, so the ones that linger are the idle and the slow.
+/// oldest is told to go if it has been in its handshake for a while: a
+/// real agent finishes in milliseconds, so the ones that linger are the
+/// idle and the slow. A young handshake is never evicted: in a herd of
+/// thousands of agents reconnecting at once (a receiver restart) every one
+/// is young, and evicting them cut agents off; they are admitted beyond
+/// `max_handshakes` instead, bounded by `max_connections`.
 #[derive(Default)]
 pub(super) struct Handshakes {
-    pending: Mutex<BTreeMap<u64, CancellationToken>>,
+    pending: Mutex<BTreeMap<(Instant, u64), CancellationToken>>,
 }
 
 /// Removes a connection from [`Handshakes`] when its handshake ends.
 struct InHandshake {
     handshakes: Arc<Handshakes>,
-    id: u64,
+    key: (Instant, u64),
 }
 
 impl Handshakes {
     /// Register connection `id`; the token is cancelled if it is evicted.
-    fn enter(self: &Arc<Self>, id: u64, max: usize) -> (InHandshake, CancellationToken) {
+    /// `has_slot`: the connection holds a slot under `max_connections`; one
+    /// without is refused rather than admitted beyond `max` (it could only
+    /// replace its host's stale connection, and may retry).
+    fn enter(
+        self: &Arc<Self>,
+        id: u64,
+        max: usize,
+        young: Duration,
+        has_slot: bool,
+    ) -> Option<(InHandshake, CancellationToken)> {
         let token = CancellationToken::new();
+        let now = Instant::now();
         let mut pending = self.pending.lock().expect("handshakes lock");
-        pending.insert(id, token.clone());
-        while pending.len() > max {
-            if let Some((_, oldest)) = pending.pop_first() {
-                oldest.cancel();
+        while pending.len() >= max {
+            match pending.first_entry() {
+                Some(oldest) if now.duration_since(oldest.key().0) >= young => {
+                    oldest.remove().cancel();
+                }
+                _ if has_slot => break,
+                _ => return None,
             }
         }
-        (
-            InHandshake {
-                handshakes: self.clone(),
-                id,
-            },
-            token,
-        )
+        let key = (now, id);
+        pending.insert(key, token.clone());
+        let handshakes = self.clone();
+        Some((InHandshake { handshakes, key }, token))
     }
 }
 
@@ -65,8 +79,14 @@ impl Drop for InHandshake {
             .pending
             .lock()
             .expect("handshakes lock")
-            .remove(&self.id);
+            .remove(&self.key);
     }
+}
+
+/// How long a handshake is safe from eviction: a quarter of
+/// `handshake_timeout` (at least 250 ms).
+fn young(settings: &Settings) -> Duration {
+    (settings.handshake_timeout / 4).max(Duration::from_millis(250))
 }
 
 /// Connection `id`'s handshake, unless it is evicted (`max_handshakes`) or
@@ -77,8 +97,14 @@ pub(super) async fn admit(
     addr: SocketAddr,
     id: u64,
     settings: &Settings,
+    has_slot: bool,
 ) -> anyhow::Result<(Conn, Hello)> {
-    let (in_handshake, evicted) = shared.handshakes.enter(id, settings.max_handshakes);
+    let entered = shared
+        .handshakes
+        .enter(id, settings.max_handshakes, young(settings), has_slot);
+    let Some((in_handshake, evicted)) = entered else {
+        bail!("at max_connections, with max_handshakes handshakes under way: try again later");
+    };
     let attempt = tokio::select! {
         () = evicted.cancelled() => bail!("dropped in its handshake to make room for newer connections (max_handshakes)"),
         attempt = tokio::time::timeout(settings.handshake_timeout, handshake(stream, shared)) => attempt,
@@ -181,5 +207,37 @@ pub(super) fn name(message: &Message) -> &'static str {
         Message::PluginRequest(_) => "PluginRequest",
         Message::PluginChunk(_) => "PluginChunk",
         Message::PluginUnavailable(_) => "PluginUnavailable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_lingering_handshakes_are_evicted_and_a_herd_is_admitted() {
+        let handshakes = Arc::new(Handshakes::default());
+        let long = Duration::from_secs(3600);
+        // A herd of young handshakes beyond max: all admitted, none evicted.
+        let herd: Vec<_> = (0..5)
+            .map(|id| handshakes.enter(id, 2, long, true).expect("admitted"))
+            .collect();
+        assert!(herd.iter().all(|(_, token)| !token.is_cancelled()));
+        // Without a connection slot a newcomer is refused, not admitted.
+        assert!(handshakes.enter(5, 2, long, false).is_none());
+        // Once they linger (here: at once), each newcomer evicts the oldest.
+        let (_kept, token) = handshakes
+            .enter(6, 2, Duration::ZERO, false)
+            .expect("room made");
+        assert!(!token.is_cancelled());
+        let evicted: Vec<bool> = herd.iter().map(|(_, t)| t.is_cancelled()).collect();
+        assert_eq!(
+            evicted,
+            [true, true, true, true, false],
+            "oldest first, down to max - 1"
+        );
+        // A finished handshake leaves room.
+        drop(herd);
+        assert_eq!(handshakes.pending.lock().unwrap().len(), 1);
     }
 }
