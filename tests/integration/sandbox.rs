@@ -243,3 +243,59 @@ fn a_run_queued_before_a_slow_one_is_not_held_up_by_it() {
         slow.status()
     );
 }
+
+#[test]
+fn a_plugin_compiled_by_the_agents_child_process_loads_and_a_failing_child_is_survived() {
+    use sandglass_runtime::cache::CacheOutcome;
+    use sandglass_runtime::{Compiler, LimitOverrides, Limits, RunRequest, Runtime, View};
+    use std::sync::Arc;
+    let path = crate::common::plugin("loadavg");
+    let run = |runtime: &Runtime, plugin: &Arc<sandglass_runtime::Plugin>| {
+        runtime.run(
+            plugin,
+            RunRequest {
+                service: "loadavg".into(),
+                params: Default::default(),
+                state: None,
+                limits: Limits::default().with(&LimitOverrides::default()).unwrap(),
+                view: Arc::new(View::new(false, &[]).unwrap()),
+            },
+        )
+    };
+    // `agent compile-plugin OUT`, as `agent run` starts it.
+    let cache = tempfile::tempdir().unwrap();
+    let child = Compiler::Child {
+        program: sandglass_tests::binary("agent"),
+        args: vec!["compile-plugin".into()],
+    };
+    let runtime = Runtime::with_compiler(Some(cache.path().to_owned()), child).unwrap();
+    let plugin = runtime.load(&path).unwrap();
+    assert_eq!(plugin.cache, CacheOutcome::Compiled);
+    let artifacts: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        artifacts.len(),
+        1,
+        "one artifact, no temporary left: {artifacts:?}"
+    );
+    assert!(artifacts[0].starts_with(&plugin.sha256) && artifacts[0].ends_with(".cwasm"));
+    let outcome = run(&runtime, &plugin);
+    assert!(outcome.result.is_ok(), "{:?}", outcome.status());
+    // The artifact the child wrote loads in a runtime of this process.
+    let again = Runtime::new(Some(cache.path().to_owned())).unwrap();
+    assert_eq!(again.load(&path).unwrap().cache, CacheOutcome::Hit);
+
+    // A child that fails (here: a program that is no compiler) costs only
+    // the fallback: the plugin is compiled in this process.
+    let cache = tempfile::tempdir().unwrap();
+    let broken = Compiler::Child {
+        program: "/bin/false".into(),
+        args: vec![],
+    };
+    let runtime = Runtime::with_compiler(Some(cache.path().to_owned()), broken).unwrap();
+    let plugin = runtime.load(&path).unwrap();
+    assert_eq!(plugin.cache, CacheOutcome::Compiled);
+    assert!(run(&runtime, &plugin).result.is_ok());
+}

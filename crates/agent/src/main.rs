@@ -64,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Internal: compile the plugin component on stdin into the artifact
+    /// OUT, for `agent run` (which starts it so that the compiler's memory
+    /// leaves with this short-lived process).
+    #[command(name = sandglass_agent::services::COMPILE_COMMAND, hide = true)]
+    CompilePlugin { out: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -183,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Check { config } => check_config(&config),
+        Command::CompilePlugin { out } => sandglass_runtime::compile_child(&out),
         Command::Once {
             config,
             format,

@@ -30,6 +30,7 @@ pub mod sandbox;
 mod stuck;
 
 use anyhow::Context;
+pub use cache::Compiler;
 use cache::{ArtifactCache, CacheOutcome};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -90,6 +91,28 @@ fn instance_pool() -> PoolingAllocationConfig {
     pool
 }
 
+/// The engine every runtime (and the compiler child) uses: fuel, epochs
+/// and the instance pool. An artifact loads only into an engine with the
+/// same settings.
+fn new_engine() -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(instance_pool()));
+    Engine::new(&config).map_err(anyhow::Error::from).context(
+        "cannot reserve address space for the plugin instance pool (about 520 GiB of \
+         virtual memory, none of it resident): lift `ulimit -v` for the agent",
+    )
+}
+
+/// The compiler child's work ([`Compiler::Child`]): read a component on
+/// stdin, write its artifact for this build's engine to `out`.
+pub fn compile_child(out: &Path) -> anyhow::Result<()> {
+    // A componentized command is a little larger than the module it wraps.
+    cache::compile_from_stdin(&new_engine()?, 2 * MAX_PLUGIN_BYTES, out)
+}
+
 /// Plugin files above this size are refused: compiling one would take the
 /// agent seconds and tens of MiB.
 pub const MAX_PLUGIN_BYTES: usize = 128 << 20;
@@ -140,19 +163,20 @@ struct Inner {
 }
 
 impl Runtime {
-    /// A runtime caching compiled plugins in `cache_dir` (none: no cache).
+    /// A runtime caching compiled plugins in `cache_dir` (none: no cache),
+    /// compiling in this process.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
-        let mut config = Config::new();
-        config
-            .consume_fuel(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(instance_pool()));
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context(
-            "cannot reserve address space for the plugin instance pool (about 520 GiB of \
-             virtual memory, none of it resident): lift `ulimit -v` for the agent",
-        )?;
+        Runtime::with_compiler(cache_dir, Compiler::InProcess)
+    }
+
+    /// A runtime whose plugins the cache lacks are compiled by `compiler`.
+    pub fn with_compiler(
+        cache_dir: Option<PathBuf>,
+        compiler: Compiler,
+    ) -> anyhow::Result<Runtime> {
+        let engine = new_engine()?;
         let linker = sandbox::linker(&engine)?;
-        let cache = ArtifactCache::new(cache_dir, &engine);
+        let cache = ArtifactCache::new(cache_dir, &engine, compiler);
         let ticker = epoch::EpochTicker::start(engine.clone());
         Ok(Runtime {
             inner: Arc::new(Inner {
