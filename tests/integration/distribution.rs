@@ -164,17 +164,8 @@ fn plugins_in_the_receivers_plugin_dir_reach_agents_with_empty_plugin_dirs() {
     eprintln!("replaced plugin on all three after {:?}", start.elapsed());
     // Until the new build arrived each agent ran the one before: no host
     // went UNKNOWN for the update.
-    let events = receiver.json(&[
-        "events",
-        "--config",
-        receiver.config.to_str().unwrap(),
-        "--service",
-        "loadavg",
-        "--json",
-    ]);
+    let events = events(&receiver, "loadavg");
     let missing: Vec<&Value> = events
-        .as_array()
-        .unwrap()
         .iter()
         .filter(|e| e["host"] != "d" && e["time_ms"].as_u64() > Some(replaced_ms))
         .filter(|e| e["reason"].as_str().unwrap_or("").contains("not installed"))
@@ -247,19 +238,30 @@ fn plugins_in_the_receivers_plugin_dir_reach_agents_with_empty_plugin_dirs() {
     );
 }
 
-/// The builds of `plugin` as `receiver plugins --json` lists them.
-pub(crate) fn versions(receiver: &Receiver, plugin: &str) -> Vec<Value> {
-    let listed = receiver.json(&[
-        "plugins",
-        "--config",
-        receiver.config.to_str().unwrap(),
-        "--json",
-    ]);
+/// `plugin` as `receiver plugins --json` lists it (null if it does not).
+pub(crate) fn listed(receiver: &Receiver, plugin: &str) -> Value {
+    let config = receiver.config.to_str().unwrap();
+    let listed = receiver.json(&["plugins", "--config", config, "--json"]);
     listed
         .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == plugin))
-        .and_then(|p| p["versions"].as_array().cloned())
+        .and_then(|p| p.iter().find(|p| p["name"] == plugin).cloned())
         .unwrap_or_default()
+}
+
+/// The builds of `plugin` as `receiver plugins --json` lists them.
+pub(crate) fn versions(receiver: &Receiver, plugin: &str) -> Vec<Value> {
+    listed(receiver, plugin)["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The events of `service` on every host, as `receiver events --json`
+/// lists them.
+pub(crate) fn events(receiver: &Receiver, service: &str) -> Vec<Value> {
+    let config = receiver.config.to_str().unwrap();
+    let events = receiver.json(&["events", "--config", config, "--service", service, "--json"]);
+    events.as_array().cloned().unwrap_or_default()
 }
 
 /// A JSON list of host names.

@@ -5,10 +5,9 @@
 //! one receiver, everything on 127.0.0.1.
 
 use crate::common::{build_plugins, fixture, plugin};
-use crate::distribution::{fetched, rebuilt, replace, service, versions};
+use crate::distribution::{events, fetched, listed, rebuilt, replace, service, versions};
 use crate::fleet_support::{Agent, Receiver, wait_until};
 use sandglass_core::hash::sha256_hex;
-use serde_json::Value;
 use std::time::Duration;
 
 const TOKEN: &str = "token-rrrrrrrr";
@@ -32,35 +31,11 @@ fn model() -> String {
     )
 }
 
-/// The rollout of `probe` as `receiver plugins --json` shows it.
-fn rollout(receiver: &Receiver) -> Value {
-    let listed = receiver.json(&[
-        "plugins",
-        "--config",
-        receiver.config.to_str().unwrap(),
-        "--json",
-    ]);
-    listed
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == "probe"))
-        .map(|p| p["rollout"].clone())
-        .unwrap_or_default()
-}
-
 /// When each host's probe was pinned to `build` (by its first 8 digits),
 /// from the build events.
 fn pinned_at(receiver: &Receiver, build: &str) -> Vec<(String, u64)> {
-    let events = receiver.json(&[
-        "events",
-        "--config",
-        receiver.config.to_str().unwrap(),
-        "--service",
-        "probe",
-        "--json",
-    ]);
+    let events = events(receiver, "probe");
     let mut times: Vec<(String, u64)> = events
-        .as_array()
-        .unwrap()
         .iter()
         .filter(|e| e["new"] == format!("probe {}", &build[..8]))
         .map(|e| {
@@ -102,7 +77,7 @@ fn a_failing_build_halts_at_the_canary_and_a_good_one_reaches_every_host_in_step
         logs()
     );
     assert_eq!(
-        rollout(&receiver)["stage"],
+        listed(&receiver, "probe")["rollout"]["stage"],
         "done",
         "a first build is no rollout"
     );
@@ -112,14 +87,14 @@ fn a_failing_build_halts_at_the_canary_and_a_good_one_reaches_every_host_in_step
     let bad = rebuilt(&std::fs::read(fixture("misbehave")).unwrap(), "bad");
     let bad_sha = sha256_hex(&bad);
     replace(&served.join("probe.wasm"), &bad);
-    let halted = || rollout(&receiver)["stage"] == "halted";
+    let halted = || listed(&receiver, "probe")["rollout"]["stage"] == "halted";
     assert!(
         wait_until(WAIT, halted),
         "{}\n{}",
-        rollout(&receiver),
+        listed(&receiver, "probe")["rollout"],
         logs()
     );
-    let r = rollout(&receiver);
+    let r = listed(&receiver, "probe")["rollout"].clone();
     let reason = r["reason"].as_str().unwrap();
     assert!(
         reason.contains("UNKNOWN in") && reason.contains("on a,"),
@@ -170,12 +145,12 @@ fn a_failing_build_halts_at_the_canary_and_a_good_one_reaches_every_host_in_step
         wait_until(WAIT, || pinned_at(&receiver, &bad_sha).len() == 2
             && halted()),
         "resumed and halted again: {}\n{}",
-        rollout(&receiver),
+        listed(&receiver, "probe")["rollout"],
         logs()
     );
     let said = receiver.text(&["plugins", "abandon", "probe", "--config", config]);
     assert!(said.contains("abandoned"), "{said}");
-    assert_eq!(rollout(&receiver)["stage"], "abandoned");
+    assert_eq!(listed(&receiver, "probe")["rollout"]["stage"], "abandoned");
     let again = receiver.refused(&["plugins", "abandon", "probe", "--config", config]);
     assert!(again.contains("nothing to abandon"), "{again}");
 
@@ -187,11 +162,11 @@ fn a_failing_build_halts_at_the_canary_and_a_good_one_reaches_every_host_in_step
     replace(&served.join("probe.wasm"), &second);
     assert!(
         wait_until(WAIT, || {
-            let r = rollout(&receiver);
+            let r = listed(&receiver, "probe")["rollout"].clone();
             r["stage"] == "done" && r["to"] == second_sha.as_str()
         }),
         "{}\n{}",
-        rollout(&receiver),
+        listed(&receiver, "probe")["rollout"],
         logs()
     );
     let steps = pinned_at(&receiver, &second_sha);
