@@ -284,10 +284,14 @@ fn a_full_spool_drops_the_oldest_and_the_receiver_shows_exactly_the_gap() {
         counted.lost > 50,
         "the spool should have overflowed: {counted:?}"
     );
-    assert_eq!(
-        counted.lost,
-        receiver.lost("f"),
-        "every missing run is accounted for by the gap records: {counted:?}"
+    // A run that failed (a deadline on a loaded machine) is a report with
+    // no counter value: when the spool drops it, the gap counts one report
+    // more than the counter values missing.
+    let failed = agent.log_text().matches("run failed").count() as u64;
+    let gap = receiver.lost("f");
+    assert!(
+        counted.lost <= gap && gap <= counted.lost + failed,
+        "every missing run is accounted for by the gap records ({gap}, with {failed} failed runs): {counted:?}"
     );
     // What was dropped is one stretch of the oldest undelivered runs.
     let mut numbers: Vec<u64> = values.iter().map(|v| *v as u64).collect();
