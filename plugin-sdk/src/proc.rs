@@ -6,19 +6,12 @@
 //! - single-line files (`/proc/loadavg`, `/proc/uptime`): [`field`].
 
 use crate::error::{Error, Result};
-use std::io::Read;
 
-/// Read a whole `/proc` (or other granted) file as text.
-///
-/// One `open` and as few `read`s as the file needs: `/proc` files report size
-/// 0, so asking the size first only costs a call through the sandbox (a
-/// `stat`, then a `statx` on the host). `File::read_to_string` asks it, so the
-/// file is read through `Read::take`, which does not.
+/// Read a whole `/proc` (or other granted) file as text: one host call in a
+/// lean collector, one `open` and as few `read`s as the file needs in a WASI
+/// one ([`crate::host::read`]).
 pub fn read(path: &str) -> Result<String> {
-    let mut buf = Vec::with_capacity(8192);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(u64::MAX).read_to_end(&mut buf))
-        .map_err(|e| Error::new(format!("{path}: {e}")))?;
+    let buf = crate::host::read(path)?;
     String::from_utf8(buf).map_err(|_| Error::new(format!("{path}: not UTF-8 text")))
 }
 
@@ -59,6 +52,30 @@ pub fn kv_u64(value: &str) -> Option<u64> {
     }
 }
 
+/// A field of `/proc/self/mounts` or `mountinfo` with the kernel's `\ooo`
+/// escapes decoded (a space in a mount point is `\040`).
+pub fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +113,13 @@ mod tests {
         assert!(kv_pairs(&status).any(|(k, _)| k == "VmRSS"));
         let err = read("/proc/no-such-file").unwrap_err().to_string();
         assert!(err.starts_with("/proc/no-such-file: "), "{err}");
+    }
+
+    #[test]
+    fn unescape_decodes_octal_escapes_only() {
+        assert_eq!(unescape("/mnt/my\\040disk"), "/mnt/my disk");
+        assert_eq!(unescape("a\\134b\\011c"), "a\\b\tc");
+        assert_eq!(unescape("trailing\\04"), "trailing\\04");
     }
 
     #[test]

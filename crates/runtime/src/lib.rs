@@ -4,8 +4,11 @@
 //! - [`cache`]: precompiled components on disk;
 //! - [`command`]: plugins that are plain WASI commands, and [`exposition`],
 //!   the text they print;
-//! - [`sandbox`]: the store a run gets, its imports, and the filesystem hooks;
-//! - [`fs_policy`]: which resolved paths a plugin may open;
+//! - [`sandbox`]: the store a WASI run gets, its imports, and the filesystem hooks;
+//! - [`lean`]: the store a lean run gets (ABI 1.1, no WASI): its host calls;
+//! - [`view`]: the directories a plugin sees; [`fs_policy`]: which resolved
+//!   paths a plugin may open; `limited`: fuel, deadline and memory cap on a
+//!   store; `account`: a run's log budget and refusals;
 //! - [`epoch`]: the ticker behind deadlines;
 //! - [`run`]: running a plugin once on the calling thread;
 //! - [`failure`]: why a run produced nothing usable, named exactly, and
@@ -16,6 +19,7 @@
 //! - `stuck`: runs abandoned in host calls, counted per plugin;
 
 pub mod abi;
+mod account;
 pub mod cache;
 pub mod command;
 mod diagnose;
@@ -24,10 +28,13 @@ pub mod epoch;
 pub mod exposition;
 pub mod failure;
 pub mod fs_policy;
+pub mod lean;
+mod limited;
 mod output;
 pub mod run;
 pub mod sandbox;
 mod stuck;
+pub mod view;
 
 use anyhow::Context;
 use cache::{ArtifactCache, CacheOutcome};
@@ -39,8 +46,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use failure::RunFailure;
 pub use output::Output;
 pub use run::{RunOutcome, RunRequest};
-pub use sandbox::View;
 pub use sandglass_core::limits::{LimitOverrides, Limits};
+pub use view::View;
 
 /// A loaded plugin: compiled, version-checked and described.
 pub struct Plugin {
@@ -53,8 +60,10 @@ pub struct Plugin {
 
 /// How a plugin is called.
 enum Entry {
-    /// A `plugin-sdk` component: `collect` returns samples.
+    /// A `plugin-sdk` component importing WASI: `collect` returns samples.
     Collector(abi::CollectorPre<sandbox::SandboxState>),
+    /// A collector importing no WASI (ABI 1.1), run in the lean sandbox.
+    Lean(abi::CollectorPre<lean::LeanState>),
     /// A WASI command printing exposition text.
     Command(wasmtime_wasi::p2::bindings::sync::CommandPre<sandbox::SandboxState>),
 }
@@ -94,6 +103,13 @@ fn instance_pool() -> PoolingAllocationConfig {
 /// agent seconds and tens of MiB.
 pub const MAX_PLUGIN_BYTES: usize = 128 << 20;
 
+impl Plugin {
+    /// Whether it runs in the lean sandbox (a collector importing no WASI).
+    pub fn is_lean(&self) -> bool {
+        matches!(self.entry, Entry::Lean(_))
+    }
+}
+
 /// What a plugin says about itself (`describe`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Description {
@@ -132,6 +148,7 @@ pub struct Runtime {
 struct Inner {
     engine: Engine,
     linker: Linker<sandbox::SandboxState>,
+    lean_linker: Linker<lean::LeanState>,
     cache: ArtifactCache,
     ticker: Arc<epoch::EpochTicker>,
     /// Runs abandoned while blocked in a host call and not yet returned.
@@ -152,12 +169,14 @@ impl Runtime {
              virtual memory, none of it resident): lift `ulimit -v` for the agent",
         )?;
         let linker = sandbox::linker(&engine)?;
+        let lean_linker = lean::linker(&engine)?;
         let cache = ArtifactCache::new(cache_dir, &engine);
         let ticker = epoch::EpochTicker::start(engine.clone());
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
                 linker,
+                lean_linker,
                 cache,
                 ticker,
                 stuck: stuck::StuckRuns::default(),
@@ -196,16 +215,36 @@ impl Runtime {
         let ty = component.component_type();
         let exported = abi::check_exports(ty.exports(&inner.engine).map(|(name, _)| name))
             .map_err(anyhow::Error::msg)?;
-        let pre = inner.linker.instantiate_pre(&component).map_err(|e| {
+        let imports: Vec<&str> = ty.imports(&inner.engine).map(|(name, _)| name).collect();
+        abi::check_imports(imports.iter().copied()).map_err(anyhow::Error::msg)?;
+        let lean = abi::is_lean(imports.iter().copied());
+        let unprovided = |e: wasmtime::Error| {
             anyhow::anyhow!("the plugin imports something the sandbox does not provide: {e:#}")
-        })?;
+        };
         let (entry, description) = match exported {
-            abi::Exported::Collector => {
+            abi::Exported::Collector(version) if lean => {
+                let pre = inner
+                    .lean_linker
+                    .instantiate_pre(&component)
+                    .map_err(unprovided)?;
                 let pre = abi::CollectorPre::new(pre)?;
-                let description = run::describe(self, &pre, path)?;
+                let description = run::describe(self, run::DescribeIn::Lean(&pre), path, version)?;
+                (Entry::Lean(pre), description)
+            }
+            abi::Exported::Collector(version) => {
+                let pre = inner
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(unprovided)?;
+                let pre = abi::CollectorPre::new(pre)?;
+                let description = run::describe(self, run::DescribeIn::Wasi(&pre), path, version)?;
                 (Entry::Collector(pre), description)
             }
             abi::Exported::Command => {
+                let pre = inner
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(unprovided)?;
                 let pre = wasmtime_wasi::p2::bindings::sync::CommandPre::new(pre)?;
                 (Entry::Command(pre), command::description(file_stem(path)))
             }
@@ -223,6 +262,7 @@ impl Runtime {
     pub fn imports(&self, plugin: &Plugin) -> Vec<String> {
         let ty = match &plugin.entry {
             Entry::Collector(pre) => pre.instance_pre().component(),
+            Entry::Lean(pre) => pre.instance_pre().component(),
             Entry::Command(pre) => pre.instance_pre().component(),
         }
         .component_type();
