@@ -33,9 +33,13 @@ cp "$out/sandglass_plugin_loadavg.wasm" target/fixtures/loadavg-wasi.wasm
 # Lean collectors: the same SDK built for wasm32-unknown-unknown (no WASI),
 # then made components by sandglass-componentize (wit-component). misbehave
 # is built lean too, as misbehave-lean: the hostile tests run on both.
+# A 64 KiB stack (Rust's default is 1 MiB): stack, data and heap then lie in
+# the first pages of memory, which the runtime wipes in place between runs
+# instead of faulting them in again (crates/runtime/src/lib.rs, instance_pool).
 lean_args=(-p sandglass-fixture-misbehave)
 for p in "${lean[@]}"; do lean_args+=(-p "sandglass-plugin-$p"); done
-cargo build --release --target wasm32-unknown-unknown "${lean_args[@]}"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C link-arg=-zstack-size=65536" \
+  cargo build --release --target wasm32-unknown-unknown "${lean_args[@]}"
 cargo build --release -p sandglass-componentize
 componentize=target/release/sandglass-componentize
 lean_out=target/wasm32-unknown-unknown/release

@@ -74,11 +74,19 @@ enum Entry {
 /// memory behind it (wiped between runs). Without it each run mmaps a 4 GiB
 /// reservation, mprotects it, page-faults its first pages in and munmaps it
 /// all again: sandbox entry 55 µs against 34 µs pooled, the cpu collector
-/// 149 against 112 µs (`bash scripts/bench-hot-paths.sh`). Keeping pages
-/// resident between runs (`linear_memory_keep_resident`) was measured too and
-/// gains nothing: the wipe costs what the page faults did. Tables are small
+/// 149 against 112 µs (`bash scripts/bench-hot-paths.sh`). Tables are small
 /// and are wiped in place (`table_keep_resident`): one `madvise` per run
 /// instead of three, each of which interrupts the other core to flush its TLB.
+/// The first 256 KiB of linear memory are wiped in place too
+/// (`linear_memory_keep_resident`): a lean collector, linked with a 64 KiB
+/// stack (`scripts/build-plugins.sh`), keeps its stack, data and heap there,
+/// and a page fault per page it touched was most of its entry cost (26-31
+/// µs; 15-16 µs wiped in place, `bash scripts/bench-sandbox.sh`). The price:
+/// those pages stay resident per memory slot in use (the pool keeps a slot
+/// per plugin), 256 KiB each: `agent once` with 9 plugins peaks at 23.6
+/// against 19.1 MiB. A WASI plugin's 1 MiB stack lies above it, so for those
+/// it is a wipe of pages they do not use; keeping all of memory resident was
+/// measured before and gained them nothing.
 ///
 /// Sizes: runs at once are bounded by the workers (plus at most
 /// `stuck::TOTAL` = 16 stuck runs) and plugin loads; 64 instances leave room
@@ -95,7 +103,8 @@ fn instance_pool() -> PoolingAllocationConfig {
         .max_memories_per_module(2)
         .max_tables_per_module(4)
         .table_elements(100_000)
-        .table_keep_resident(64 << 10);
+        .table_keep_resident(64 << 10)
+        .linear_memory_keep_resident(256 << 10);
     pool
 }
 
