@@ -53,28 +53,9 @@ pub fn kv_u64(value: &str) -> Option<u64> {
 }
 
 /// A field of `/proc/self/mounts` or `mountinfo` with the kernel's `\ooo`
-/// escapes decoded (a space in a mount point is `\040`).
-pub fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// escapes decoded (a space in a mount point is `\040`): a mount point as
+/// [`crate::host::fs_usage`] takes it.
+pub use sandglass_abi::unescape_mount_field as unescape;
 
 #[cfg(test)]
 mod tests {
@@ -113,13 +94,6 @@ mod tests {
         assert!(kv_pairs(&status).any(|(k, _)| k == "VmRSS"));
         let err = read("/proc/no-such-file").unwrap_err().to_string();
         assert!(err.starts_with("/proc/no-such-file: "), "{err}");
-    }
-
-    #[test]
-    fn unescape_decodes_octal_escapes_only() {
-        assert_eq!(unescape("/mnt/my\\040disk"), "/mnt/my disk");
-        assert_eq!(unescape("a\\134b\\011c"), "a\\b\tc");
-        assert_eq!(unescape("trailing\\04"), "trailing\\04");
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! What a run's host calls are accounted for, in either sandbox (WASI or
-//! lean): the log lines it may send, a budget per run, and the opens the
-//! policy refused, kept for the run's outcome.
+//! What a run is accounted for, in either sandbox (WASI or lean): its
+//! memory against the cap, the log lines it may send (a budget per run), and
+//! the opens the policy refused, kept for the run's outcome.
 
 use super::abi::LogLevel;
 use super::fs_policy::Denied;
+use super::limited::MemoryLimiter;
+use sandglass_core::limits::Limits;
 use sandglass_core::text::{Escaped, truncate};
 
 /// Log lines a plugin may send through the `log` import per run, in bytes.
@@ -15,8 +17,10 @@ const DENIALS_KEPT: usize = 4;
 /// The last error line kept for a trap message, in bytes.
 const LAST_ERROR_KEPT: usize = 512;
 
-/// One run's log budget and refusals, tagged with its plugin and service.
+/// One run's memory, log budget and refusals, tagged with its plugin and
+/// service.
 pub struct Account {
+    pub limiter: MemoryLimiter,
     plugin: String,
     service: String,
     log_budget: usize,
@@ -29,8 +33,9 @@ pub struct Account {
 }
 
 impl Account {
-    pub fn new(plugin: &str, service: &str) -> Account {
+    pub fn new(plugin: &str, service: &str, limits: &Limits) -> Account {
         Account {
+            limiter: MemoryLimiter::new(limits),
             plugin: plugin.to_owned(),
             service: service.to_owned(),
             log_budget: LOG_BYTES_PER_RUN,

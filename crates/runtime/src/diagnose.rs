@@ -46,7 +46,7 @@ pub(crate) fn classify_lean(
     state: &LeanState,
     limits: &Limits,
 ) -> RunFailure {
-    if let Some(failure) = limit_hit(&err, state.limiter.hit, limits) {
+    if let Some(failure) = limit_hit(&err, state.account.limiter.hit, limits) {
         return failure;
     }
     let mut message = trap_text(&err);
@@ -58,7 +58,7 @@ pub(crate) fn classify_lean(
 
 /// Name the limit behind a failed call, or the trap.
 pub(crate) fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFailure {
-    if let Some(failure) = limit_hit(&err, sandbox.store.data().limiter.hit, limits) {
+    if let Some(failure) = limit_hit(&err, sandbox.store.data().account.limiter.hit, limits) {
         return failure;
     }
     if sandbox.stdout.contents().len() >= sandbox.stdout_cap {

@@ -3,6 +3,7 @@
 //! guest. The one place they are set, so the lean and the WASI sandbox
 //! cannot drift apart.
 
+use super::account::Account;
 use sandglass_core::limits::Limits;
 use wasmtime::{Engine, ResourceLimiter, Store};
 
@@ -52,16 +53,16 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// A fresh store holding `state`, under `limits`; `limiter` finds the
-/// state's [`MemoryLimiter`].
+/// A fresh store holding `state`, under `limits`; `account` finds the
+/// state's [`Account`], whose limiter caps memory.
 pub fn limited_store<T: 'static>(
     engine: &Engine,
     state: T,
     limits: &Limits,
-    limiter: fn(&mut T) -> &mut MemoryLimiter,
+    account: fn(&mut T) -> &mut Account,
 ) -> anyhow::Result<Store<T>> {
     let mut store = Store::new(engine, state);
-    store.limiter(move |s| limiter(s) as &mut dyn ResourceLimiter);
+    store.limiter(move |s| &mut account(s).limiter as &mut dyn ResourceLimiter);
     store.set_hostcall_fuel(super::output::lift_budget(limits));
     store.set_fuel(limits.fuel)?;
     store.epoch_deadline_trap();

@@ -192,16 +192,7 @@ impl Runtime {
             Ok(Err(message)) => Err(output::plugin_error(message, limits)),
             Ok(Ok(collection)) => output::check(collection, limits),
         };
-        let fuel_left = store.get_fuel().unwrap_or(0);
-        let state = store.data();
-        finish(
-            result,
-            start,
-            limits,
-            fuel_left,
-            state.limiter.peak,
-            &state.account,
-        )
+        finish(result, start, limits, &store, &store.data().account)
     }
 
     /// A run in the WASI sandbox: a component of the `collector` world
@@ -236,15 +227,12 @@ impl Runtime {
             collection.and_then(|c| output::check(c, limits))
         };
         log_stderr(&sandbox, name, &request.service);
-        let fuel_left = sandbox.store.get_fuel().unwrap_or(0);
-        let state = sandbox.store.data();
         finish(
             result,
             start,
             limits,
-            fuel_left,
-            state.limiter.peak,
-            &state.account,
+            &sandbox.store,
+            &sandbox.store.data().account,
         )
     }
 }
@@ -255,21 +243,20 @@ fn cannot_build(e: anyhow::Error) -> RunOutcome {
     )))
 }
 
-/// The outcome of a run that got as far as its sandbox.
-fn finish(
+/// The outcome of a run that got as far as its sandbox, `store`.
+fn finish<T>(
     result: Result<Output, RunFailure>,
     start: Instant,
     limits: &Limits,
-    fuel_left: u64,
-    peak_memory: usize,
+    store: &Store<T>,
     account: &Account,
 ) -> RunOutcome {
     RunOutcome {
         result,
         cost: Cost {
             wall_micros: start.elapsed().as_micros() as u64,
-            fuel: limits.fuel - fuel_left,
-            peak_memory: peak_memory as u64,
+            fuel: limits.fuel - store.get_fuel().unwrap_or(0),
+            peak_memory: account.limiter.peak as u64,
         },
         denied: account.denied_paths(),
         denied_count: account.denied_count,

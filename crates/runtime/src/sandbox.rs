@@ -4,7 +4,7 @@
 use super::abi;
 use super::account::Account;
 use super::fs_policy::{Denied, check_fd, directory, not_special};
-use super::limited::{MemoryLimiter, limited_store};
+use super::limited::limited_store;
 pub use super::view::View;
 use sandglass_core::limits::Limits;
 use sandglass_core::units::ByteSize;
@@ -35,7 +35,6 @@ const HANDLES_PER_FILE: usize = 16;
 pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limiter: MemoryLimiter,
     view: Arc<View>,
     /// Log budget and refused opens.
     pub account: Account,
@@ -300,14 +299,13 @@ pub fn new_sandbox(
     let state = SandboxState {
         wasi: wasi.build(),
         table,
-        limiter: MemoryLimiter::new(limits),
         view: view.clone(),
-        account: Account::new(plugin, service),
+        account: Account::new(plugin, service, limits),
         max_open_files: limits.max_open_files,
         open_files_hit: false,
         deadline_at: Instant::now() + limits.deadline(),
     };
-    let store = limited_store(engine, state, limits, |s| &mut s.limiter)?;
+    let store = limited_store(engine, state, limits, |s| &mut s.account)?;
     Ok(Sandbox {
         store,
         stdout,

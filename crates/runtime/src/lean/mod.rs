@@ -13,7 +13,7 @@ pub mod mounts;
 
 use crate::abi::{self, lean_host};
 use crate::account::Account;
-use crate::limited::{MemoryLimiter, limited_store};
+use crate::limited::limited_store;
 use crate::view::View;
 use files::Refused;
 use sandglass_core::limits::Limits;
@@ -23,9 +23,8 @@ use wasmtime::{Engine, Store};
 
 /// What a lean run's store holds.
 pub struct LeanState {
-    pub limiter: MemoryLimiter,
     view: Arc<View>,
-    /// Log budget and refused opens.
+    /// Memory, log budget and refused opens.
     pub account: Account,
     /// The most one call hands back: the memory cap, at most
     /// [`files::READ_MAX`].
@@ -108,11 +107,10 @@ pub fn new_store(
     service: &str,
 ) -> anyhow::Result<Store<LeanState>> {
     let state = LeanState {
-        limiter: MemoryLimiter::new(limits),
         view: view.clone(),
-        account: Account::new(plugin, service),
+        account: Account::new(plugin, service, limits),
         read_max: limits.memory.0.min(files::READ_MAX),
         mounts: None,
     };
-    limited_store(engine, state, limits, |s| &mut s.limiter)
+    limited_store(engine, state, limits, |s| &mut s.account)
 }

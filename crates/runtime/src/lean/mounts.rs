@@ -16,33 +16,8 @@ pub fn mount_points(mountinfo: &str) -> Vec<String> {
     mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape)
+        .map(sandglass_abi::unescape_mount_field)
         .collect()
-}
-
-/// A mountinfo field with the kernel's `\ooo` escapes (space, tab,
-/// newline, backslash) decoded.
-pub fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
-            let text = std::str::from_utf8(digits).ok()?;
-            u8::from_str_radix(text, 8).ok()
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `statvfs` of `mount_point`, which must be one of `mounts`.
@@ -79,8 +54,6 @@ mod tests {
         let info = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
                     30 22 0:5 / /mnt/my\\040disk rw - tmpfs tmpfs rw\n";
         assert_eq!(mount_points(info), ["/", "/mnt/my disk"]);
-        assert_eq!(unescape("a\\134b\\011c"), "a\\b\tc");
-        assert_eq!(unescape("trailing\\04"), "trailing\\04");
     }
 
     #[test]
