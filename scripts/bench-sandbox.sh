@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sandbox benchmark (see tests/benches/sandbox.rs): sandbox entry, collectors
+# Sandbox benchmark (see tests/benches/sandbox.rs): sandbox entry (lean and
+# WASI builds of the same collector side by side), collectors
 # vs native parsers, cold vs warm start, RSS. Prints one table.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine: the wasm targets the Rust plugins build for, and
+# Prepare a fresh machine: the wasm targets the Rust plugins build for
+# (wasm32-unknown-unknown: lean collectors, no WASI), and
 # clang + wasi-libc (Debian) for the C example plugin.
 # Idempotent; run by scripts/test.sh and scripts/demo.sh.
 set -euo pipefail
 installed=$(rustup target list --installed)
-for target in wasm32-wasip2 wasm32-wasip1; do
+for target in wasm32-wasip2 wasm32-wasip1 wasm32-unknown-unknown; do
   grep -qx "$target" <<<"$installed" || rustup target add "$target"
 done
 

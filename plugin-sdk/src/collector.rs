@@ -300,6 +300,14 @@ impl SampleBuilder<'_> {
     }
 }
 
+/// A lean collector has no stderr: its panic message goes to the agent's log
+/// at error level, where the host also takes it for the run's UNKNOWN text.
+/// (Elsewhere the standard hook writes it to stderr, which the host reads.)
+fn log_panics() {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    std::panic::set_hook(Box::new(|info| crate::log::error(&info.to_string())));
+}
+
 /// Called by [`crate::export_collector!`]: `describe` through the ABI.
 pub fn describe<C: Collector>() -> abi::Description {
     C::describe().inner
@@ -310,6 +318,7 @@ pub fn collect<C: Collector>(
     params: Vec<(String, String)>,
     state: Option<Vec<u8>>,
 ) -> std::result::Result<abi::Collection, String> {
+    log_panics();
     let mut ctx = Context::new(params, state);
     C::collect(&mut ctx).map_err(|e| e.to_string())?;
     Ok(ctx.into_collection())

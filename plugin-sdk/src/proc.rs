@@ -6,19 +6,12 @@
 //! - single-line files (`/proc/loadavg`, `/proc/uptime`): [`field`].
 
 use crate::error::{Error, Result};
-use std::io::Read;
 
-/// Read a whole `/proc` (or other granted) file as text.
-///
-/// One `open` and as few `read`s as the file needs: `/proc` files report size
-/// 0, so asking the size first only costs a call through the sandbox (a
-/// `stat`, then a `statx` on the host). `File::read_to_string` asks it, so the
-/// file is read through `Read::take`, which does not.
+/// Read a whole `/proc` (or other granted) file as text: one host call in a
+/// lean collector, one `open` and as few `read`s as the file needs in a WASI
+/// one ([`crate::host::read`]).
 pub fn read(path: &str) -> Result<String> {
-    let mut buf = Vec::with_capacity(8192);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(u64::MAX).read_to_end(&mut buf))
-        .map_err(|e| Error::new(format!("{path}: {e}")))?;
+    let buf = crate::host::read(path)?;
     String::from_utf8(buf).map_err(|_| Error::new(format!("{path}: not UTF-8 text")))
 }
 
@@ -58,6 +51,11 @@ pub fn kv_u64(value: &str) -> Option<u64> {
         Some(_) => None,
     }
 }
+
+/// A field of `/proc/self/mounts` or `mountinfo` with the kernel's `\ooo`
+/// escapes decoded (a space in a mount point is `\040`): a mount point as
+/// [`crate::host::fs_usage`] takes it.
+pub use sandglass_abi::unescape_mount_field as unescape;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,9 @@
 //!
 //! `bash scripts/bench-sandbox.sh` (builds the plugins, then
 //! `cargo bench --profile release --workspace --bench sandbox`). Measures:
-//! - the fixed cost of entering the sandbox (a plugin that does nothing);
+//! - the fixed cost of entering the sandbox (a plugin that does nothing), in
+//!   the lean sandbox (ABI 1.1, no WASI) against the WASI one: the same
+//!   fixture source built both ways, and loadavg built both ways;
 //! - each core collector in the sandbox against its parser called natively
 //!   on the same /proc file;
 //! - cold (compile) against warm (cached artifact) start of the plugin set;
@@ -133,6 +135,11 @@ fn main() {
         us(entry),
         us(entry_thread)
     );
+    lean_against_wasi(
+        &runtime,
+        &noop,
+        &loaded[names.iter().position(|n| *n == "loadavg").unwrap()],
+    );
 
     // Each core collector vs its parser called natively on the same file.
     let natives = natives::natives();
@@ -182,6 +189,48 @@ fn main() {
         rss_1000 as i64 - rss_10 as i64,
         rss_1000 as f64 / rss_10 as f64,
         start.elapsed().as_secs_f64() * 1e3 / 990.0
+    );
+}
+
+/// The same collector source in the lean sandbox and in the WASI one, in
+/// this run: the noop fixture (sandbox entry) and loadavg; and the lean
+/// filesystem collector (WASI has no `statvfs`, so no WASI build of it).
+fn lean_against_wasi(runtime: &Runtime, noop_wasi: &Arc<Plugin>, loadavg_lean: &Arc<Plugin>) {
+    let fixtures = root().join("target/fixtures");
+    let noop_lean = runtime.load(&fixtures.join("misbehave-lean.wasm")).unwrap();
+    let loadavg_wasi = runtime.load(&fixtures.join("loadavg-wasi.wasm")).unwrap();
+    let filesystem = runtime
+        .load(&root().join("target/plugins/filesystem.wasm"))
+        .unwrap();
+    assert!(noop_lean.is_lean() && loadavg_lean.is_lean() && !loadavg_wasi.is_lean());
+    let req = request(&[], &Limits::default());
+    let time = |plugin: &Arc<Plugin>| {
+        mean(RUNS, || {
+            let outcome = runtime.run_here(plugin, &req);
+            assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+        })
+    };
+    let rows = [
+        ("sandbox entry (noop)", time(&noop_lean), time(noop_wasi)),
+        ("loadavg", time(loadavg_lean), time(&loadavg_wasi)),
+    ];
+    println!(
+        "{:<22} {:>10} {:>10} {:>11}",
+        "lean vs WASI", "lean us", "WASI us", "WASI/lean"
+    );
+    for (name, lean, wasi) in rows {
+        println!(
+            "{:<22} {:>10.1} {:>10.1} {:>10.1}x",
+            name,
+            us(lean),
+            us(wasi),
+            us(wasi) / us(lean)
+        );
+    }
+    println!(
+        "{:<22} {:>10.1}",
+        "filesystem (lean)",
+        us(time(&filesystem))
     );
 }
 

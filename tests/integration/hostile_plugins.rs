@@ -165,7 +165,20 @@ const LIFT_REFUSED: &str = "output limit: the plugin handed the host more than "
 
 #[test]
 fn output_that_would_cost_the_host_more_than_the_caps_is_refused_or_cut() {
-    let (reports, peak) = once_warm(OUTPUT_BOMBS);
+    assert_output_bombs_refused_or_cut(OUTPUT_BOMBS);
+}
+
+/// The same bombs from the lean build of the fixture (ABI 1.1, no WASI),
+/// through the agent: the lean sandbox keeps every output cap.
+#[test]
+fn output_bombs_from_a_lean_plugin_are_refused_or_cut_alike() {
+    assert_output_bombs_refused_or_cut(
+        &OUTPUT_BOMBS.replace("misbehave.wasm", "misbehave-lean.wasm"),
+    );
+}
+
+fn assert_output_bombs_refused_or_cut(services: &str) {
+    let (reports, peak) = once_warm(services);
     for service in ["huge_error", "aliased1", "aliased2", "aliased3", "aliased4"] {
         let (level, text) = report_of(&reports, service);
         assert_eq!(level, "UNKNOWN", "{service}: {text}");

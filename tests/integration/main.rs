@@ -8,6 +8,7 @@
 //! - [`remote_write`]: samples forwarded to a real VictoriaMetrics
 //!   ([`victoria`]) exactly once, across its outage and a receiver failover;
 //! - [`grafana`]: every query of the shipped Grafana dashboard answers;
+//! - [`lean`]: lean collectors (ABI 1.1, no WASI): imports, values, policy, limits;
 //! - [`once`]: `agent once` with core plugins and misbehaving ones side by side;
 //! - [`logwatch`]: the log-watch collector on real files;
 //! - [`fleet`]: a real receiver and real agents on 127.0.0.1 (`fleet_support`);
@@ -41,6 +42,7 @@ mod grafana;
 mod hostile;
 mod hostile_plugins;
 mod http_client;
+mod lean;
 mod logwatch;
 mod metrics;
 mod notify;

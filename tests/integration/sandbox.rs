@@ -128,7 +128,8 @@ fn plugin_for_another_abi_is_refused_naming_both_versions() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("ABI 0.9.0") && stderr.contains("ABI 1.0.0"),
+        stderr.contains("ABI 0.9.0")
+            && stderr.contains(&format!("ABI {}", sandglass_core::ABI_VERSION)),
         "{stderr}"
     );
     assert!(stderr.contains("abi-mismatch.wasm"), "{stderr}");
@@ -142,7 +143,7 @@ fn plugin_info_shows_name_abi_grants_and_interval() {
     let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let d = &info["description"];
     assert_eq!(d["name"], "cpu");
-    assert_eq!(d["abi_version"], "1.0.0");
+    assert_eq!(d["abi_version"], sandglass_core::ABI_VERSION);
     assert_eq!(d["interval_seconds"], 10);
     assert_eq!(d["grants"], serde_json::json!([]));
     assert_eq!(info["sha256"].as_str().unwrap().len(), 64);

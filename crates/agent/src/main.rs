@@ -298,49 +298,5 @@ fn print_reports(reports: &[Report], format: Format) -> anyhow::Result<()> {
 }
 
 fn info(file: &std::path::Path, format: Format) -> anyhow::Result<()> {
-    let runtime = Runtime::new(None)?;
-    let plugin = runtime.load(file)?;
-    let d = &plugin.description;
-    match format {
-        Format::Json => {
-            let value = serde_json::json!({ "sha256": plugin.sha256, "description": d });
-            println!("{}", serde_json::to_string_pretty(&value)?);
-        }
-        Format::Table => {
-            // Everything below but the hash is the plugin's own word: escaped.
-            println!("name:      {}", Escaped(&d.name));
-            println!("version:   {}", Escaped(&d.version));
-            println!("abi:       {}", d.abi_version);
-            let grants: Vec<String> = d
-                .grants
-                .iter()
-                .map(|g| format!("{g:?}").to_lowercase())
-                .collect();
-            println!(
-                "grants:    {}",
-                if grants.is_empty() {
-                    "none (read-only /proc only)".into()
-                } else {
-                    grants.join(", ")
-                }
-            );
-            println!("interval:  {}s", d.interval_seconds);
-            println!("sha256:    {}", plugin.sha256);
-            println!("metrics:");
-            for m in &d.metrics {
-                let unit = if m.unit.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", Escaped(&m.unit))
-                };
-                println!(
-                    "  {} ({:?}){unit} {}",
-                    Escaped(&m.name),
-                    m.kind,
-                    Escaped(&m.help)
-                );
-            }
-        }
-    }
-    Ok(())
+    sandglass_agent::tools::info::show(file, matches!(format, Format::Json))
 }

@@ -1,6 +1,7 @@
 //! Telling from a failed call which limit it hit, or what trapped.
 
 use super::failure::RunFailure;
+use super::lean::LeanState;
 use super::output;
 use super::sandbox::Sandbox;
 use sandglass_core::limits::Limits;
@@ -11,18 +12,54 @@ use wasmtime::Trap;
 /// Stderr kept in a trap message, in bytes.
 const STDERR_IN_MESSAGE: usize = 512;
 
-/// Name the limit behind a failed call, or the trap.
-pub(crate) fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFailure {
-    if output::is_lift_refusal(&err) {
-        return RunFailure::Lift(ByteSize(output::lift_budget(limits) as u64));
+/// The limit behind a failed call in either sandbox, if a limit was hit.
+fn limit_hit(err: &wasmtime::Error, memory_hit: bool, limits: &Limits) -> Option<RunFailure> {
+    if output::is_lift_refusal(err) {
+        return Some(RunFailure::Lift(ByteSize(
+            output::lift_budget(limits) as u64
+        )));
     }
     match err.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => return RunFailure::Fuel(limits.fuel),
-        Some(Trap::Interrupt) => return RunFailure::Deadline(limits.deadline),
-        _ => {}
+        Some(Trap::OutOfFuel) => Some(RunFailure::Fuel(limits.fuel)),
+        Some(Trap::Interrupt) => Some(RunFailure::Deadline(limits.deadline)),
+        _ => memory_hit.then_some(RunFailure::Memory(limits.memory)),
     }
-    if sandbox.store.data().limiter.hit {
-        return RunFailure::Memory(limits.memory);
+}
+
+/// What trapped, in one line.
+fn trap_text(err: &wasmtime::Error) -> String {
+    match err.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{err:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// Name the limit behind a failed call in the lean sandbox, or the trap
+/// with the last error the plugin logged (the SDK logs a panic's message
+/// there: a lean plugin has no stderr).
+pub(crate) fn classify_lean(
+    err: wasmtime::Error,
+    state: &LeanState,
+    limits: &Limits,
+) -> RunFailure {
+    if let Some(failure) = limit_hit(&err, state.account.limiter.hit, limits) {
+        return failure;
+    }
+    let mut message = trap_text(&err);
+    if let Some(last) = &state.account.last_error {
+        message.push_str(&format!("; plugin log: {last}"));
+    }
+    RunFailure::Trap(message)
+}
+
+/// Name the limit behind a failed call, or the trap.
+pub(crate) fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits) -> RunFailure {
+    if let Some(failure) = limit_hit(&err, sandbox.store.data().account.limiter.hit, limits) {
+        return failure;
     }
     if sandbox.stdout.contents().len() >= sandbox.stdout_cap {
         return RunFailure::Stdio(ByteSize(sandbox.stdout_cap as u64));
@@ -30,14 +67,7 @@ pub(crate) fn classify(err: wasmtime::Error, sandbox: &Sandbox, limits: &Limits)
     if sandbox.stderr.contents().len() >= limits.max_stdio_bytes.0 as usize {
         return RunFailure::Stdio(limits.max_stdio_bytes);
     }
-    let mut message = match err.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => format!("{err:#}")
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-    };
+    let mut message = trap_text(&err);
     if let Some(last) = last_stderr_line(sandbox) {
         message.push_str(&format!("; plugin stderr: {last}"));
     }

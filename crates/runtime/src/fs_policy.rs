@@ -15,6 +15,8 @@
 //! `readlink` is judged by where the link lives. The exact rules are in
 //! docs/security.md.
 
+use std::ffi::CString;
+use std::os::fd::RawFd;
 use std::path::{Component, Path, PathBuf};
 
 /// Entries directly under `/proc` that no plugin may open.
@@ -252,6 +254,49 @@ fn sys_denied(parts: &[&str]) -> bool {
 /// The path the kernel resolved for an open file descriptor of this process.
 pub fn resolved_path(fd: std::os::fd::RawFd) -> std::io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
+}
+
+/// The path of directory descriptor `dir_fd` (empty if it has none: then
+/// nothing is judged by it but its descriptor's own resolved path).
+pub(crate) fn directory(dir_fd: RawFd) -> PathBuf {
+    resolved_path(dir_fd).unwrap_or_default()
+}
+
+/// Refuse `path` under `dir_fd` if it is a FIFO, socket or device node,
+/// before anything opens it. `fstatat` never blocks on them. A path that
+/// does not stat (absent, or escaping the directory) is left to
+/// wasmtime-wasi, which refuses escapes itself; absolute paths too.
+pub(crate) fn not_special(dir_fd: RawFd, path: &str, follow: bool) -> Result<(), Denied> {
+    let Ok(c_path) = CString::new(path) else {
+        return Ok(());
+    };
+    if path.starts_with('/') {
+        return Ok(());
+    }
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and a
+    // buffer of the right type, read only when the call succeeded.
+    let stat = unsafe {
+        if libc::fstatat(dir_fd, c_path.as_ptr(), stat.as_mut_ptr(), flags) != 0 {
+            return Ok(());
+        }
+        stat.assume_init()
+    };
+    match stat.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK => Ok(()),
+        _ => Err(Denied::new(
+            directory(dir_fd).join(path),
+            "not a regular file or directory (a FIFO, socket or device node, whose open may block)",
+        )),
+    }
+}
+
+/// Check an open descriptor's resolved path; fail closed when it has none.
+pub(crate) fn check_fd(policy: &FsPolicy, raw: RawFd) -> Result<(), Denied> {
+    let real = resolved_path(raw)
+        .map_err(|_| Denied::new(format!("fd {raw}"), "cannot resolve the opened path"))?;
+    policy.check(&real)
 }
 
 #[cfg(test)]

@@ -4,8 +4,11 @@
 //! - [`cache`]: precompiled components on disk;
 //! - [`command`]: plugins that are plain WASI commands, and [`exposition`],
 //!   the text they print;
-//! - [`sandbox`]: the store a run gets, its imports, and the filesystem hooks;
-//! - [`fs_policy`]: which resolved paths a plugin may open;
+//! - [`sandbox`]: the store a WASI run gets, its imports, and the filesystem hooks;
+//! - [`lean`]: the store a lean run gets (ABI 1.1, no WASI): its host calls;
+//! - [`view`]: the directories a plugin sees; [`fs_policy`]: which resolved
+//!   paths a plugin may open; `limited`: fuel, deadline and memory cap on a
+//!   store; `account`: a run's log budget and refusals;
 //! - [`epoch`]: the ticker behind deadlines;
 //! - [`run`]: running a plugin once on the calling thread;
 //! - [`failure`]: why a run produced nothing usable, named exactly, and
@@ -16,6 +19,7 @@
 //! - `stuck`: runs abandoned in host calls, counted per plugin;
 
 pub mod abi;
+mod account;
 pub mod cache;
 pub mod command;
 mod diagnose;
@@ -24,10 +28,13 @@ pub mod epoch;
 pub mod exposition;
 pub mod failure;
 pub mod fs_policy;
+pub mod lean;
+mod limited;
 mod output;
 pub mod run;
 pub mod sandbox;
 mod stuck;
+pub mod view;
 
 use anyhow::Context;
 pub use cache::Compiler;
@@ -40,8 +47,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use failure::RunFailure;
 pub use output::Output;
 pub use run::{RunOutcome, RunRequest};
-pub use sandbox::View;
 pub use sandglass_core::limits::{LimitOverrides, Limits};
+pub use view::View;
 
 /// A loaded plugin: compiled, version-checked and described.
 pub struct Plugin {
@@ -54,8 +61,10 @@ pub struct Plugin {
 
 /// How a plugin is called.
 enum Entry {
-    /// A `plugin-sdk` component: `collect` returns samples.
+    /// A `plugin-sdk` component importing WASI: `collect` returns samples.
     Collector(abi::CollectorPre<sandbox::SandboxState>),
+    /// A collector importing no WASI (ABI 1.1), run in the lean sandbox.
+    Lean(abi::CollectorPre<lean::LeanState>),
     /// A WASI command printing exposition text.
     Command(wasmtime_wasi::p2::bindings::sync::CommandPre<sandbox::SandboxState>),
 }
@@ -66,11 +75,19 @@ enum Entry {
 /// memory behind it (wiped between runs). Without it each run mmaps a 4 GiB
 /// reservation, mprotects it, page-faults its first pages in and munmaps it
 /// all again: sandbox entry 55 µs against 34 µs pooled, the cpu collector
-/// 149 against 112 µs (`bash scripts/bench-hot-paths.sh`). Keeping pages
-/// resident between runs (`linear_memory_keep_resident`) was measured too and
-/// gains nothing: the wipe costs what the page faults did. Tables are small
+/// 149 against 112 µs (`bash scripts/bench-hot-paths.sh`). Tables are small
 /// and are wiped in place (`table_keep_resident`): one `madvise` per run
 /// instead of three, each of which interrupts the other core to flush its TLB.
+/// The first 256 KiB of linear memory are wiped in place too
+/// (`linear_memory_keep_resident`): a lean collector, linked with a 64 KiB
+/// stack (`scripts/build-plugins.sh`), keeps its stack, data and heap there,
+/// and a page fault per page it touched was most of its entry cost (26-31
+/// µs; 15-16 µs wiped in place, `bash scripts/bench-sandbox.sh`). The price:
+/// those pages stay resident per memory slot in use (the pool keeps a slot
+/// per plugin), 256 KiB each: `agent once` with 9 plugins peaks at 23.6
+/// against 19.1 MiB. A WASI plugin's 1 MiB stack lies above it, so for those
+/// it is a wipe of pages they do not use; keeping all of memory resident was
+/// measured before and gained them nothing.
 ///
 /// Sizes: runs at once are bounded by the workers (plus at most
 /// `stuck::TOTAL` = 16 stuck runs) and plugin loads; 64 instances leave room
@@ -87,7 +104,8 @@ fn instance_pool() -> PoolingAllocationConfig {
         .max_memories_per_module(2)
         .max_tables_per_module(4)
         .table_elements(100_000)
-        .table_keep_resident(64 << 10);
+        .table_keep_resident(64 << 10)
+        .linear_memory_keep_resident(256 << 10);
     pool
 }
 
@@ -116,6 +134,13 @@ pub fn compile_child(out: &Path) -> anyhow::Result<()> {
 /// Plugin files above this size are refused: compiling one would take the
 /// agent seconds and tens of MiB.
 pub const MAX_PLUGIN_BYTES: usize = 128 << 20;
+
+impl Plugin {
+    /// Whether it runs in the lean sandbox (a collector importing no WASI).
+    pub fn is_lean(&self) -> bool {
+        matches!(self.entry, Entry::Lean(_))
+    }
+}
 
 /// What a plugin says about itself (`describe`).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -155,6 +180,7 @@ pub struct Runtime {
 struct Inner {
     engine: Engine,
     linker: Linker<sandbox::SandboxState>,
+    lean_linker: Linker<lean::LeanState>,
     cache: ArtifactCache,
     ticker: Arc<epoch::EpochTicker>,
     /// Runs abandoned while blocked in a host call and not yet returned.
@@ -176,12 +202,14 @@ impl Runtime {
     ) -> anyhow::Result<Runtime> {
         let engine = new_engine()?;
         let linker = sandbox::linker(&engine)?;
+        let lean_linker = lean::linker(&engine)?;
         let cache = ArtifactCache::new(cache_dir, &engine, compiler);
         let ticker = epoch::EpochTicker::start(engine.clone());
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
                 linker,
+                lean_linker,
                 cache,
                 ticker,
                 stuck: stuck::StuckRuns::default(),
@@ -220,16 +248,36 @@ impl Runtime {
         let ty = component.component_type();
         let exported = abi::check_exports(ty.exports(&inner.engine).map(|(name, _)| name))
             .map_err(anyhow::Error::msg)?;
-        let pre = inner.linker.instantiate_pre(&component).map_err(|e| {
+        let imports: Vec<&str> = ty.imports(&inner.engine).map(|(name, _)| name).collect();
+        abi::check_imports(imports.iter().copied()).map_err(anyhow::Error::msg)?;
+        let lean = abi::is_lean(imports.iter().copied());
+        let unprovided = |e: wasmtime::Error| {
             anyhow::anyhow!("the plugin imports something the sandbox does not provide: {e:#}")
-        })?;
+        };
         let (entry, description) = match exported {
-            abi::Exported::Collector => {
+            abi::Exported::Collector(version) if lean => {
+                let pre = inner
+                    .lean_linker
+                    .instantiate_pre(&component)
+                    .map_err(unprovided)?;
                 let pre = abi::CollectorPre::new(pre)?;
-                let description = run::describe(self, &pre, path)?;
+                let description = run::describe(self, run::DescribeIn::Lean(&pre), path, version)?;
+                (Entry::Lean(pre), description)
+            }
+            abi::Exported::Collector(version) => {
+                let pre = inner
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(unprovided)?;
+                let pre = abi::CollectorPre::new(pre)?;
+                let description = run::describe(self, run::DescribeIn::Wasi(&pre), path, version)?;
                 (Entry::Collector(pre), description)
             }
             abi::Exported::Command => {
+                let pre = inner
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(unprovided)?;
                 let pre = wasmtime_wasi::p2::bindings::sync::CommandPre::new(pre)?;
                 (Entry::Command(pre), command::description(file_stem(path)))
             }
@@ -247,6 +295,7 @@ impl Runtime {
     pub fn imports(&self, plugin: &Plugin) -> Vec<String> {
         let ty = match &plugin.entry {
             Entry::Collector(pre) => pre.instance_pre().component(),
+            Entry::Lean(pre) => pre.instance_pre().component(),
             Entry::Command(pre) => pre.instance_pre().component(),
         }
         .component_type();

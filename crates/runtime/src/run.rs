@@ -3,16 +3,19 @@
 //! threads; [`crate::failure`] names what went wrong.
 
 use super::abi::{self, wit};
-use super::diagnose::classify;
+use super::account::Account;
+use super::diagnose::{classify, classify_lean};
 use super::failure::RunFailure;
+use super::lean::{self, LeanState};
 use super::output::Output;
-use super::sandbox::{CommandIo, Sandbox, View, new_sandbox};
+use super::sandbox::{CommandIo, Sandbox, SandboxState, View, new_sandbox};
 use super::{Description, Entry, Grant, Limits, MetricInfo, Plugin, Runtime, command, output};
 use sandglass_core::report::{Cost, Status};
 use sandglass_core::text::Escaped;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use wasmtime::Store;
 
 /// Everything one run needs besides the plugin.
 #[derive(Clone)]
@@ -62,28 +65,40 @@ impl RunOutcome {
     }
 }
 
-/// Ask a freshly compiled plugin to describe itself, under default limits.
+/// How a freshly compiled plugin's `describe` is called: in which sandbox.
+pub(super) enum DescribeIn<'a> {
+    Wasi(&'a abi::CollectorPre<SandboxState>),
+    Lean(&'a abi::CollectorPre<LeanState>),
+}
+
+/// Ask a freshly compiled plugin to describe itself, under default limits;
+/// `abi_version` is the one it was built for.
 pub(super) fn describe(
     runtime: &Runtime,
-    pre: &abi::CollectorPre<super::sandbox::SandboxState>,
+    pre: DescribeIn<'_>,
     path: &Path,
+    abi_version: &'static str,
 ) -> anyhow::Result<Description> {
     let limits = Limits::default();
     let view = Arc::new(View::new(false, &[])?);
     let name = super::file_stem(path);
     let _active = runtime.inner.ticker.activate();
-    let mut sandbox = new_sandbox(runtime.engine(), &view, &limits, &name, "describe", None)?;
-    let result = pre.instantiate(&mut sandbox.store).and_then(|instance| {
-        instance
-            .sandglass_collector_plugin()
-            .call_describe(&mut sandbox.store)
-    });
-    let d = result
-        .map_err(|e| anyhow::anyhow!("describe failed: {}", classify(e, &sandbox, &limits)))?;
+    let engine = runtime.engine();
+    let described = match pre {
+        DescribeIn::Wasi(pre) => {
+            let mut sandbox = new_sandbox(engine, &view, &limits, &name, "describe", None)?;
+            call_describe(pre, &mut sandbox.store).map_err(|e| classify(e, &sandbox, &limits))
+        }
+        DescribeIn::Lean(pre) => {
+            let mut store = lean::new_store(engine, &view, &limits, &name, "describe")?;
+            call_describe(pre, &mut store).map_err(|e| classify_lean(e, store.data(), &limits))
+        }
+    };
+    let d = described.map_err(|failure| anyhow::anyhow!("describe failed: {failure}"))?;
     Ok(Description {
         name: d.name,
         version: d.version,
-        abi_version: abi::ABI_VERSION,
+        abi_version,
         grants: d
             .grants
             .into_iter()
@@ -106,6 +121,28 @@ pub(super) fn describe(
     })
 }
 
+fn call_describe<T: 'static>(
+    pre: &abi::CollectorPre<T>,
+    store: &mut Store<T>,
+) -> wasmtime::Result<wit::Description> {
+    let instance = pre.instantiate(&mut *store)?;
+    instance.sandglass_collector_plugin().call_describe(store)
+}
+
+/// A fresh instance of a collector, and its `collect` called once.
+fn call_collect<T: 'static>(
+    pre: &abi::CollectorPre<T>,
+    store: &mut Store<T>,
+    request: &RunRequest,
+) -> wasmtime::Result<Result<wit::Collection, String>> {
+    let instance = pre.instantiate(&mut *store)?;
+    instance.sandglass_collector_plugin().call_collect(
+        store,
+        &request.params,
+        request.state.as_deref(),
+    )
+}
+
 impl Runtime {
     /// Run `plugin` once on this thread. Fuel and the epoch deadline bound the
     /// guest, but a guest blocked inside a host call is not interrupted: use
@@ -114,14 +151,62 @@ impl Runtime {
         let _active = self.inner.ticker.activate();
         let start = Instant::now();
         let limits = &request.limits;
-        let name = &plugin.description.name;
-        let command_io = match &plugin.entry {
-            Entry::Collector(_) => None,
-            Entry::Command(_) => Some(CommandIo {
-                args: command::args(name, &request.params),
-                stdin: request.state.clone().unwrap_or_default(),
+        match &plugin.entry {
+            Entry::Lean(pre) => self.run_lean(pre, plugin, request, start),
+            Entry::Collector(pre) => self.run_wasi(plugin, request, start, None, |sandbox| {
+                match call_collect(pre, &mut sandbox.store, request) {
+                    Err(e) => Err(classify(e, sandbox, limits)),
+                    Ok(Err(message)) => Err(output::plugin_error(message, limits)),
+                    Ok(Ok(collection)) => Ok(collection),
+                }
             }),
+            Entry::Command(pre) => {
+                let io = CommandIo {
+                    args: command::args(&plugin.description.name, &request.params),
+                    stdin: request.state.clone().unwrap_or_default(),
+                };
+                self.run_wasi(plugin, request, start, Some(io), |sandbox| {
+                    command::call(pre, sandbox, limits)
+                })
+            }
+        }
+    }
+
+    /// A run in the lean sandbox: no WASI, no stdout or stderr.
+    fn run_lean(
+        &self,
+        pre: &abi::CollectorPre<LeanState>,
+        plugin: &Plugin,
+        request: &RunRequest,
+        start: Instant,
+    ) -> RunOutcome {
+        let limits = &request.limits;
+        let name = &plugin.description.name;
+        let mut store =
+            match lean::new_store(self.engine(), &request.view, limits, name, &request.service) {
+                Ok(store) => store,
+                Err(e) => return cannot_build(e),
+            };
+        let result = match call_collect(pre, &mut store, request) {
+            Err(e) => Err(classify_lean(e, store.data(), limits)),
+            Ok(Err(message)) => Err(output::plugin_error(message, limits)),
+            Ok(Ok(collection)) => output::check(collection, limits),
         };
+        finish(result, start, limits, &store, &store.data().account)
+    }
+
+    /// A run in the WASI sandbox: a component of the `collector` world
+    /// (`call` calls `collect`) or a command (`call` runs it with `command_io`).
+    fn run_wasi(
+        &self,
+        plugin: &Plugin,
+        request: &RunRequest,
+        start: Instant,
+        command_io: Option<CommandIo>,
+        call: impl FnOnce(&mut Sandbox) -> Result<wit::Collection, RunFailure>,
+    ) -> RunOutcome {
+        let limits = &request.limits;
+        let name = &plugin.description.name;
         let mut sandbox = match new_sandbox(
             self.engine(),
             &request.view,
@@ -131,29 +216,9 @@ impl Runtime {
             command_io,
         ) {
             Ok(sandbox) => sandbox,
-            Err(e) => {
-                return RunOutcome::refused(RunFailure::Refused(format!(
-                    "cannot build the sandbox: {e:#}"
-                )));
-            }
+            Err(e) => return cannot_build(e),
         };
-        let collection = match &plugin.entry {
-            Entry::Collector(pre) => {
-                let called = pre.instantiate(&mut sandbox.store).and_then(|instance| {
-                    instance.sandglass_collector_plugin().call_collect(
-                        &mut sandbox.store,
-                        &request.params,
-                        request.state.as_deref(),
-                    )
-                });
-                match called {
-                    Err(e) => Err(classify(e, &sandbox, limits)),
-                    Ok(Err(message)) => Err(output::plugin_error(message, limits)),
-                    Ok(Ok(collection)) => Ok(collection),
-                }
-            }
-            Entry::Command(pre) => command::call(pre, &mut sandbox, limits),
-        };
+        let collection = call(&mut sandbox);
         let result = if sandbox.store.data().open_files_hit {
             // The plugin saw opens fail and may have carried on: its output
             // would be incomplete without saying so.
@@ -161,23 +226,40 @@ impl Runtime {
         } else {
             collection.and_then(|c| output::check(c, limits))
         };
-        log_stderr(&sandbox, &plugin.description.name, &request.service);
-        let state = sandbox.store.data();
-        let cost = Cost {
-            wall_micros: start.elapsed().as_micros() as u64,
-            fuel: limits.fuel - sandbox.store.get_fuel().unwrap_or(0),
-            peak_memory: state.limiter.peak as u64,
-        };
-        RunOutcome {
+        log_stderr(&sandbox, name, &request.service);
+        finish(
             result,
-            cost,
-            denied: state
-                .denied
-                .iter()
-                .map(|d| format!("{} ({})", d.path.display(), d.rule))
-                .collect(),
-            denied_count: state.denied_count,
-        }
+            start,
+            limits,
+            &sandbox.store,
+            &sandbox.store.data().account,
+        )
+    }
+}
+
+fn cannot_build(e: anyhow::Error) -> RunOutcome {
+    RunOutcome::refused(RunFailure::Refused(format!(
+        "cannot build the sandbox: {e:#}"
+    )))
+}
+
+/// The outcome of a run that got as far as its sandbox, `store`.
+fn finish<T>(
+    result: Result<Output, RunFailure>,
+    start: Instant,
+    limits: &Limits,
+    store: &Store<T>,
+    account: &Account,
+) -> RunOutcome {
+    RunOutcome {
+        result,
+        cost: Cost {
+            wall_micros: start.elapsed().as_micros() as u64,
+            fuel: limits.fuel - store.get_fuel().unwrap_or(0),
+            peak_memory: account.limiter.peak as u64,
+        },
+        denied: account.denied_paths(),
+        denied_count: account.denied_count,
     }
 }
 

@@ -2,17 +2,17 @@
 //! its imports, and the policy hooks in front of `wasi:filesystem`.
 
 use super::abi;
-use super::fs_policy::{Denied, FsPolicy, resolved_path};
+use super::account::Account;
+use super::fs_policy::{Denied, check_fd, directory, not_special};
+use super::limited::limited_store;
+pub use super::view::View;
 use sandglass_core::limits::Limits;
-use sandglass_core::text::{Escaped, truncate};
 use sandglass_core::units::ByteSize;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut};
+use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi::clocks::WasiClocksView;
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::DynPollable;
@@ -26,95 +26,22 @@ const WASI_FS_TYPES: &str = "wasi:filesystem/types@0.2.12";
 /// And `wasi:clocks/monotonic-clock`.
 const WASI_MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
-/// Log lines a plugin may send through the `log` import per run, in bytes.
-const LOG_BYTES_PER_RUN: usize = 16 << 10;
-
-/// Denied opens remembered per run (the count is kept in full).
-const DENIALS_KEPT: usize = 4;
-
 /// Handles of any kind (streams, timers, directory listings) a run may hold
 /// per file it may hold open: the backstop on the host's resource table,
 /// which otherwise grows to a million entries.
 const HANDLES_PER_FILE: usize = 16;
 
-/// The directories a plugin sees, each read-only, and the policy that judges
-/// every open under them. Built once per service, shared by its runs.
-#[derive(Debug)]
-pub struct View {
-    /// (host directory, path the guest sees it at)
-    dirs: Vec<(PathBuf, String)>,
-    policy: FsPolicy,
-}
-
-impl View {
-    /// `/proc` always; `/sys` when `sys` is granted; each of `files` (granted
-    /// directories) at its own absolute path.
-    pub fn new(sys: bool, files: &[PathBuf]) -> std::io::Result<View> {
-        let mut dirs = vec![(PathBuf::from("/proc"), "/proc".to_owned())];
-        if sys {
-            dirs.push((PathBuf::from("/sys"), "/sys".to_owned()));
-        }
-        for dir in files {
-            let real = std::fs::canonicalize(dir)?;
-            dirs.push((real.clone(), real.to_string_lossy().into_owned()));
-        }
-        let roots = dirs.iter().map(|(host, _)| host.clone()).collect();
-        let policy = FsPolicy::new(roots, "/proc".into(), "/sys".into(), std::process::id());
-        Ok(View { dirs, policy })
-    }
-}
-
-/// Tracks memory growth against the cap, remembering the peak and whether the
-/// cap was hit (an infallible allocation then traps, and the trap alone would
-/// not say why).
-pub struct MemoryLimiter {
-    cap: usize,
-    pub peak: usize,
-    pub hit: bool,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            self.hit = true;
-            return Ok(false);
-        }
-        self.peak = self.peak.max(desired);
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        // Table slots are pointer-sized host memory: cap them by the same budget.
-        Ok(desired.saturating_mul(8) <= self.cap)
-    }
-}
-
 /// What a plugin run's store holds.
 pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limiter: MemoryLimiter,
     view: Arc<View>,
-    /// Opens refused by the policy: the first few, and how many in all.
-    pub denied: Vec<Denied>,
-    pub denied_count: usize,
+    /// Log budget and refused opens.
+    pub account: Account,
     /// Files and directories the run may hold open at once.
     max_open_files: usize,
     /// Whether an open was refused because that many were open.
     pub open_files_hit: bool,
-    plugin: String,
-    service: String,
-    log_budget: usize,
     /// When the run's deadline passes: no sleep lasts beyond it.
     deadline_at: Instant,
 }
@@ -145,29 +72,7 @@ impl abi::sandglass::collector::types::Host for SandboxState {}
 
 impl abi::sandglass::collector::log::Host for SandboxState {
     fn log(&mut self, level: abi::LogLevel, message: String) {
-        if self.log_budget == 0 {
-            return;
-        }
-        let message = truncate(&message, self.log_budget);
-        self.log_budget = self.log_budget.saturating_sub(message.len().max(1));
-        let (plugin, service) = (&self.plugin, &self.service);
-        // Escaped: a newline or an escape sequence in a plugin's message must
-        // not forge a log line of its own or repaint the operator's terminal.
-        let message = Escaped(message);
-        match level {
-            abi::LogLevel::Trace => tracing::trace!(plugin, service, "{message}"),
-            abi::LogLevel::Debug => tracing::debug!(plugin, service, "{message}"),
-            abi::LogLevel::Info => tracing::info!(plugin, service, "{message}"),
-            abi::LogLevel::Warn => tracing::warn!(plugin, service, "{message}"),
-            abi::LogLevel::Error => tracing::error!(plugin, service, "{message}"),
-        }
-        if self.log_budget == 0 {
-            tracing::warn!(
-                plugin,
-                service,
-                "log limit of {LOG_BYTES_PER_RUN} bytes per run reached; dropping the rest"
-            );
-        }
+        self.account.log(level, message);
     }
 }
 
@@ -276,63 +181,15 @@ impl SandboxState {
 
     /// Count and log a denial; the error the plugin gets for it.
     fn deny(&mut self, denied: Denied) -> wasi_fs::ErrorCode {
-        let path = denied.path.to_string_lossy();
-        tracing::debug!(plugin = self.plugin, service = self.service, path = %Escaped(&path), rule = denied.rule, "open denied by the sandbox policy");
         // Inside the agent's own process, hidden and absent look the same.
         let code = if denied.absent {
             wasi_fs::ErrorCode::NoEntry
         } else {
             wasi_fs::ErrorCode::Access
         };
-        self.denied_count += 1;
-        if self.denied.len() < DENIALS_KEPT {
-            self.denied.push(denied);
-        }
+        self.account.deny(denied);
         code
     }
-}
-
-/// The path of directory descriptor `dir_fd` (empty if it has none: then
-/// nothing is judged by it but its descriptor's own resolved path).
-fn directory(dir_fd: RawFd) -> PathBuf {
-    resolved_path(dir_fd).unwrap_or_default()
-}
-
-/// Refuse `path` under `dir_fd` if it is a FIFO, socket or device node,
-/// before anything opens it. `fstatat` never blocks on them. A path that
-/// does not stat (absent, or escaping the directory) is left to
-/// wasmtime-wasi, which refuses escapes itself; absolute paths too.
-fn not_special(dir_fd: RawFd, path: &str, follow: bool) -> Result<(), Denied> {
-    let Ok(c_path) = CString::new(path) else {
-        return Ok(());
-    };
-    if path.starts_with('/') {
-        return Ok(());
-    }
-    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
-    // SAFETY: a valid directory descriptor, a NUL-terminated path and a
-    // buffer of the right type, read only when the call succeeded.
-    let stat = unsafe {
-        if libc::fstatat(dir_fd, c_path.as_ptr(), stat.as_mut_ptr(), flags) != 0 {
-            return Ok(());
-        }
-        stat.assume_init()
-    };
-    match stat.st_mode & libc::S_IFMT {
-        libc::S_IFREG | libc::S_IFDIR | libc::S_IFLNK => Ok(()),
-        _ => Err(Denied::new(
-            directory(dir_fd).join(path),
-            "not a regular file or directory (a FIFO, socket or device node, whose open may block)",
-        )),
-    }
-}
-
-/// Check an open descriptor's resolved path; fail closed when it has none.
-fn check_fd(policy: &FsPolicy, raw: RawFd) -> Result<(), Denied> {
-    let real = resolved_path(raw)
-        .map_err(|_| Denied::new(format!("fd {raw}"), "cannot resolve the opened path"))?;
-    policy.check(&real)
 }
 
 /// The linker every plugin is instantiated with: WASI p2 (sync, no network),
@@ -442,27 +299,13 @@ pub fn new_sandbox(
     let state = SandboxState {
         wasi: wasi.build(),
         table,
-        limiter: MemoryLimiter {
-            cap: usize::try_from(limits.memory.0).unwrap_or(usize::MAX),
-            peak: 0,
-            hit: false,
-        },
         view: view.clone(),
-        denied: Vec::new(),
-        denied_count: 0,
+        account: Account::new(plugin, service, limits),
         max_open_files: limits.max_open_files,
         open_files_hit: false,
-        plugin: plugin.to_owned(),
-        service: service.to_owned(),
-        log_budget: LOG_BYTES_PER_RUN,
         deadline_at: Instant::now() + limits.deadline(),
     };
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limiter);
-    store.set_hostcall_fuel(super::output::lift_budget(limits));
-    store.set_fuel(limits.fuel)?;
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(super::epoch::ticks_for(limits.deadline()));
+    let store = limited_store(engine, state, limits, |s| &mut s.account)?;
     Ok(Sandbox {
         store,
         stdout,

@@ -158,7 +158,7 @@ pub fn check(runtime: &Runtime, file: &std::path::Path, trial: &Trial) -> Checke
             imports.join(", ")
         ),
     );
-    if d.abi_version == sandglass_core::ABI_VERSION {
+    if sandglass_core::plugin_abi::COMPATIBLE.contains(&d.abi_version) {
         let described = format!(
             "{name}, every {}s, {} metrics documented",
             d.interval_seconds,

@@ -1,0 +1,116 @@
+//! The lean sandbox (ABI 1.1, world `lean-collector`): a plugin that imports
+//! only Sandglass interfaces, linked with nothing but them. No WASI context
+//! is built and no directory is opened per run: a file is one host call,
+//! opened beneath the view's directory handles. Fuel, the epoch deadline,
+//! the memory cap and the output caps are the WASI sandbox's
+//! ([`crate::limited`], [`crate::output`]).
+//!
+//! - [`files`]: `read-file`, `list-dir`;
+//! - [`mounts`]: `fs-usage`, for mount points only.
+
+pub mod files;
+pub mod mounts;
+
+use crate::abi::{self, lean_host};
+use crate::account::Account;
+use crate::limited::limited_store;
+use crate::view::View;
+use files::Refused;
+use sandglass_core::limits::Limits;
+use std::sync::Arc;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, Store};
+
+/// What a lean run's store holds.
+pub struct LeanState {
+    view: Arc<View>,
+    /// Memory, log budget and refused opens.
+    pub account: Account,
+    /// The most one call hands back: the memory cap, at most
+    /// [`files::READ_MAX`].
+    read_max: u64,
+    /// The agent's mount points, read at the first `fs-usage` of the run.
+    mounts: Option<Vec<String>>,
+}
+
+impl LeanState {
+    /// Account for a refusal; what the plugin is told.
+    fn refused(&mut self, refused: Refused) -> lean_host::FsError {
+        match refused {
+            Refused::Error(error) => error,
+            Refused::Policy(denied) => {
+                // Inside the agent's own process, hidden and absent look the same.
+                let error = if denied.absent {
+                    lean_host::FsError::NotFound
+                } else {
+                    lean_host::FsError::Denied(denied.rule.to_owned())
+                };
+                self.account.deny(denied);
+                error
+            }
+        }
+    }
+}
+
+impl abi::sandglass::collector::types::Host for LeanState {}
+
+impl abi::sandglass::collector::log::Host for LeanState {
+    fn log(&mut self, level: abi::LogLevel, message: String) {
+        self.account.log(level, message);
+    }
+}
+
+impl lean_host::Host for LeanState {
+    fn read_file(&mut self, path: String) -> Result<Vec<u8>, lean_host::FsError> {
+        files::read_file(&self.view, &path, self.read_max).map_err(|r| self.refused(r))
+    }
+
+    fn list_dir(&mut self, path: String) -> Result<Vec<String>, lean_host::FsError> {
+        files::list_dir(&self.view, &path, self.read_max).map_err(|r| self.refused(r))
+    }
+
+    fn fs_usage(&mut self, mount_point: String) -> Result<lean_host::Usage, lean_host::FsError> {
+        if self.mounts.is_none() {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(files::io_error)?;
+            self.mounts = Some(mounts::mount_points(&info));
+        }
+        mounts::usage(self.mounts.as_deref().unwrap_or_default(), &mount_point)
+    }
+
+    fn now(&mut self) -> lean_host::Datetime {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        lean_host::Datetime {
+            seconds: since.as_secs(),
+            nanoseconds: since.subsec_nanos(),
+        }
+    }
+}
+
+/// The linker lean plugins are instantiated with: the Sandglass interfaces,
+/// nothing else.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<LeanState>> {
+    let mut linker = Linker::new(engine);
+    abi::sandglass::collector::types::add_to_linker::<_, HasSelf<LeanState>>(&mut linker, |s| s)?;
+    abi::sandglass::collector::log::add_to_linker::<_, HasSelf<LeanState>>(&mut linker, |s| s)?;
+    lean_host::add_to_linker::<_, HasSelf<LeanState>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+/// A fresh store for one lean run of `plugin` as `service` under `limits`.
+pub fn new_store(
+    engine: &Engine,
+    view: &Arc<View>,
+    limits: &Limits,
+    plugin: &str,
+    service: &str,
+) -> anyhow::Result<Store<LeanState>> {
+    let state = LeanState {
+        view: view.clone(),
+        account: Account::new(plugin, service, limits),
+        read_max: limits.memory.0.min(files::READ_MAX),
+        mounts: None,
+    };
+    limited_store(engine, state, limits, |s| &mut s.account)
+}
