@@ -144,8 +144,9 @@ struct Recovery {
     welcomed: Instant,
     attempts: u32,
     failures: Vec<Failure>,
-    /// The welcomed attempt's connect and preamble exchange (a second or
-    /// more: SYNs were dropped and sent again, the listen backlog was full).
+    /// The welcomed attempt's connect and preamble exchange: a second or
+    /// more is a SYN dropped and sent again (the accept queue was full), or
+    /// a wait in the queue for the receiver to accept.
     connect: Duration,
 }
 
@@ -561,7 +562,7 @@ fn print_herd(herd: &Herd, recoveries: &[&Recovery]) {
         failures.join(", ")
     );
     println!(
-        "  connects of 1 s or more {slow_connects} (slowest {:.2} s), listen queue overflows {}",
+        "  connect and preambles of 1 s or more {slow_connects} (slowest {:.2} s), listen queue overflows {}",
         slowest.as_secs_f64(),
         herd.listen_overflows
     );
