@@ -377,7 +377,8 @@ fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&address)
+        let listener = server
+            .listen_for_agents(&address)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
         let http = match server.http_listen() {

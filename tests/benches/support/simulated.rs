@@ -88,15 +88,24 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Start `receiver run` with this config; returns once it listens.
+    /// Start `receiver run` with this config on a free port; returns once
+    /// it listens.
     pub fn start(config: &Path) -> anyhow::Result<Receiver> {
+        Receiver::start_at(config, "127.0.0.1:0")
+    }
+
+    /// Start `receiver run` with this config, listening on `listen`;
+    /// returns once it listens. Its log level is SANDGLASS_LOG's, or
+    /// "error" by default.
+    pub fn start_at(config: &Path, listen: &str) -> anyhow::Result<Receiver> {
+        // The simulated report times are old, so hosts turn UNREACHABLE:
+        // expected here, and not worth a log line each unless asked for.
+        let log = std::env::var("SANDGLASS_LOG").unwrap_or_else(|_| "error".into());
         let mut child = Command::new(sandglass_tests::binary("receiver"))
             .args(["run", "--config"])
             .arg(config)
-            .args(["--listen", "127.0.0.1:0"])
-            // The simulated report times are old, so hosts turn
-            // UNREACHABLE: expected here, and not worth a log line each.
-            .env("SANDGLASS_LOG", "error")
+            .args(["--listen", listen])
+            .env("SANDGLASS_LOG", log)
             .stdout(Stdio::piped())
             .spawn()
             .context("cannot start the receiver")?;
@@ -115,9 +124,15 @@ impl Receiver {
     }
 
     /// SIGTERM, and wait until it has shut down (its store flushed).
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.signal("TERM");
+    }
+
+    /// Send `signal` (a name `kill` knows: TERM, KILL) and wait until the
+    /// process has exited.
+    pub fn signal(mut self, signal: &str) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+            .args([&format!("-{signal}"), &self.pid.to_string()])
             .status();
         let _ = self.child.wait();
     }
