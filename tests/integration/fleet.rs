@@ -372,11 +372,12 @@ liveness_service = "uptime-1"
     ));
     let receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model);
     let _agent = Agent::start_with(dir.path(), "a", TOKEN_A, &[&receiver.address], &plugins, "");
+    // Every good service (each plugin compiled in its own time) with
+    // enough reports to judge its cadence.
     assert!(
-        wait_until(Duration::from_secs(30), || receiver
-            .report_times("a", "uptime-1")
-            .len()
-            >= 8),
+        wait_until(Duration::from_secs(60), || good
+            .iter()
+            .all(|name| receiver.report_times("a", name).len() >= 8)),
         "uptime reports: {:?}; receiver log: {}",
         receiver.report_times("a", "uptime-1"),
         receiver.log_text()
