@@ -3,7 +3,7 @@
 //! by bytes), a hung receiver left for the next one, a full agent disk.
 //! Every report is stored, or counted in a gap the receiver shows.
 
-use crate::common::{build_plugins, fixture, root};
+use crate::common::{build_plugins, fixture, reserved_address, root};
 use crate::fleet_support::{Agent, Receiver, wait_until};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -81,8 +81,9 @@ fn a_plugin_at_its_largest_output_through_a_receiver_outage_is_delivered_or_coun
     // ~1 MB per report and second: 30 s of outage pile up ~30 MB, more
     // than three frames of the receiver's 8 MiB.
     let model = model(r#"["counter", "uptime", "loadavg"]"#, 1_000_000);
-    let mut receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model);
-    let address = receiver.address.clone();
+    // Started again on this address after the outage.
+    let address = reserved_address();
+    let mut receiver = Receiver::start(dir.path(), &address, &model);
     let mut agent = start_agent(dir.path(), &[&address], &plugins, "");
     assert!(
         wait_until(Duration::from_secs(60), || tally(&agent, &receiver).1 >= 2),

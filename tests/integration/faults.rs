@@ -7,7 +7,7 @@
 //! (default 2). `scripts/faults.sh` is the full fault matrix, with more
 //! faults and longer runs than a test should take.
 
-use crate::common::{build_plugins, fixture};
+use crate::common::{build_plugins, fixture, reserved_address};
 use crate::fleet_support::{Agent, Receiver, wait_until};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -100,8 +100,9 @@ fn kill_9_of_receiver_and_agent_during_traffic_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = plugin_dir(dir.path());
     let model = model("", 0);
-    let mut receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model);
-    let address = receiver.address.clone();
+    // Killed and started again on this address.
+    let address = reserved_address();
+    let mut receiver = Receiver::start(dir.path(), &address, &model);
     let start = |dir: &Path| Agent::start_with(dir, "f", TOKEN, &[&address], &plugins, "");
     let mut agent = start(dir.path());
     assert!(wait_for_runs(&receiver, 5), "{}", agent.log_text());
@@ -255,8 +256,9 @@ fn a_full_spool_drops_the_oldest_and_the_receiver_shows_exactly_the_gap() {
     let plugins = plugin_dir(dir.path());
     // ~1 KiB per report: a 64 KiB spool holds about 60 of them, 6 s of runs.
     let model = model("", 1000);
-    let mut receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model);
-    let address = receiver.address.clone();
+    // Stopped and started again on this address.
+    let address = reserved_address();
+    let mut receiver = Receiver::start(dir.path(), &address, &model);
     let mut agent = Agent::start_with(
         dir.path(),
         "f",
@@ -315,10 +317,7 @@ fn the_agent_fails_over_to_the_second_receiver_and_back() {
     let model = model("", 0);
     let second = Receiver::start(&second_dir, "127.0.0.1:0", &model);
     // The first receiver's address, not yet served.
-    let first_address = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let first_address = reserved_address();
     let mut agent = Agent::start_with(
         dir.path(),
         "f",

@@ -1,6 +1,7 @@
 //! One receiver and several agents, all real processes on 127.0.0.1, with
 //! the real core plugins: schedules, cadence, liveness, reload, refusals.
 
+use crate::common::reserved_address;
 use crate::fleet_support::{Agent, Receiver, sorted_gaps, wait_until};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -272,8 +273,9 @@ services = ["uptime", "cpu", "ghost", "pinned"]
 "#,
         zeros = "0".repeat(64)
     );
-    let mut receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model);
-    let address = receiver.address.clone();
+    // Started again on this address.
+    let address = reserved_address();
+    let mut receiver = Receiver::start(dir.path(), &address, &model);
     let mut agent = Agent::start(dir.path(), "a", TOKEN_A, &address);
     let service = |name: &str| {
         let status = receiver.status();

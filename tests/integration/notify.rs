@@ -5,6 +5,7 @@
 //! maintenance window, and a webhook that was down gets what is pending once
 //! it is up, across a receiver restart too.
 
+use crate::common::reserved_port;
 use crate::fleet_support::{Agent, Receiver, wait_until};
 use crate::triggers::{sequence_model, sequence_plugins};
 use serde_json::Value;
@@ -96,15 +97,6 @@ fn answer(mut stream: std::net::TcpStream, bodies: &Bodies) {
     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
 }
 
-/// A port nothing listens on (yet).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Host `a` reports `values` (one a second) to a trigger that fires above 90
 /// and recovers below 50; `notify` is the `[notify]` part.
 fn model(values: &[&str], notify: &str) -> String {
@@ -145,7 +137,7 @@ fn notifications(receiver: &Receiver) -> Vec<Value> {
 fn with_webhook(dir: &Path, values: &[&str]) -> (PathBuf, Bodies, Hook, Receiver) {
     let plugins = sequence_plugins(dir);
     let bodies = Bodies::default();
-    let port = free_port();
+    let port = reserved_port();
     let hook = Hook::start(port, bodies.clone());
     let receiver = Receiver::start(dir, "127.0.0.1:0", &model(values, &webhook(port)));
     (plugins, bodies, hook, receiver)
@@ -275,7 +267,7 @@ fn a_webhook_that_was_down_gets_what_is_pending_across_a_receiver_restart() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = sequence_plugins(dir.path());
     let bodies = Bodies::default();
-    let port = free_port();
+    let port = reserved_port();
     // High from the second value for 14 s, then low.
     let mut values = vec!["10"];
     values.extend(std::iter::repeat_n("95", 14));

@@ -3,7 +3,7 @@
 //! across a 60 s outage of VictoriaMetrics, and with two receivers when one
 //! of them stops and its agents fail over to the other.
 
-use crate::common::plugin_dir;
+use crate::common::{plugin_dir, reserved_port};
 use crate::fleet_support::{Agent, Receiver, wait_until};
 use crate::http_client::get;
 use crate::metrics::promtool_accepts;
@@ -56,7 +56,7 @@ params = {{ mode = "state-counter" }}
         vm.write_url(),
         vm.write_url()
             .replace("/api/v1/write", "/api/v1/no-such-path"),
-        closed_port(),
+        reserved_port(),
     );
     for host in hosts {
         model += &format!(
@@ -65,12 +65,6 @@ params = {{ mode = "state-counter" }}
         );
     }
     model
-}
-
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// Every sample a receiver stored for `host`, as the series remote write

@@ -22,7 +22,8 @@ impl Browser {
     /// Start chromedriver and a headless Chromium whose profile lives in
     /// `profile` (a new temporary directory).
     pub fn start(profile: &Path, log: &Path) -> Browser {
-        let port = free_port();
+        // chromedriver takes a port number, not a listening socket.
+        let port = crate::common::reserved_port();
         let driver = Command::new("chromedriver")
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
             .stdout(std::fs::File::create(log).unwrap())
@@ -156,16 +157,6 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-/// A port nobody listens on now (chromedriver takes a port number, not a
-/// listening socket).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Standard base64 (the screenshot's encoding).
