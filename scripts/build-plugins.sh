@@ -1,34 +1,35 @@
 #!/usr/bin/env bash
 # Build the plugins and the test fixtures and put them where the example
 # config and the tests look:
-#   target/plugins/<name>.wasm   core collectors (Rust: lean ones for
-#                                wasm32-unknown-unknown made components, the
-#                                others for wasm32-wasip2), the examples in C
-#                                (procstat) and Python (pressure)
+#   target/plugins/<name>.wasm   core collectors (Rust, lean: built for
+#                                wasm32-unknown-unknown and made components),
+#                                the examples in C (procstat) and Python
+#                                (pressure)
 #   target/fixtures/<name>.wasm  misbehaving test plugins (never shipped), and
-#                                the lean collectors built for WASI too
-#                                (<name>-wasi.wasm, for the benchmarks)
+#                                the core collectors built for WASI too
+#                                (<name>-wasi.wasm, for the benchmarks and the
+#                                tests of the WASI sandbox)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-core=(cpu cpuinfo diskio logwatch lvs memory network processes uptime)
 # Lean collectors (ABI 1.1): no WASI imports, one host call per file.
-lean=(filesystem loadavg)
+lean=(cpu cpuinfo diskio filesystem loadavg logwatch lvs memory network processes uptime)
+# Also built for WASI (<name>-wasi): the benchmarks compare the two
+# sandboxes on them, and the WASI sandbox's tests run them.
+wasi=(cpu loadavg memory network diskio uptime)
 fixtures=(misbehave abi-mismatch abi-1-0)
 
 args=()
-for p in "${core[@]}"; do args+=(-p "sandglass-plugin-$p"); done
+for p in "${wasi[@]}"; do args+=(-p "sandglass-plugin-$p"); done
 for f in "${fixtures[@]}"; do args+=(-p "sandglass-fixture-$f"); done
-# loadavg for WASI too: the benchmarks compare the two sandboxes on it.
-cargo build --release --target wasm32-wasip2 "${args[@]}" -p sandglass-plugin-loadavg
+cargo build --release --target wasm32-wasip2 "${args[@]}"
 
 out=target/wasm32-wasip2/release
 mkdir -p target/plugins target/fixtures
-for p in "${core[@]}"; do cp "$out/sandglass_plugin_$p.wasm" "target/plugins/$p.wasm"; done
-for f in "${fixtures[@]}"; do cp "$out/sandglass_fixture_${f//-/_}.wasm" "target/fixtures/$f.wasm"; done
+for p in "${wasi[@]}"; do cp "$out/sandglass_plugin_$p.wasm" "target/fixtures/$p-wasi.wasm"; done
 # abi-1-0: built against the frozen ABI 1.0.0 WIT (plugins/fixtures/abi-1.0/wit).
-cp "$out/sandglass_plugin_loadavg.wasm" target/fixtures/loadavg-wasi.wasm
+for f in "${fixtures[@]}"; do cp "$out/sandglass_fixture_${f//-/_}.wasm" "target/fixtures/$f.wasm"; done
 
 # Lean collectors: the same SDK built for wasm32-unknown-unknown (no WASI),
 # then made components by sandglass-componentize (wit-component). misbehave
@@ -54,7 +55,7 @@ c_wasm plugins/c/fixtures/command.c target/fixtures/command.wasm
 # The same program as a reactor (a library, no main): must be refused clearly.
 clang --target=wasm32-wasi -mexec-model=reactor -Os -Wl,--strip-all -o target/fixtures/reactor.wasm plugins/c/fixtures/command.c
 
-echo "built ${#core[@]} WASI and ${#lean[@]} lean Rust plugins and procstat (C) into target/plugins, fixtures and command (C) into target/fixtures"
+echo "built ${#lean[@]} lean Rust plugins and procstat (C) into target/plugins; fixtures, ${#wasi[@]} WASI builds of core plugins and command (C) into target/fixtures"
 
 # Python, as a component of the collector world (componentize-py from PyPI).
 bash scripts/build-python-plugin.sh

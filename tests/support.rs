@@ -32,6 +32,21 @@ pub fn build_plugins() {
     });
 }
 
+/// The core collectors `scripts/build-plugins.sh` builds, all lean (ABI 1.1).
+pub const CORE_PLUGINS: [&str; 11] = [
+    "cpu",
+    "cpuinfo",
+    "diskio",
+    "filesystem",
+    "loadavg",
+    "logwatch",
+    "lvs",
+    "memory",
+    "network",
+    "processes",
+    "uptime",
+];
+
 /// A core plugin's wasm.
 pub fn plugin(name: &str) -> PathBuf {
     build_plugins();

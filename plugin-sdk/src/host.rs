@@ -13,6 +13,15 @@ use std::time::Duration;
 /// Whether this build is a lean collector.
 pub const LEAN: bool = cfg!(all(target_arch = "wasm32", target_os = "unknown"));
 
+/// Part of a file ([`read_part`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilePart {
+    /// The file's size when it was opened.
+    pub size: u64,
+    /// What it holds from the offset asked for on.
+    pub bytes: Vec<u8>,
+}
+
 /// Space and inodes of a mounted filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FsUsage {
@@ -39,8 +48,25 @@ mod imp {
         Error::new(format!("{path}: {why}"))
     }
 
-    pub fn read(path: &str) -> Result<Vec<u8>> {
-        host::read_file(path).map_err(|e| error(path, e))
+    pub fn read_if_exists(path: &str) -> Result<Option<Vec<u8>>> {
+        found(path, host::read_file(path))
+    }
+
+    pub fn read_part(path: &str, offset: u64, max: u64) -> Result<Option<FilePart>> {
+        let part = found(path, host::read_file_part(path, offset, max))?;
+        Ok(part.map(|p| FilePart {
+            size: p.size,
+            bytes: p.bytes,
+        }))
+    }
+
+    /// `None` for a path that does not exist, the error naming it otherwise.
+    fn found<T>(path: &str, result: std::result::Result<T, FsError>) -> Result<Option<T>> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(FsError::NotFound) => Ok(None),
+            Err(e) => Err(error(path, e)),
+        }
     }
 
     pub fn list_dir(path: &str) -> Result<Vec<String>> {
@@ -67,21 +93,39 @@ mod imp {
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 mod imp {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Seek, SeekFrom};
 
     fn error(path: &str, e: std::io::Error) -> Error {
         Error::new(format!("{path}: {e}"))
     }
 
-    pub fn read(path: &str) -> Result<Vec<u8>> {
+    /// `None` for a path that does not exist, the error naming it otherwise.
+    fn found<T>(path: &str, result: std::io::Result<T>) -> Result<Option<T>> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(error(path, e)),
+        }
+    }
+
+    pub fn read_if_exists(path: &str) -> Result<Option<Vec<u8>>> {
         // `/proc` files report size 0, so asking the size first only costs a
         // call through the sandbox (a `stat`, then a `statx` on the host).
         // `fs::read` asks it; `Read::take` does not.
         let mut buf = Vec::with_capacity(8192);
-        std::fs::File::open(path)
-            .and_then(|f| f.take(u64::MAX).read_to_end(&mut buf))
-            .map_err(|e| error(path, e))?;
-        Ok(buf)
+        let read = std::fs::File::open(path).and_then(|f| f.take(u64::MAX).read_to_end(&mut buf));
+        Ok(found(path, read)?.map(|_| buf))
+    }
+
+    pub fn read_part(path: &str, offset: u64, max: u64) -> Result<Option<FilePart>> {
+        let part = std::fs::File::open(path).and_then(|mut file| {
+            let size = file.metadata()?.len();
+            let mut bytes = Vec::new();
+            file.seek(SeekFrom::Start(offset))?;
+            file.take(max).read_to_end(&mut bytes)?;
+            Ok(FilePart { size, bytes })
+        });
+        found(path, part)
     }
 
     pub fn list_dir(path: &str) -> Result<Vec<String>> {
@@ -110,7 +154,20 @@ mod imp {
 /// A whole file (`/proc/...`, `/sys/...` with grant `sys`, granted
 /// directories), in one call.
 pub fn read(path: &str) -> Result<Vec<u8>> {
-    imp::read(path)
+    read_if_exists(path)?.ok_or_else(|| Error::new(format!("{path}: No such file or directory")))
+}
+
+/// [`read`], with `None` for a file that does not exist (e.g.
+/// `/proc/net/ip_vs` without the kernel module).
+pub fn read_if_exists(path: &str) -> Result<Option<Vec<u8>>> {
+    imp::read_if_exists(path)
+}
+
+/// At most `max` bytes of the regular file at `path` from `offset` on, and
+/// its size; `None` if it does not exist. For files that grow, such as logs:
+/// each run reads on from where the last one stopped.
+pub fn read_part(path: &str, offset: u64, max: u64) -> Result<Option<FilePart>> {
+    imp::read_part(path, offset, max)
 }
 
 /// The names in a directory (not `.` and `..`), e.g. the pids in `/proc`.
@@ -145,6 +202,10 @@ mod tests {
                 .iter()
                 .any(|n| n == "status")
         );
+        assert_eq!(read_if_exists("/proc/no-such-file").unwrap(), None);
+        let part = read_part("/proc/self/status", 5, 3).unwrap().unwrap();
+        assert_eq!(part.bytes, read("/proc/self/status").unwrap()[5..8]);
+        assert_eq!(read_part("/proc/no-such-file", 0, 1).unwrap(), None);
         assert!(now() > Duration::from_secs(1_700_000_000));
         let err = fs_usage("/").unwrap_err().to_string();
         assert!(err.contains("wasm32-unknown-unknown"), "{err}");

@@ -54,11 +54,8 @@ fn value(outcome: &RunOutcome, name: &str, labels: &[(&str, &str)]) -> Option<f6
 #[test]
 fn lean_plugins_import_only_sandglass_interfaces_and_run_lean() {
     let runtime = runtime();
-    for path in [
-        plugin("loadavg"),
-        plugin("filesystem"),
-        fixture("misbehave-lean"),
-    ] {
+    let core = sandglass_tests::CORE_PLUGINS.map(plugin);
+    for path in core.into_iter().chain([fixture("misbehave-lean")]) {
         let loaded = runtime.load(&path).unwrap();
         assert!(loaded.is_lean(), "{}", path.display());
         assert_eq!(loaded.description.abi_version, "1.1.0");
@@ -77,7 +74,11 @@ fn lean_plugins_import_only_sandglass_interfaces_and_run_lean() {
             "{imports:?}"
         );
     }
-    for path in [fixture("loadavg-wasi"), fixture("misbehave"), plugin("cpu")] {
+    for path in [
+        fixture("loadavg-wasi"),
+        fixture("cpu-wasi"),
+        fixture("misbehave"),
+    ] {
         let loaded = runtime.load(&path).unwrap();
         assert!(!loaded.is_lean(), "{}", path.display());
         assert!(

@@ -146,10 +146,9 @@ fn a_file_outside_the_granted_directory_is_refused() {
     let report = w.run();
     assert_eq!(level(&report), "UNKNOWN");
     assert!(
-        report["status"]["text"]
-            .as_str()
-            .unwrap()
-            .contains("outside.log does not exist or is outside the granted directories"),
+        report["status"]["text"].as_str().unwrap().contains(
+            "outside.log: Permission denied (outside the directories this plugin may see)"
+        ),
         "{report}"
     );
 }

@@ -1,6 +1,7 @@
-//! `agent plugin new`: a plugin crate from the template builds for
-//! wasm32-wasip2 unedited, passes its own tests (one of which runs it in the
-//! real sandbox through this agent), and passes `agent plugin check`.
+//! `agent plugin new`: a plugin crate from the template builds unedited as a
+//! lean collector (`agent plugin build`), passes its own tests (one of which
+//! builds it and runs it in the real sandbox through this agent), and passes
+//! `agent plugin check`.
 
 use crate::common::{agent, root, status, value};
 use std::path::Path;
@@ -41,12 +42,26 @@ fn a_new_plugin_builds_passes_its_tests_and_the_check() {
     );
     let made = dir.path().join("file-handles");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("cargo build --release --target wasm32-wasip2"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("agent plugin build"), "{stdout}");
 
-    cargo(&made, &["build", "--release", "--target", "wasm32-wasip2"]);
+    let target = root().join("target/template-test");
+    let (built, _) = agent(&[
+        "plugin",
+        "build",
+        made.to_str().unwrap(),
+        "--target-dir",
+        target.to_str().unwrap(),
+    ]);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let wasm = target.join("sandglass/file_handles.wasm");
+    assert_eq!(
+        String::from_utf8_lossy(&built.stdout).trim(),
+        wasm.to_str().unwrap()
+    );
     let tests = cargo(&made, &["test", "--release"]);
     let log = String::from_utf8_lossy(&tests.stdout);
     for test in [
@@ -61,7 +76,6 @@ fn a_new_plugin_builds_passes_its_tests_and_the_check() {
         );
     }
 
-    let wasm = root().join("target/template-test/wasm32-wasip2/release/file_handles.wasm");
     let (output, _) = agent(&[
         "plugin",
         "check",
@@ -86,6 +100,9 @@ fn a_new_plugin_builds_passes_its_tests_and_the_check() {
         .unwrap()
         .parse()
         .unwrap();
+    let (info, _) = agent(&["plugin", "info", "--format", "json", wasm.to_str().unwrap()]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["sandbox"], "lean (no WASI)", "{info}");
     let reported = value(report, "file_handles_allocated", &[]).unwrap();
     // Handles come and go between the two reads: same order of magnitude.
     assert!(

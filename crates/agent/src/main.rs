@@ -100,6 +100,17 @@ enum PluginCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Build a plugin crate (made by `agent plugin new`) as a lean collector:
+    /// cargo build for wasm32-unknown-unknown, then made a component.
+    /// Prints the path of each component made.
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Cargo's target directory (default: the crate's own).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
     /// Create a new plugin crate from the template in plugin-sdk/template.
     New {
         /// The plugin's name: lower-case letters, digits and '-'.
@@ -229,20 +240,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin {
+            command: PluginCommand::Build { dir, target_dir },
+        } => {
+            for component in sandglass_agent::tools::build::build(&dir, target_dir.as_deref())? {
+                println!("{}", component.display());
+            }
+            Ok(())
+        }
+        Command::Plugin {
             command: PluginCommand::New { name, dir, sdk },
         } => {
             let sdk = sdk.or_else(template::default_sdk).ok_or_else(|| {
                 anyhow::anyhow!("cannot find plugin-sdk: pass --sdk DIR, the plugin-sdk directory of a Sandglass source tree")
             })?;
             let made = template::create(&name, &dir, &sdk, &std::env::current_exe()?)?;
-            let wasm = format!(
-                "target/wasm32-wasip2/release/{}.wasm",
-                name.replace('-', "_")
-            );
+            let wasm = format!("target/sandglass/{}.wasm", name.replace('-', "_"));
             println!("created plugin {name} in {}", made.display());
             println!("next:");
             println!("  cd {}", made.display());
-            println!("  cargo build --release --target wasm32-wasip2");
+            println!("  agent plugin build");
             println!("  cargo test --release");
             println!("  agent plugin check {wasm}");
             Ok(())

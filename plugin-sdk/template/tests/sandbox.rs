@@ -1,4 +1,4 @@
-//! The plugin in the real sandbox: build it for wasm32-wasip2 and let the
+//! The plugin in the real sandbox: build it as a lean collector and let the
 //! agent check it (ABI, imports, a run against the real /proc, its cost).
 //!
 //! The agent is `SANDGLASS_AGENT` (set by `agent plugin new` in
@@ -13,33 +13,33 @@ fn agent() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("agent"))
 }
 
-/// Build the component; its path. A target dir of its own: the outer
-/// `cargo test` may still hold the lock on the default one.
+/// Build the component (`agent plugin build`: a lean collector); its path.
+/// A target dir of its own: the outer `cargo test` may still hold the lock
+/// on the default one.
 fn build() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest.join("target"))
         .join("sandbox-test");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
+    let output = Command::new(agent())
+        .args(["plugin", "build"])
+        .arg(&manifest)
+        .arg("--target-dir")
         .arg(&target)
-        .current_dir(&manifest)
-        .status()
-        .expect("run cargo build");
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; set SANDGLASS_AGENT to the agent binary",
+                agent().display()
+            )
+        });
     assert!(
-        status.success(),
-        "cargo build --target wasm32-wasip2 failed (rustup target add wasm32-wasip2?)"
+        output.status.success(),
+        "agent plugin build failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    target
-        .join("wasm32-wasip2/release")
-        .join(format!("{}.wasm", env!("CARGO_PKG_NAME").replace('-', "_")))
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
 #[test]

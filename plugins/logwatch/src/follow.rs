@@ -3,14 +3,13 @@
 //! of a file already read.
 
 use crate::state::FileState;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use sandglass_plugin_sdk::{Error, host};
 
 /// Bytes at the start of a file that identify it (its first lines).
 pub const HEAD: u64 = 256;
 
-/// Read block size.
-const BLOCK: usize = 64 << 10;
+/// Read block size: one host call each.
+const BLOCK: u64 = 64 << 10;
 
 /// What one run did with one file.
 #[derive(Debug, Default, PartialEq)]
@@ -21,6 +20,15 @@ pub struct Followed {
     pub read: u64,
     /// The file was replaced (rotated) or truncated since the last run.
     pub restarted: bool,
+}
+
+/// Why a file could not be followed.
+#[derive(Debug)]
+pub enum Unreadable {
+    /// It does not exist, or lies outside what the plugin may see.
+    Missing,
+    /// Any other failure; the error names the file.
+    Failed(Error),
 }
 
 /// Read the lines appended to `path` since `state` was saved and hand each
@@ -34,15 +42,18 @@ pub struct Followed {
 /// - Truncated (shorter than what was read): read again from its start.
 /// - At most `max_read` bytes of each file per run; the rest waits for the
 ///   next run, so a huge backlog costs bounded time per run.
+///
+/// Each read is one host call ([`host::read_part`]) that opens the file
+/// anew: a file replaced between two of them is noticed at the next run.
 pub fn follow(
     path: &str,
     state: Option<FileState>,
     from_start: bool,
     max_read: u64,
     on_line: &mut dyn FnMut(u64, &[u8]),
-) -> io::Result<(FileState, Followed)> {
-    let mut file = File::open(path)?;
-    let size = file.metadata()?.len();
+) -> Result<(FileState, Followed), Unreadable> {
+    let head = part(path, 0, HEAD)?;
+    let size = head.size;
     let mut followed = Followed {
         size,
         ..Default::default()
@@ -60,7 +71,8 @@ pub fn follow(
     if seen_before {
         // An empty file had no head to recognise it by.
         let same_file = state.head_len == 0
-            || (size >= state.head_len && head(&mut file, state.head_len)? == state.head_hash);
+            || (size >= state.head_len
+                && hash(&head.bytes, state.head_len) == Some(state.head_hash));
         if !same_file {
             followed.read += drain_rotated(path, &state, max_read, on_line)?;
             followed.restarted = true;
@@ -73,15 +85,23 @@ pub fn follow(
             state.head_len = 0;
         }
     }
-    let consumed = read_lines(&mut file, state.offset, max_read, on_line)?;
+    let consumed = read_lines(path, state.offset, max_read, on_line)?;
     state.offset += consumed;
     followed.read += consumed;
-    if state.head_len < HEAD.min(size) {
+    let known = HEAD.min(head.bytes.len() as u64);
+    if state.head_len < known {
         // The file grew past the part that identified it: identify it by more.
-        state.head_len = HEAD.min(size);
-        state.head_hash = head(&mut file, state.head_len)?;
+        state.head_len = known;
+        state.head_hash = hash(&head.bytes, known).unwrap_or_default();
     }
     Ok((state, followed))
+}
+
+/// At most `max` bytes of `path` from `offset` on, and its size.
+fn part(path: &str, offset: u64, max: u64) -> Result<host::FilePart, Unreadable> {
+    host::read_part(path, offset, max)
+        .map_err(Unreadable::Failed)?
+        .ok_or(Unreadable::Missing)
 }
 
 /// The unread rest of the previous file, if `<path>.1` is it.
@@ -90,51 +110,50 @@ fn drain_rotated(
     state: &FileState,
     max_read: u64,
     on_line: &mut dyn FnMut(u64, &[u8]),
-) -> io::Result<u64> {
-    let Ok(mut old) = File::open(format!("{path}.1")) else {
+) -> Result<u64, Unreadable> {
+    let old_path = format!("{path}.1");
+    let Ok(old) = part(&old_path, 0, HEAD) else {
         return Ok(0);
     };
-    let old_size = old.metadata()?.len();
-    if old_size < state.offset.max(state.head_len)
-        || head(&mut old, state.head_len)? != state.head_hash
+    if old.size < state.offset.max(state.head_len)
+        || hash(&old.bytes, state.head_len) != Some(state.head_hash)
     {
         return Ok(0);
     }
-    read_lines(&mut old, state.offset, max_read, on_line)
+    read_lines(&old_path, state.offset, max_read, on_line)
 }
 
-/// FNV-1a of the first `len` bytes.
-fn head(file: &mut File, len: u64) -> io::Result<u64> {
-    let mut bytes = vec![0; len as usize];
-    file.seek(SeekFrom::Start(0))?;
-    file.read_exact(&mut bytes)?;
-    Ok(bytes.iter().fold(0xcbf29ce484222325, |hash, &b| {
+/// FNV-1a of the first `len` bytes, if there are that many.
+fn hash(bytes: &[u8], len: u64) -> Option<u64> {
+    let head = bytes.get(..usize::try_from(len).ok()?)?;
+    Some(head.iter().fold(0xcbf29ce484222325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x100000001b3)
     }))
 }
 
-/// Hand every complete line from `from` on to `on_line`, reading at most
-/// `max_read` bytes; the bytes consumed (up to the last newline). A partial
-/// last line waits for the next run, unless one line fills all of `max_read`.
+/// Hand every complete line of `path` from `from` on to `on_line`, reading
+/// at most `max_read` bytes; the bytes consumed (up to the last newline). A
+/// partial last line waits for the next run, unless one line fills all of
+/// `max_read`.
 fn read_lines(
-    file: &mut File,
+    path: &str,
     from: u64,
     max_read: u64,
     on_line: &mut dyn FnMut(u64, &[u8]),
-) -> io::Result<u64> {
-    file.seek(SeekFrom::Start(from))?;
+) -> Result<u64, Unreadable> {
     let mut pending: Vec<u8> = Vec::new();
     let mut consumed = 0u64;
-    let mut block = vec![0; BLOCK];
     let mut left = max_read;
+    let mut at = from;
     while left > 0 {
-        let want = block.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut block[..want])?;
-        if n == 0 {
+        let block = part(path, at, BLOCK.min(left))?.bytes;
+        if block.is_empty() {
             break;
         }
-        left -= n as u64;
-        pending.extend_from_slice(&block[..n]);
+        let n = block.len() as u64;
+        left = left.saturating_sub(n);
+        at += n;
+        pending.extend_from_slice(&block);
         let mut start = 0;
         while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
             on_line(from + consumed, &pending[start..start + end]);

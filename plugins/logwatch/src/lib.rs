@@ -175,15 +175,13 @@ pub fn watch(settings: &Settings, mut previous: state::State, ctx: &mut Context)
         );
         let (mut file_state, followed) = match followed {
             Ok(done) => done,
-            Err(e) => {
-                problems.push(match e.kind() {
-                    std::io::ErrorKind::NotFound => {
+            Err(unreadable) => {
+                problems.push(match unreadable {
+                    follow::Unreadable::Missing => {
                         format!("{path} does not exist or is outside the granted directories")
                     }
-                    std::io::ErrorKind::PermissionDenied => format!(
-                        "{path}: permission denied (is its directory granted to this service?)"
-                    ),
-                    _ => format!("cannot read {path}: {e}"),
+                    // The host names the rule that refused it.
+                    follow::Unreadable::Failed(e) => format!("cannot read {e}"),
                 });
                 // Keep what was known, to resume when the file is back.
                 if let Some(old) = old {

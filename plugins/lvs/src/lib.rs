@@ -5,7 +5,7 @@
 //! Status: CRIT when a virtual service has no real server with weight > 0,
 //! UNKNOWN when IPVS is not loaded.
 
-use sandglass_plugin_sdk::{Collector, Context, Description, Error, Metric, Result, proc};
+use sandglass_plugin_sdk::{Collector, Context, Description, Error, Metric, Result, host, proc};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub struct Lvs;
@@ -42,17 +42,15 @@ impl Collector for Lvs {
     }
 
     fn collect(ctx: &mut Context) -> Result<()> {
-        let table = match std::fs::read_to_string("/proc/net/ip_vs") {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                ctx.status(
-                    sandglass_plugin_sdk::Level::Unknown,
-                    "IPVS is not loaded: /proc/net/ip_vs does not exist",
-                );
-                return Ok(());
-            }
-            Err(e) => return Err(format!("/proc/net/ip_vs: {e}").into()),
+        let Some(table) = host::read_if_exists("/proc/net/ip_vs")? else {
+            ctx.status(
+                sandglass_plugin_sdk::Level::Unknown,
+                "IPVS is not loaded: /proc/net/ip_vs does not exist",
+            );
+            return Ok(());
         };
+        let table =
+            String::from_utf8(table).map_err(|_| Error::new("/proc/net/ip_vs: not UTF-8 text"))?;
         parse_stats(&proc::read("/proc/net/ip_vs_stats")?, ctx)?;
         parse_table(&table, ctx)
     }

@@ -6,7 +6,7 @@
 //! The agent's own `/proc/<pid>` is hidden by the sandbox policy, so the agent
 //! is counted in `processes_total` but not by state.
 
-use sandglass_plugin_sdk::{Collector, Context, Description, Metric, Result, proc};
+use sandglass_plugin_sdk::{Collector, Context, Description, Metric, Result, host, proc};
 
 pub struct Processes;
 
@@ -33,15 +33,10 @@ impl Collector for Processes {
 
     fn collect(ctx: &mut Context) -> Result<()> {
         let mut counts = Counts::default();
-        let entries = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            else {
+        for pid in host::list_dir("/proc")? {
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
-            };
+            }
             counts.total += 1;
             // A process may exit between readdir and read; the agent's own is denied.
             if let Ok(stat) = proc::read(&format!("/proc/{pid}/stat")) {

@@ -1,15 +1,15 @@
-//! `read-file` and `list-dir`: one host call each, opened beneath the view's
+//! `read-file`, `read-file-part` and `list-dir`: one host call each, opened beneath the view's
 //! directory handles (`openat2` with `RESOLVE_BENEATH` and
 //! `RESOLVE_NO_MAGICLINKS`, non-blocking) and judged by the same policy as a
 //! WASI plugin's opens ([`crate::fs_policy`]): the path as the kernel will
 //! walk it and the type of what is there before the open, the path the
 //! kernel resolved after it.
 
-use crate::abi::lean_host::FsError;
+use crate::abi::lean_host::{FilePart, FsError};
 use crate::fs_policy::{Denied, check_fd, not_special};
 use crate::view::View;
 use std::ffi::CString;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// The most a `read-file` or `list-dir` hands back, whatever the memory cap.
@@ -30,7 +30,7 @@ impl From<FsError> for Refused {
 /// The whole regular file at `path`, if it is at most `max` bytes.
 pub fn read_file(view: &View, path: &str, max: u64) -> Result<Vec<u8>, Refused> {
     let fd = open_checked(view, path, 0)?;
-    if file_type(&fd)? != libc::S_IFREG {
+    if regular_file_size(&fd)?.is_none() {
         return Err(FsError::Unsupported.into());
     }
     let mut data = Vec::with_capacity(8192);
@@ -44,6 +44,26 @@ pub fn read_file(view: &View, path: &str, max: u64) -> Result<Vec<u8>, Refused> 
         return Err(FsError::TooLarge(max).into());
     }
     Ok(data)
+}
+
+/// At most `want` bytes (and at most `max`) of the regular file at `path`
+/// from `offset` on, and its size.
+pub fn read_file_part(
+    view: &View,
+    path: &str,
+    offset: u64,
+    want: u64,
+    max: u64,
+) -> Result<FilePart, Refused> {
+    let fd = open_checked(view, path, 0)?;
+    let size = regular_file_size(&fd)?.ok_or(FsError::Unsupported)?;
+    let mut file = std::fs::File::from(fd);
+    file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
+    let mut bytes = Vec::new();
+    file.take(want.min(max))
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    Ok(FilePart { size, bytes })
 }
 
 /// The names in the directory at `path` (not `.` and `..`), at most `max`
@@ -138,8 +158,8 @@ fn open_beneath(dir: i32, rest: &str, flags: i32) -> Result<OwnedFd, FsError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The `S_IFMT` bits of an open file.
-fn file_type(fd: &OwnedFd) -> Result<u32, FsError> {
+/// The size of an open regular file; `None` if it is something else.
+fn regular_file_size(fd: &OwnedFd) -> Result<Option<u64>, FsError> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: an open descriptor and a buffer of the right type, read only
     // when the call succeeded.
@@ -149,7 +169,7 @@ fn file_type(fd: &OwnedFd) -> Result<u32, FsError> {
         }
         stat.assume_init()
     };
-    Ok(stat.st_mode & libc::S_IFMT)
+    Ok((stat.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(stat.st_size as u64))
 }
 
 pub fn io_error(error: std::io::Error) -> FsError {

@@ -5,7 +5,7 @@
 //! the memory cap and the output caps are the WASI sandbox's
 //! ([`crate::limited`], [`crate::output`]).
 //!
-//! - [`files`]: `read-file`, `list-dir`;
+//! - [`files`]: `read-file`, `read-file-part`, `list-dir`;
 //! - [`mounts`]: `fs-usage`, for mount points only.
 
 pub mod files;
@@ -63,6 +63,16 @@ impl abi::sandglass::collector::log::Host for LeanState {
 impl lean_host::Host for LeanState {
     fn read_file(&mut self, path: String) -> Result<Vec<u8>, lean_host::FsError> {
         files::read_file(&self.view, &path, self.read_max).map_err(|r| self.refused(r))
+    }
+
+    fn read_file_part(
+        &mut self,
+        path: String,
+        offset: u64,
+        max: u64,
+    ) -> Result<lean_host::FilePart, lean_host::FsError> {
+        files::read_file_part(&self.view, &path, offset, max, self.read_max)
+            .map_err(|r| self.refused(r))
     }
 
     fn list_dir(&mut self, path: String) -> Result<Vec<String>, lean_host::FsError> {
