@@ -8,9 +8,9 @@ cycle per second, with equivalent collector sets:
   node_exporter  cpu, meminfo, loadavg, netdev, filesystem; a cycle is one
                  scrape of /metrics by this script
   collectd       cpu, memory, load, interface, df; Interval 1; csv writer
-  sandglass      cpu, memory, loadavg, network, diskio plugins at 1 s, sent
-                 to a local receiver (WASI has no statvfs, so no plugin can
-                 read filesystem sizes; diskio reads /proc/diskstats instead)
+  sandglass      cpu, memory, loadavg, network, filesystem plugins at 1 s
+                 (lean collectors; filesystem is statvfs of each real mount
+                 point, as node_exporter's), sent to a local receiver
 
 CPU time is each daemon's own (sum of its threads' /proc/PID/task/*/schedstat,
 nanoseconds; cross-checked against utime+stime), not the scraper's, the
@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINDOW = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
 BIN = os.path.join(ROOT, "target", "release")
 PLUGINS = os.path.join(ROOT, "target", "plugins")
-SANDGLASS_SERVICES = ["cpu", "memory", "loadavg", "network", "diskio"]
+SANDGLASS_SERVICES = ["cpu", "memory", "loadavg", "network", "filesystem"]
 TICK = os.sysconf("SC_CLK_TCK")
 
 started = []

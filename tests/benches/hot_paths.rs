@@ -1,9 +1,10 @@
 //! Criterion benchmarks of the agent's and receiver's hot paths:
 //!
-//! - `sandbox_entry`: a run of a plugin that does nothing (instantiate, call,
-//!   tear down);
-//! - `collector/<name>/{sandbox,native}`: each core collector in the sandbox
-//!   against its parser called natively on the same `/proc` file — the ratio
+//! - `sandbox_entry/{lean,wasi}`: a run of a plugin that does nothing
+//!   (instantiate, call, tear down), in each sandbox;
+//! - `collector/<name>/{sandbox,wasi,native}`: each core collector in the
+//!   sandbox (a lean collector), the same source built for WASI, and its
+//!   parser called natively on the same `/proc` file — the ratio to native
 //!   is the sandbox's price;
 //! - `encode_batch`: MessagePack framing of a 50-report batch;
 //! - `spool_append`: one report into the on-disk spool;
@@ -43,26 +44,40 @@ fn request() -> RunRequest {
 fn sandbox(c: &mut Criterion) {
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(Some(cache.path().to_owned())).unwrap();
-    let fixture = root().join("target/fixtures/misbehave.wasm");
-    assert!(
-        fixture.exists(),
-        "run scripts/build-plugins.sh first (scripts/bench-hot-paths.sh does)"
-    );
-    let noop = runtime.load(&fixture).unwrap();
+    let load = |path: &str| {
+        let path = root().join(path);
+        assert!(
+            path.exists(),
+            "run scripts/build-plugins.sh first (scripts/bench-hot-paths.sh does)"
+        );
+        runtime.load(&path).unwrap()
+    };
     let req = request();
-    c.bench_function("sandbox_entry", |b| {
-        b.iter(|| runtime.run_here(&noop, &req))
-    });
+    // The misbehave fixture without a mode does nothing: built lean and
+    // for WASI from one source.
+    let mut entry = c.benchmark_group("sandbox_entry");
+    for (sandbox, path) in [
+        ("lean", "target/fixtures/misbehave-lean.wasm"),
+        ("wasi", "target/fixtures/misbehave.wasm"),
+    ] {
+        let noop = load(path);
+        entry.bench_function(sandbox, |b| b.iter(|| runtime.run_here(&noop, &req)));
+    }
+    entry.finish();
 
     let natives = natives::natives();
     let mut group = c.benchmark_group("collector");
     for (name, file, parse) in natives {
-        let plugin = runtime
-            .load(&root().join(format!("target/plugins/{name}.wasm")))
-            .unwrap();
-        group.bench_function(format!("{name}/sandbox"), |b| {
-            b.iter(|| runtime.run_here(&plugin, &req))
-        });
+        // The core plugin (lean), and the same source built for WASI.
+        for (sandbox, path) in [
+            ("sandbox", format!("target/plugins/{name}.wasm")),
+            ("wasi", format!("target/fixtures/{name}-wasi.wasm")),
+        ] {
+            let plugin = load(&path);
+            group.bench_function(format!("{name}/{sandbox}"), |b| {
+                b.iter(|| runtime.run_here(&plugin, &req))
+            });
+        }
         group.bench_function(format!("{name}/native"), |b| {
             b.iter(|| {
                 let text = std::fs::read_to_string(file).unwrap();
