@@ -10,12 +10,14 @@
 mod codec;
 mod messages;
 mod plugins;
+mod spliced;
 
 pub use codec::{FrameCodec, Preamble, ProtocolError, read_preamble, write_preamble};
 pub use messages::{
     Ack, Entry, Fault, FaultCode, Gap, GrantName, Hello, InstalledPlugin, Message, Probe, Rejected,
     ReportBatch, Revision, Schedule, ScheduledService, ServiceLimits, Welcome,
 };
+pub use spliced::{EncodedBatch, EncodedEntry};
 pub use plugins::{Bytes, PLUGIN_CHUNK, PluginChunk, PluginRequest, PluginUnavailable};
 
 /// First four bytes of every Sandglass connection, in both directions.

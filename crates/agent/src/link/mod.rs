@@ -75,8 +75,15 @@ struct State {
     spool: SharedSpool,
     reports: mpsc::Receiver<Collected>,
     /// Runs started whose report has not been taken yet: at zero, a cycle's
-    /// last report is in and its batch goes without waiting `batch_delay`.
+    /// last report is in, and the cycle is spooled and sent without waiting
+    /// `batch_delay`.
     in_progress: Arc<AtomicUsize>,
+    /// The reports of the cycle under way, spooled together with one write
+    /// once its last one is in, or at `burst_due`.
+    burst: Vec<Collected>,
+    /// `batch_delay` after the burst's first report.
+    burst_due: Option<Instant>,
+    batch_delay: Duration,
     schedules: watch::Sender<Option<Schedule>>,
     revision: u64,
     stopping: bool,
@@ -89,26 +96,56 @@ struct State {
 }
 
 impl State {
-    /// Put a new report into the spool, then keep its plugin state (or note
-    /// that the agent is stopping).
-    async fn take(&mut self, collected: Option<Collected>) {
+    /// Take a new report into the cycle's burst (or note that the agent is
+    /// stopping); returns whether the burst was spooled: at the cycle's last
+    /// report, or when stopping.
+    async fn take(&mut self, collected: Option<Collected>) -> bool {
         let Some(collected) = collected else {
             self.stopping = true;
-            return;
+            return self.spool_burst().await;
         };
         self.in_progress.fetch_sub(1, Ordering::SeqCst);
-        let append = move |spool: &mut Spool| match spool.append_report(&collected.report) {
-            // Right after the append, in the same thread: the state advances
-            // only with a report that is safe.
-            Ok(_) => drop(collected.keep_state()),
-            // The spool logs when writes start failing and when they work
-            // again, and counts the lost reports in a gap entry.
-            Err(e) => tracing::debug!(
-                service = collected.report.service,
-                "{e:#}: this report is lost"
-            ),
+        if self.burst.is_empty() {
+            self.burst_due = Some(Instant::now() + self.batch_delay);
+        }
+        self.burst.push(collected);
+        // The others of the cycle that are in already.
+        while let Ok(more) = self.reports.try_recv() {
+            self.in_progress.fetch_sub(1, Ordering::SeqCst);
+            self.burst.push(more);
+        }
+        if self.in_progress.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
+        self.spool_burst().await
+    }
+
+    /// Put the burst into the spool with one write, then keep the runs'
+    /// plugin states; returns whether there was a burst.
+    ///
+    /// Until then its reports are in memory only, like runs still going:
+    /// their plugin states are kept only once they are in the spool, so an
+    /// agent killed before runs them again from the old states (at least
+    /// once, never skipped).
+    async fn spool_burst(&mut self) -> bool {
+        self.burst_due = None;
+        if self.burst.is_empty() {
+            return false;
+        }
+        let burst = std::mem::take(&mut self.burst);
+        let append = move |spool: &mut Spool| {
+            let reports: Vec<_> = burst.iter().map(|c| &c.report).collect();
+            match spool.append_reports(&reports) {
+                // Right after the append, in the same thread: the state
+                // advances only with a report that is safe.
+                Ok(_) => burst.into_iter().for_each(|c| drop(c.keep_state())),
+                // The spool logs when writes start failing and when they
+                // work again, and counts the lost reports in a gap entry.
+                Err(e) => tracing::debug!(reports = burst.len(), "{e:#}: these reports are lost"),
+            }
         };
         self.spool.with(append).await;
+        true
     }
 
     /// Drive `work` to its end while spooling the reports that arrive; none
@@ -119,9 +156,15 @@ impl State {
     async fn spooling<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
         tokio::pin!(work);
         while !self.stopping {
+            let burst_due = self.burst_due;
             tokio::select! {
                 out = &mut work => return Some(out),
-                report = self.reports.recv() => self.take(report).await,
+                report = self.reports.recv() => {
+                    self.take(report).await;
+                }
+                () = sleep_until_some(burst_due) => {
+                    self.spool_burst().await;
+                }
             }
         }
         None
@@ -147,6 +190,14 @@ impl State {
             plugins: self.installed.list(),
             stream: self.spool.peek(Spool::stream),
         }
+    }
+}
+
+/// Sleep until `deadline`, or for ever if there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -178,6 +229,9 @@ pub async fn run(
         spool: SharedSpool::new(spool),
         reports,
         in_progress,
+        burst: Vec::new(),
+        burst_due: None,
+        batch_delay: config.connection.batch_delay.0,
         schedules,
         revision,
         stopping: false,
