@@ -17,8 +17,8 @@ pub use messages::{
     Ack, Entry, Fault, FaultCode, Gap, GrantName, Hello, InstalledPlugin, Message, Probe, Rejected,
     ReportBatch, Revision, Schedule, ScheduledService, ServiceLimits, Welcome,
 };
-pub use spliced::{EncodedBatch, EncodedEntry};
 pub use plugins::{Bytes, PLUGIN_CHUNK, PluginChunk, PluginRequest, PluginUnavailable};
+pub use spliced::{EncodedBatch, EncodedEntry};
 
 /// First four bytes of every Sandglass connection, in both directions.
 pub const MAGIC: [u8; 4] = *b"SGLS";

@@ -158,7 +158,9 @@ mod tests {
     fn a_spliced_batch_over_the_frame_limit_is_refused_and_leaves_nothing() {
         let batch = EncodedBatch {
             seq: 1,
-            entries: vec![EncodedEntry::Report(rmp_serde::to_vec(&report(50)).unwrap())],
+            entries: vec![EncodedEntry::Report(
+                rmp_serde::to_vec(&report(50)).unwrap(),
+            )],
             settled: 0,
         };
         let mut buf = BytesMut::from(&b"earlier"[..]);

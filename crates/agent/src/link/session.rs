@@ -165,20 +165,21 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Move to an earlier receiver once the batches in flight are answered,
-    /// or send the next batch; and end a stopping agent's session once the
-    /// spool is flushed or the flush wait runs out.
+    /// Spool a cycle that waited `batch_delay`; move to an earlier receiver
+    /// once the batches in flight are answered, or send the next batch; and
+    /// end a stopping agent's session once the spool is flushed or the flush
+    /// wait runs out.
     async fn between_events(&mut self) -> Result<Option<Ended>, Broken> {
         let now = Instant::now();
+        // A cycle whose last report did not come within `batch_delay`.
+        if self.state.burst_due.is_some_and(|t| t <= now) && self.state.spool_burst().await {
+            self.batch_due = Some(now);
+        }
         if let Some((_, deadline)) = &self.switch {
             if self.in_flight.is_empty() || now >= *deadline {
                 return Ok(Some(self.move_back().await));
             }
         } else {
-            // A cycle whose last report did not come within `batch_delay`.
-            if self.state.burst_due.is_some_and(|t| t <= now) && self.state.spool_burst().await {
-                self.batch_due = Some(now);
-            }
             self.send_due_batch(now).await?;
             self.request_plugin().await?;
         }

@@ -27,8 +27,9 @@
 //! segment's last record, so a segment lost whole shows as a break in that
 //! chain.
 //!
-//! Records are written with one `write` each and no fsync: a killed agent
-//! (even `kill -9`) loses nothing the kernel has. Damage (a torn last record
+//! Records are written with no fsync, a cycle's reports together with one
+//! `write` ([`Spool::append_reports`]): a killed agent (even `kill -9`)
+//! loses nothing the kernel has. Damage (a torn last record
 //! after a power cut, a flipped byte) fails the checksum on the next start:
 //! the reader resynchronises on the next valid record with a larger number,
 //! keeps every valid record, rewrites the segment without the damaged bytes
@@ -51,7 +52,9 @@
 //! [`segment`] the files records are appended to (rotation, the size
 //! budget, a full disk), [`acks`] what the receiver acknowledged or refused
 //! and the reserved numbers, [`recovery`] reading the segments back after a
-//! crash or damage; [`lost`] tallies what gap entries count.
+//! crash or damage; [`lost`] tallies what gap entries count; [`tail`] keeps
+//! the entries just written, encoded, so that the link sends them without
+//! reading them back ([`Spool::take_unsent`]).
 
 mod acks;
 mod lost;
@@ -68,7 +71,6 @@ use acks::{ACKED, RESERVED, open_mark};
 use anyhow::Context;
 use lost::Lost;
 use record::{KIND_REPORT, Record, oversized, read_entry, shippable};
-use tail::Tail;
 use sandglass_core::files::write_atomic;
 use sandglass_core::report::Report;
 use sandglass_protocol::Entry;
@@ -76,6 +78,7 @@ use segment::{Segment, Unsaved, Unwritten};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use tail::Tail;
 
 /// What opening the spool found.
 #[derive(Debug, Default, PartialEq)]
@@ -287,8 +290,7 @@ fn batch_len<'r>(records: impl Iterator<Item = &'r Record>, budget: Budget) -> u
     let mut first = None;
     for record in records {
         let start = *first.get_or_insert(record.seq);
-        let full =
-            count >= budget.entries || (count > 0 && bytes + record.cost() > budget.bytes);
+        let full = count >= budget.entries || (count > 0 && bytes + record.cost() > budget.bytes);
         if full || record.seq != start + count as u64 {
             break;
         }

@@ -96,13 +96,13 @@ mod tests {
     use crate::spool::lost::Lost;
     use crate::spool::record::{HEADER, KIND_REPORT, parse_record};
     use crate::spool::testing::*;
-    use tokio_util::bytes::BytesMut;
     use sandglass_core::report::{MetricKind, Report, Sample};
     use sandglass_protocol::{DEFAULT_MAX_FRAME, FrameCodec, Message, ProtocolError, ReportBatch};
     use std::fs::File;
     use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixDatagram;
     use std::path::Path;
+    use tokio_util::bytes::BytesMut;
     use tokio_util::codec::Encoder;
 
     /// Report `n` with samples, labels and a unit, as collectors make them.
@@ -114,7 +114,10 @@ mod tests {
                 value: i as f64 * 0.25 - 1.0,
                 kind: MetricKind::Counter,
                 unit: "seconds".into(),
-                labels: vec![("cpu".into(), format!("{i}")), ("mode".into(), "idle".into())],
+                labels: vec![
+                    ("cpu".into(), format!("{i}")),
+                    ("mode".into(), "idle".into()),
+                ],
             })
             .collect();
         report
@@ -124,12 +127,16 @@ mod tests {
     fn two_cycles(dir: &Path) -> Spool {
         let (mut spool, _) = Spool::open(dir, 1 << 20).unwrap();
         let first: Vec<Report> = (1..=3).map(sampled).collect();
-        spool.append_reports(&first.iter().collect::<Vec<_>>()).unwrap();
+        spool
+            .append_reports(&first.iter().collect::<Vec<_>>())
+            .unwrap();
         let mut lost = Lost::default();
         lost.reports(2, 900, 950);
         spool.append_gap(lost, "lost in a test".into());
         let second: Vec<Report> = (4..=8).map(sampled).collect();
-        spool.append_reports(&second.iter().collect::<Vec<_>>()).unwrap();
+        spool
+            .append_reports(&second.iter().collect::<Vec<_>>())
+            .unwrap();
         spool
     }
 
@@ -178,7 +185,11 @@ mod tests {
                     .take_unsent(from, budget)
                     .unwrap()
                     .expect("the entries are in memory");
-                assert_eq!(frame(taken), frame(Message::Reports(read.clone())), "{budget:?}");
+                assert_eq!(
+                    frame(taken),
+                    frame(Message::Reports(read.clone())),
+                    "{budget:?}"
+                );
                 from = read.last_seq() + 1;
                 batches += 1;
             }
@@ -205,7 +216,9 @@ mod tests {
             report
         };
         let burst: Vec<Report> = (10..=14).map(big).collect();
-        let first = spool.append_reports(&burst.iter().collect::<Vec<_>>()).unwrap();
+        let first = spool
+            .append_reports(&burst.iter().collect::<Vec<_>>())
+            .unwrap();
         assert!(spool.take_unsent(first, ALL).unwrap().is_none());
         let held = spool.tail.first_seq().unwrap();
         assert!(held > first && held <= first + 4, "{held}");
