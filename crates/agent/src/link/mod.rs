@@ -368,7 +368,8 @@ mod tests {
     /// The link running on `spool` until the test ends.
     struct Running {
         task: JoinHandle<()>,
-        _reports: mpsc::Sender<Collected>,
+        reports: mpsc::Sender<Collected>,
+        in_progress: Arc<AtomicUsize>,
         _schedules: watch::Receiver<Option<Schedule>>,
     }
 
@@ -387,12 +388,13 @@ mod tests {
                 config,
                 spool,
                 reports,
-                in_progress,
+                in_progress.clone(),
                 schedules,
                 0,
                 watch::channel(Vec::new()).1,
             )),
-            _reports: reports_tx,
+            reports: reports_tx,
+            in_progress,
             _schedules: schedules_rx,
         }
     }
@@ -459,6 +461,74 @@ mod tests {
             peer.send(ack).await.unwrap();
         }
         assert_eq!(received, 40);
+    }
+
+    /// The report of a run of service `name`, made by a real runner (of a
+    /// service the agent refuses to run: UNKNOWN, saying why).
+    fn collected(runner: &crate::services::ServiceRunner, name: &str) -> Collected {
+        runner.run(&crate::config::Service {
+            name: name.into(),
+            plugin: "p".into(),
+            plugin_path: "/nonexistent/p.wasm".into(),
+            params: Vec::new(),
+            sys: false,
+            files: Vec::new(),
+            limits: sandglass_runtime::Limits::default(),
+            sha256: None,
+            interval: Duration::from_secs(1),
+            refused: Some(format!("{name} is refused in this test")),
+        })
+    }
+
+    /// The services of `link`'s host fire: `running` runs start, and
+    /// `finished` of them report.
+    async fn cycle(
+        link: &Running,
+        runner: &crate::services::ServiceRunner,
+        running: usize,
+        finished: &[&str],
+    ) {
+        link.in_progress.fetch_add(running, Ordering::SeqCst);
+        for name in finished {
+            link.reports.send(collected(runner, name)).await.unwrap();
+        }
+    }
+
+    fn services(batch: &ReportBatch) -> Vec<String> {
+        let names = batch.entries.iter().map(|entry| match entry {
+            Entry::Report(report) => report.service.clone(),
+            Entry::Gap(gap) => panic!("a gap: {gap:?}"),
+        });
+        names.collect()
+    }
+
+    #[tokio::test]
+    async fn a_cycle_goes_in_one_batch_at_its_last_report_or_batch_delay_after_its_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let runner = crate::services::ServiceRunner::new(&dir.path().join("state")).unwrap();
+        let (spool, _) = Spool::open(&dir.path().join("spool"), 64 << 20).unwrap();
+        let mut config = link_config(dir.path(), &[&receiver]);
+        // No ping wakes the link meanwhile: only `batch_delay` sends the
+        // cycle that waits for its hung run.
+        config.connection.ping_interval = HumanDuration(Duration::from_secs(60));
+        let link = start(config, spool);
+        let (mut peer, _) = within(10, welcome(&receiver, DEFAULT_MAX_FRAME as u64)).await;
+        cycle(&link, &runner, 3, &["a", "b", "c"]).await;
+        let sent = within(10, batch(&mut peer)).await;
+        assert_eq!(
+            (sent.seq, services(&sent)),
+            (1, vec!["a".into(), "b".into(), "c".into()])
+        );
+        // One run of the next cycle hangs: the others go `batch_delay`
+        // after the first of them, in one batch.
+        cycle(&link, &runner, 3, &["d", "e"]).await;
+        let sent = within(10, batch(&mut peer)).await;
+        assert_eq!(
+            (sent.seq, services(&sent)),
+            (4, vec!["d".into(), "e".into()])
+        );
+        assert_eq!(link.in_progress.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
