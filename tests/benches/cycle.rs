@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use sandglass_agent::spool::{Budget, Spool};
 use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
-use sandglass_protocol::{FrameCodec, Message, ReportBatch};
+use sandglass_protocol::{FrameCodec, Message, ProtocolError, ReportBatch};
 use std::sync::{Arc, Mutex};
 use tokio_util::codec::Encoder;
 
@@ -54,15 +54,48 @@ fn cycle_reports() -> Vec<Report> {
         .collect()
 }
 
-/// Run `work` on the spool on tokio's blocking pool, as the link does.
-async fn on_pool<T: Send + 'static>(
-    spool: &Arc<Mutex<Spool>>,
-    work: impl FnOnce(&mut Spool) -> T + Send + 'static,
-) -> T {
-    let spool = spool.clone();
-    tokio::task::spawn_blocking(move || work(&mut spool.lock().unwrap()))
-        .await
-        .unwrap()
+/// A spool in a temporary directory behind the link's mutex, and the codec
+/// that frames its batches.
+struct Link {
+    _dir: tempfile::TempDir,
+    spool: Arc<Mutex<Spool>>,
+    codec: FrameCodec,
+    out: BytesMut,
+}
+
+impl Link {
+    fn new() -> Link {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Mutex::new(Spool::open(dir.path(), 1 << 30).unwrap().0));
+        Link {
+            _dir: dir,
+            spool,
+            codec: FrameCodec::new(8 << 20),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Run `work` on the spool on tokio's blocking pool, as the link does.
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Spool) -> T + Send + 'static,
+    ) -> T {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || work(&mut spool.lock().unwrap()))
+            .await
+            .unwrap()
+    }
+
+    /// Frame a batch ending at `last` as the session writes it, then take
+    /// the receiver's acknowledgement.
+    async fn send<M>(&mut self, batch: M, last: u64)
+    where
+        FrameCodec: Encoder<M, Error = ProtocolError>,
+    {
+        self.out.clear();
+        self.codec.encode(batch, &mut self.out).unwrap();
+        self.on_pool(move |s| s.ack(last).unwrap()).await;
+    }
 }
 
 fn cycle(c: &mut Criterion) {
@@ -74,52 +107,48 @@ fn cycle(c: &mut Criterion) {
     let reports = Arc::new(cycle_reports());
     let mut group = c.benchmark_group("cycle");
     group.bench_function("per_report_read_back", |b| {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(Mutex::new(Spool::open(dir.path(), 1 << 30).unwrap().0));
-        let mut codec = FrameCodec::new(8 << 20);
-        let mut out = BytesMut::new();
+        let mut link = Link::new();
         b.iter(|| {
             tokio.block_on(async {
-                let from = spool.lock().unwrap().last_seq() + 1;
+                let from = link.spool.lock().unwrap().last_seq() + 1;
                 for i in 0..reports.len() {
                     let reports = reports.clone();
-                    on_pool(&spool, move |s| s.append_report(&reports[i]).unwrap()).await;
+                    link.on_pool(move |s| s.append_report(&reports[i]).unwrap())
+                        .await;
                 }
-                let (seq, entries, settled) = on_pool(&spool, move |s| {
-                    let (seq, entries) = s.read(from, BUDGET).unwrap().unwrap();
-                    (seq, entries, s.acked())
-                })
-                .await;
+                let (seq, entries, settled) = link
+                    .on_pool(move |s| {
+                        let (seq, entries) = s.read(from, BUDGET).unwrap().unwrap();
+                        (seq, entries, s.acked())
+                    })
+                    .await;
                 let batch = ReportBatch {
                     seq,
                     entries,
                     settled,
                 };
                 let last = batch.last_seq();
-                out.clear();
-                codec.encode(Message::Reports(batch), &mut out).unwrap();
-                on_pool(&spool, move |s| s.ack(last).unwrap()).await;
+                link.send(Message::Reports(batch), last).await;
             })
         })
     });
     group.bench_function("burst_from_memory", |b| {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(Mutex::new(Spool::open(dir.path(), 1 << 30).unwrap().0));
-        let mut codec = FrameCodec::new(8 << 20);
-        let mut out = BytesMut::new();
+        let mut link = Link::new();
         b.iter(|| {
             tokio.block_on(async {
                 let burst = reports.clone();
-                let from = on_pool(&spool, move |s| {
-                    s.append_reports(&burst.iter().collect::<Vec<_>>()).unwrap()
-                })
-                .await;
-                let batch = spool.lock().unwrap().take_unsent(from, BUDGET).unwrap();
+                let from = link
+                    .on_pool(move |s| s.append_reports(&burst.iter().collect::<Vec<_>>()).unwrap())
+                    .await;
+                let batch = link
+                    .spool
+                    .lock()
+                    .unwrap()
+                    .take_unsent(from, BUDGET)
+                    .unwrap();
                 let batch = batch.expect("the cycle is in memory");
                 let last = batch.last_seq();
-                out.clear();
-                codec.encode(batch, &mut out).unwrap();
-                on_pool(&spool, move |s| s.ack(last).unwrap()).await;
+                link.send(batch, last).await;
             })
         })
     });
