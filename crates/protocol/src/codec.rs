@@ -102,10 +102,27 @@ impl Encoder<Message> for FrameCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, message: Message, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        self.frame(dst, |payload| {
+            rmp_serde::encode::write(payload, &message)
+                .map_err(|e| ProtocolError::Malformed(format!("cannot encode: {e}")))
+        })
+    }
+}
+
+impl FrameCodec {
+    /// Append one frame to `dst`: its length, then the payload `write`
+    /// puts after it; nothing if the payload is over the limit.
+    pub(crate) fn frame(
+        &self,
+        dst: &mut BytesMut,
+        write: impl FnOnce(&mut bytes::buf::Writer<&mut BytesMut>) -> Result<(), ProtocolError>,
+    ) -> Result<(), ProtocolError> {
         let start = dst.len();
         dst.put_u32(0);
-        rmp_serde::encode::write(&mut dst.writer(), &message)
-            .map_err(|e| ProtocolError::Malformed(format!("cannot encode: {e}")))?;
+        if let Err(e) = write(&mut dst.writer()) {
+            dst.truncate(start);
+            return Err(e);
+        }
         let len = dst.len() - start - 4;
         if len > self.max_frame {
             dst.truncate(start);

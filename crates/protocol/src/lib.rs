@@ -10,6 +10,7 @@
 mod codec;
 mod messages;
 mod plugins;
+mod spliced;
 
 pub use codec::{FrameCodec, Preamble, ProtocolError, read_preamble, write_preamble};
 pub use messages::{
@@ -17,6 +18,7 @@ pub use messages::{
     ReportBatch, Revision, Schedule, ScheduledService, ServiceLimits, Welcome,
 };
 pub use plugins::{Bytes, PLUGIN_CHUNK, PluginChunk, PluginRequest, PluginUnavailable};
+pub use spliced::{EncodedBatch, EncodedEntry};
 
 /// First four bytes of every Sandglass connection, in both directions.
 pub const MAGIC: [u8; 4] = *b"SGLS";

@@ -3,10 +3,11 @@
 
 use super::connect::Conn;
 use futures_util::SinkExt;
-use sandglass_protocol::Message;
+use sandglass_protocol::{FrameCodec, ProtocolError};
 use std::os::fd::RawFd;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::codec::Encoder;
 
 /// Why a connection broke.
 #[derive(Debug, thiserror::Error)]
@@ -32,16 +33,20 @@ impl Liveness {
     }
 }
 
-/// Send `message`. A hung receiver stops reading, and a write to it would
+/// Send `message` (a [`sandglass_protocol::Message`], or a batch of entries
+/// already encoded). A hung receiver stops reading, and a write to it would
 /// wait forever once the socket is full; a receiver behind a slow link reads
 /// slowly. So a write that waits goes on while the receiver's host
 /// acknowledges bytes, and is given up when it did not for the whole
 /// liveness limit.
-pub(super) async fn write(
+pub(super) async fn write<M>(
     framed: &mut Conn,
-    message: Message,
+    message: M,
     alive: &mut Liveness,
-) -> Result<(), Broken> {
+) -> Result<(), Broken>
+where
+    FrameCodec: Encoder<M, Error = ProtocolError>,
+{
     let send = framed.send(message);
     tokio::pin!(send);
     let mut unacked = unacknowledged(alive.socket);

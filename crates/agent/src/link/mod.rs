@@ -75,8 +75,15 @@ struct State {
     spool: SharedSpool,
     reports: mpsc::Receiver<Collected>,
     /// Runs started whose report has not been taken yet: at zero, a cycle's
-    /// last report is in and its batch goes without waiting `batch_delay`.
+    /// last report is in, and the cycle is spooled and sent without waiting
+    /// `batch_delay`.
     in_progress: Arc<AtomicUsize>,
+    /// The reports of the cycle under way, spooled together with one write
+    /// once its last one is in, or at `burst_due`.
+    burst: Vec<Collected>,
+    /// `batch_delay` after the burst's first report.
+    burst_due: Option<Instant>,
+    batch_delay: Duration,
     schedules: watch::Sender<Option<Schedule>>,
     revision: u64,
     stopping: bool,
@@ -89,26 +96,56 @@ struct State {
 }
 
 impl State {
-    /// Put a new report into the spool, then keep its plugin state (or note
-    /// that the agent is stopping).
-    async fn take(&mut self, collected: Option<Collected>) {
+    /// Take a new report into the cycle's burst (or note that the agent is
+    /// stopping); returns whether the burst was spooled: at the cycle's last
+    /// report, or when stopping.
+    async fn take(&mut self, collected: Option<Collected>) -> bool {
         let Some(collected) = collected else {
             self.stopping = true;
-            return;
+            return self.spool_burst().await;
         };
         self.in_progress.fetch_sub(1, Ordering::SeqCst);
-        let append = move |spool: &mut Spool| match spool.append_report(&collected.report) {
-            // Right after the append, in the same thread: the state advances
-            // only with a report that is safe.
-            Ok(_) => drop(collected.keep_state()),
-            // The spool logs when writes start failing and when they work
-            // again, and counts the lost reports in a gap entry.
-            Err(e) => tracing::debug!(
-                service = collected.report.service,
-                "{e:#}: this report is lost"
-            ),
+        if self.burst.is_empty() {
+            self.burst_due = Some(Instant::now() + self.batch_delay);
+        }
+        self.burst.push(collected);
+        // The others of the cycle that are in already.
+        while let Ok(more) = self.reports.try_recv() {
+            self.in_progress.fetch_sub(1, Ordering::SeqCst);
+            self.burst.push(more);
+        }
+        if self.in_progress.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
+        self.spool_burst().await
+    }
+
+    /// Put the burst into the spool with one write, then keep the runs'
+    /// plugin states; returns whether there was a burst.
+    ///
+    /// Until then its reports are in memory only, like runs still going:
+    /// their plugin states are kept only once they are in the spool, so an
+    /// agent killed before runs them again from the old states (at least
+    /// once, never skipped).
+    async fn spool_burst(&mut self) -> bool {
+        self.burst_due = None;
+        if self.burst.is_empty() {
+            return false;
+        }
+        let burst = std::mem::take(&mut self.burst);
+        let append = move |spool: &mut Spool| {
+            let reports: Vec<_> = burst.iter().map(|c| &c.report).collect();
+            match spool.append_reports(&reports) {
+                // Right after the append, in the same thread: the state
+                // advances only with a report that is safe.
+                Ok(_) => burst.into_iter().for_each(|c| drop(c.keep_state())),
+                // The spool logs when writes start failing and when they
+                // work again, and counts the lost reports in a gap entry.
+                Err(e) => tracing::debug!(reports = burst.len(), "{e:#}: these reports are lost"),
+            }
         };
         self.spool.with(append).await;
+        true
     }
 
     /// Drive `work` to its end while spooling the reports that arrive; none
@@ -119,9 +156,15 @@ impl State {
     async fn spooling<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
         tokio::pin!(work);
         while !self.stopping {
+            let burst_due = self.burst_due;
             tokio::select! {
                 out = &mut work => return Some(out),
-                report = self.reports.recv() => self.take(report).await,
+                report = self.reports.recv() => {
+                    self.take(report).await;
+                }
+                () = sleep_until_some(burst_due) => {
+                    self.spool_burst().await;
+                }
             }
         }
         None
@@ -147,6 +190,14 @@ impl State {
             plugins: self.installed.list(),
             stream: self.spool.peek(Spool::stream),
         }
+    }
+}
+
+/// Sleep until `deadline`, or for ever if there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -178,6 +229,9 @@ pub async fn run(
         spool: SharedSpool::new(spool),
         reports,
         in_progress,
+        burst: Vec::new(),
+        burst_due: None,
+        batch_delay: config.connection.batch_delay.0,
         schedules,
         revision,
         stopping: false,
@@ -314,7 +368,8 @@ mod tests {
     /// The link running on `spool` until the test ends.
     struct Running {
         task: JoinHandle<()>,
-        _reports: mpsc::Sender<Collected>,
+        reports: mpsc::Sender<Collected>,
+        in_progress: Arc<AtomicUsize>,
         _schedules: watch::Receiver<Option<Schedule>>,
     }
 
@@ -333,12 +388,13 @@ mod tests {
                 config,
                 spool,
                 reports,
-                in_progress,
+                in_progress.clone(),
                 schedules,
                 0,
                 watch::channel(Vec::new()).1,
             )),
-            _reports: reports_tx,
+            reports: reports_tx,
+            in_progress,
             _schedules: schedules_rx,
         }
     }
@@ -405,6 +461,74 @@ mod tests {
             peer.send(ack).await.unwrap();
         }
         assert_eq!(received, 40);
+    }
+
+    /// The report of a run of service `name`, made by a real runner (of a
+    /// service the agent refuses to run: UNKNOWN, saying why).
+    fn collected(runner: &crate::services::ServiceRunner, name: &str) -> Collected {
+        runner.run(&crate::config::Service {
+            name: name.into(),
+            plugin: "p".into(),
+            plugin_path: "/nonexistent/p.wasm".into(),
+            params: Vec::new(),
+            sys: false,
+            files: Vec::new(),
+            limits: sandglass_runtime::Limits::default(),
+            sha256: None,
+            interval: Duration::from_secs(1),
+            refused: Some(format!("{name} is refused in this test")),
+        })
+    }
+
+    /// The services of `link`'s host fire: `running` runs start, and
+    /// `finished` of them report.
+    async fn cycle(
+        link: &Running,
+        runner: &crate::services::ServiceRunner,
+        running: usize,
+        finished: &[&str],
+    ) {
+        link.in_progress.fetch_add(running, Ordering::SeqCst);
+        for name in finished {
+            link.reports.send(collected(runner, name)).await.unwrap();
+        }
+    }
+
+    fn services(batch: &ReportBatch) -> Vec<String> {
+        let names = batch.entries.iter().map(|entry| match entry {
+            Entry::Report(report) => report.service.clone(),
+            Entry::Gap(gap) => panic!("a gap: {gap:?}"),
+        });
+        names.collect()
+    }
+
+    #[tokio::test]
+    async fn a_cycle_goes_in_one_batch_at_its_last_report_or_batch_delay_after_its_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let runner = crate::services::ServiceRunner::new(&dir.path().join("state")).unwrap();
+        let (spool, _) = Spool::open(&dir.path().join("spool"), 64 << 20).unwrap();
+        let mut config = link_config(dir.path(), &[&receiver]);
+        // No ping wakes the link meanwhile: only `batch_delay` sends the
+        // cycle that waits for its hung run.
+        config.connection.ping_interval = HumanDuration(Duration::from_secs(60));
+        let link = start(config, spool);
+        let (mut peer, _) = within(10, welcome(&receiver, DEFAULT_MAX_FRAME as u64)).await;
+        cycle(&link, &runner, 3, &["a", "b", "c"]).await;
+        let sent = within(10, batch(&mut peer)).await;
+        assert_eq!(
+            (sent.seq, services(&sent)),
+            (1, vec!["a".into(), "b".into(), "c".into()])
+        );
+        // One run of the next cycle hangs: the others go `batch_delay`
+        // after the first of them, in one batch.
+        cycle(&link, &runner, 3, &["d", "e"]).await;
+        let sent = within(10, batch(&mut peer)).await;
+        assert_eq!(
+            (sent.seq, services(&sent)),
+            (4, vec!["d".into(), "e".into()])
+        );
+        assert_eq!(link.in_progress.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -16,15 +16,15 @@ use anyhow::anyhow;
 use futures_util::StreamExt;
 use sandglass_core::time::now_ms;
 use sandglass_protocol::{
-    Ack, DEFAULT_MAX_FRAME, Fault, FaultCode, Message, PluginChunk, Probe, Rejected, ReportBatch,
-    Revision, Schedule,
+    Ack, DEFAULT_MAX_FRAME, Fault, FaultCode, FrameCodec, Message, PluginChunk, Probe,
+    ProtocolError, Rejected, ReportBatch, Revision, Schedule,
 };
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
+use tokio_util::codec::Encoder;
 
 /// Run a session on `established` until the connection fails, the agent
 /// stops or an earlier receiver takes over.
@@ -165,11 +165,16 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Move to an earlier receiver once the batches in flight are answered,
-    /// or send the next batch; and end a stopping agent's session once the
-    /// spool is flushed or the flush wait runs out.
+    /// Spool a cycle that waited `batch_delay`; move to an earlier receiver
+    /// once the batches in flight are answered, or send the next batch; and
+    /// end a stopping agent's session once the spool is flushed or the flush
+    /// wait runs out.
     async fn between_events(&mut self) -> Result<Option<Ended>, Broken> {
         let now = Instant::now();
+        // A cycle whose last report did not come within `batch_delay`.
+        if self.state.burst_due.is_some_and(|t| t <= now) && self.state.spool_burst().await {
+            self.batch_due = Some(now);
+        }
         if let Some((_, deadline)) = &self.switch {
             if self.in_flight.is_empty() || now >= *deadline {
                 return Ok(Some(self.move_back().await));
@@ -225,20 +230,28 @@ impl<'a> Session<'a> {
         // answered after one batch, not after a window of them.
         if unsent > 0 && due && self.in_flight.len() < MAX_IN_FLIGHT {
             let (from, budget) = (self.sent + 1, self.budget);
-            let read = self
-                .state
-                .spool
-                .with(move |s| Ok::<_, anyhow::Error>((s.read(from, budget)?, s.acked())))
-                .await?;
-            if let (Some((seq, entries)), settled) = read {
-                let batch = ReportBatch {
-                    seq,
-                    entries,
-                    settled,
-                };
+            // The cycle just spooled is still in memory, encoded: no file
+            // I/O, so no trip to the blocking pool.
+            if let Some(batch) = self.state.spool.peek_mut(|s| s.take_unsent(from, budget))? {
                 self.sent = batch.last_seq();
                 self.in_flight.push_back(self.sent);
-                self.write(Message::Reports(batch)).await?;
+                self.write(batch).await?;
+            } else {
+                let read = self
+                    .state
+                    .spool
+                    .with(move |s| Ok::<_, anyhow::Error>((s.read(from, budget)?, s.acked())))
+                    .await?;
+                if let (Some((seq, entries)), settled) = read {
+                    let batch = ReportBatch {
+                        seq,
+                        entries,
+                        settled,
+                    };
+                    self.sent = batch.last_seq();
+                    self.in_flight.push_back(self.sent);
+                    self.write(Message::Reports(batch)).await?;
+                }
             }
             // Still unsent: the next batch at once, or when acks open
             // the window.
@@ -256,6 +269,7 @@ impl<'a> Session<'a> {
         [
             Some(self.next_refresh),
             Some(self.next_ping),
+            self.state.burst_due,
             self.batch_due.filter(|_| window_open),
             self.flush_deadline,
             self.switch.as_ref().map(|(_, deadline)| *deadline),
@@ -377,8 +391,11 @@ impl<'a> Session<'a> {
 
     /// A report from the scheduler (or `None`: the agent is stopping).
     async fn on_report(&mut self, report: Option<Collected>) {
-        let was_empty = self.last_seq() == self.sent;
-        self.state.take(report).await;
+        // One frame per cycle: at once after its last report is spooled
+        // (with the others, at most `batch_delay` after its first).
+        if self.state.take(report).await {
+            self.batch_due = Some(Instant::now());
+        }
         if self.wall_clock.stepped() {
             // The receiver corrects report times by the offset it
             // measures; a Ping now makes it measure again.
@@ -386,13 +403,6 @@ impl<'a> Session<'a> {
                 "the system clock stepped; asking the receiver to measure the offset again"
             );
             self.next_ping = Instant::now();
-        }
-        // One frame per cycle: at once after its last report, and
-        // at most `batch_delay` after its first.
-        if self.state.in_progress.load(Ordering::SeqCst) == 0 {
-            self.batch_due = Some(Instant::now());
-        } else if was_empty && self.batch_due.is_none() {
-            self.batch_due = Some(Instant::now() + self.config.connection.batch_delay.0);
         }
     }
 
@@ -447,7 +457,10 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    async fn write(&mut self, message: Message) -> Result<(), Broken> {
+    async fn write<M>(&mut self, message: M) -> Result<(), Broken>
+    where
+        FrameCodec: Encoder<M, Error = ProtocolError>,
+    {
         write(&mut self.framed, message, &mut self.alive).await
     }
 

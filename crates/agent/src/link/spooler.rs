@@ -40,6 +40,11 @@ impl SharedSpool {
         look(&lock(&self.0))
     }
 
+    /// Change what the spool keeps in memory (no I/O).
+    pub(super) fn peek_mut<T>(&self, change: impl FnOnce(&mut Spool) -> T) -> T {
+        change(&mut lock(&self.0))
+    }
+
     /// A clean stop (see [`Spool::close`]), on the blocking pool.
     pub(super) async fn close(self) -> anyhow::Result<()> {
         let join = tokio::task::spawn_blocking(move || match Arc::into_inner(self.0) {

@@ -27,8 +27,9 @@
 //! segment's last record, so a segment lost whole shows as a break in that
 //! chain.
 //!
-//! Records are written with one `write` each and no fsync: a killed agent
-//! (even `kill -9`) loses nothing the kernel has. Damage (a torn last record
+//! Records are written with no fsync, a cycle's reports together with one
+//! `write` ([`Spool::append_reports`]): a killed agent (even `kill -9`)
+//! loses nothing the kernel has. Damage (a torn last record
 //! after a power cut, a flipped byte) fails the checksum on the next start:
 //! the reader resynchronises on the next valid record with a larger number,
 //! keeps every valid record, rewrites the segment without the damaged bytes
@@ -51,13 +52,16 @@
 //! [`segment`] the files records are appended to (rotation, the size
 //! budget, a full disk), [`acks`] what the receiver acknowledged or refused
 //! and the reserved numbers, [`recovery`] reading the segments back after a
-//! crash or damage; [`lost`] tallies what gap entries count.
+//! crash or damage; [`lost`] tallies what gap entries count; [`tail`] keeps
+//! the entries just written, encoded, so that the link sends them without
+//! reading them back ([`Spool::take_unsent`]).
 
 mod acks;
 mod lost;
 mod record;
 mod recovery;
 mod segment;
+mod tail;
 #[cfg(test)]
 mod testing;
 
@@ -70,10 +74,11 @@ use record::{KIND_REPORT, Record, oversized, read_entry, shippable};
 use sandglass_core::files::write_atomic;
 use sandglass_core::report::Report;
 use sandglass_protocol::Entry;
-use segment::{Segment, Unwritten};
+use segment::{Segment, Unsaved, Unwritten};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use tail::Tail;
 
 /// What opening the spool found.
 #[derive(Debug, Default, PartialEq)]
@@ -116,6 +121,8 @@ pub struct Spool {
     unwritten: Option<Unwritten>,
     /// Reports dropped from a full spool since the agent started, for the log.
     dropped: u64,
+    /// The newest entries, encoded, until they are sent.
+    tail: Tail,
 }
 
 impl Spool {
@@ -139,6 +146,7 @@ impl Spool {
             reserved_file: open_mark(dir, RESERVED)?,
             unwritten: None,
             dropped: 0,
+            tail: Tail::default(),
         };
         let damage = spool.load_segments()?;
         spool.load_marks()?;
@@ -208,15 +216,29 @@ impl Spool {
             .flat_map(move |s| s.from(from).iter().map(move |r| (s, r)))
     }
 
-    /// Append a report; returns its number. A report too large to ship is
-    /// replaced by an UNKNOWN report that says so. A report that cannot be
-    /// written is counted, and the count recorded as a gap entry ahead of
-    /// the next entry that can be.
+    /// Append a report; returns its number. See [`Spool::append_reports`].
     pub fn append_report(&mut self, report: &Report) -> anyhow::Result<u64> {
-        let payload = shippable(report)?;
-        let written = self
-            .flush_unwritten()
-            .and_then(|()| self.write(KIND_REPORT, report.time_ms, &payload));
+        self.append_reports(&[report])
+    }
+
+    /// Append reports (a cycle's) with one write; returns the first one's
+    /// number, the others following it. A report too large to ship is
+    /// replaced by an UNKNOWN report that says so. Reports that cannot be
+    /// written are counted, and the count recorded as a gap entry ahead of
+    /// the next entry that can be.
+    pub fn append_reports(&mut self, reports: &[&Report]) -> anyhow::Result<u64> {
+        anyhow::ensure!(!reports.is_empty(), "no report to append");
+        let entries = reports
+            .iter()
+            .map(|report| {
+                Ok(Unsaved {
+                    kind: KIND_REPORT,
+                    time_ms: report.time_ms,
+                    payload: shippable(report)?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let written = self.flush_unwritten().and_then(|()| self.write(entries));
         match written {
             Ok(seq) => {
                 self.enforce_limit();
@@ -224,7 +246,9 @@ impl Spool {
             }
             Err(e) => {
                 let mut lost = Lost::default();
-                lost.reports(1, report.time_ms, report.time_ms);
+                for report in reports {
+                    lost.reports(1, report.time_ms, report.time_ms);
+                }
                 self.hold(&lost, &e);
                 Err(e)
             }
@@ -232,31 +256,48 @@ impl Spool {
     }
 
     /// Consecutive entries from `from` on (or from the oldest one still held,
-    /// if `from` was dropped), within `budget`, with the first one's number.
-    /// An entry that alone is over the budget's bytes goes as a gap entry
-    /// saying it was given up: it could never be delivered.
+    /// if `from` was dropped), within `budget`, with the first one's number,
+    /// read from the segment files. An entry that alone is over the budget's
+    /// bytes goes as a gap entry saying it was given up: it could never be
+    /// delivered.
     pub fn read(&self, from: u64, budget: Budget) -> anyhow::Result<Option<(u64, Vec<Entry>)>> {
-        let mut entries = Vec::new();
-        let mut first = None;
-        let mut bytes = 0;
-        for (segment, record) in self.records(from.max(self.acked + 1)) {
-            let start = *first.get_or_insert(record.seq);
-            let cost = u64::from(record.len) + ENTRY_OVERHEAD;
-            let full = entries.len() >= budget.entries
-                || (!entries.is_empty() && bytes + cost > budget.bytes);
-            // Numbers in a batch are consecutive: a skip ends it too.
-            if full || record.seq != start + entries.len() as u64 {
-                break;
-            }
-            bytes += cost;
-            entries.push(if cost > budget.bytes {
-                oversized(record, budget.bytes)
-            } else {
-                read_entry(segment, record)?
-            });
-        }
-        Ok(first.map(|f| (f, entries)))
+        let from = from.max(self.acked + 1);
+        let Some((_, first)) = self.records(from).next() else {
+            return Ok(None);
+        };
+        let count = batch_len(self.records(from).map(|(_, r)| r), budget);
+        let entries = self
+            .records(from)
+            .take(count)
+            .map(|(segment, record)| {
+                if record.cost() > budget.bytes {
+                    Ok(Entry::Gap(oversized(record, budget.bytes)))
+                } else {
+                    read_entry(segment, record)
+                }
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Some((first.seq, entries)))
     }
+}
+
+/// How many of `records`, oldest first, go in one batch: consecutive
+/// numbers (a skip ends it), at most the budget's entries and bytes, and at
+/// least one (an entry alone over the bytes goes as the gap entry that
+/// gives it up).
+fn batch_len<'r>(records: impl Iterator<Item = &'r Record>, budget: Budget) -> usize {
+    let (mut count, mut bytes) = (0, 0);
+    let mut first = None;
+    for record in records {
+        let start = *first.get_or_insert(record.seq);
+        let full = count >= budget.entries || (count > 0 && bytes + record.cost() > budget.bytes);
+        if full || record.seq != start + count as u64 {
+            break;
+        }
+        bytes += record.cost();
+        count += 1;
+    }
+    count
 }
 
 /// The spool's stream id, made up when the spool is created.

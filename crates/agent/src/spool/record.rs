@@ -43,21 +43,25 @@ impl Record {
     pub(super) fn size(&self) -> u64 {
         HEADER as u64 + u64::from(self.len)
     }
+
+    /// What it counts for in a batch's bytes.
+    pub(super) fn cost(&self) -> u64 {
+        u64::from(self.len) + ENTRY_OVERHEAD
+    }
 }
 
-/// The bytes of one record: header, checksum and payload (see the module
-/// doc of the spool for the layout).
-pub(super) fn encode(seq: u64, time_ms: u64, kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(HEADER + payload.len());
-    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    record.extend_from_slice(&[0; 4]);
-    record.extend_from_slice(&seq.to_le_bytes());
-    record.extend_from_slice(&time_ms.to_le_bytes());
-    record.push(kind);
-    record.extend_from_slice(payload);
-    let crc = crc32fast::hash(&record[8..]);
-    record[4..8].copy_from_slice(&crc.to_le_bytes());
-    record
+/// Append the bytes of one record to `out`: header, checksum and payload
+/// (see the module doc of the spool for the layout).
+pub(super) fn encode_into(out: &mut Vec<u8>, seq: u64, time_ms: u64, kind: u8, payload: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&time_ms.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The MessagePack of `report`, or of an UNKNOWN report in its place if it
@@ -84,18 +88,18 @@ pub(super) fn shippable(report: &Report) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The gap entry sent in place of an entry over the batch budget.
-pub(super) fn oversized(record: &Record, max: u64) -> Entry {
+pub(super) fn oversized(record: &Record, max: u64) -> Gap {
     let reason = format!(
         "entry {} of {} bytes does not fit in a batch of at most {max} bytes (the receiver's max_frame); the agent gave it up",
         record.seq, record.len
     );
     tracing::warn!("{reason}");
-    Entry::Gap(Gap {
+    Gap {
         reports: u64::from(record.kind == KIND_REPORT),
         first_ms: record.time_ms,
         last_ms: record.time_ms,
         reason,
-    })
+    }
 }
 
 pub(super) fn read_entry(segment: &Segment, record: &Record) -> anyhow::Result<Entry> {

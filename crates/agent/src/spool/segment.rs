@@ -5,7 +5,7 @@
 use super::Spool;
 use super::acks::RESERVE_STEP;
 use super::lost::{Lost, tally};
-use super::record::{KIND_GAP, Record, encode};
+use super::record::{HEADER, KIND_GAP, Record, encode_into};
 use anyhow::Context;
 use sandglass_core::time::{now_ms, utc_iso};
 use sandglass_protocol::Gap;
@@ -39,6 +39,13 @@ impl Segment {
     pub(super) fn from(&self, from: u64) -> &[Record] {
         &self.records[self.records.partition_point(|r| r.seq < from)..]
     }
+}
+
+/// An entry to be written: its kind, its time and its MessagePack.
+pub(super) struct Unsaved {
+    pub(super) kind: u8,
+    pub(super) time_ms: u64,
+    pub(super) payload: Vec<u8>,
 }
 
 /// Reports the spool could not write, held until a write succeeds and they
@@ -77,7 +84,11 @@ impl Spool {
 
     fn write_gap(&mut self, gap: &Gap) -> anyhow::Result<u64> {
         let payload = rmp_serde::to_vec(gap)?;
-        self.write(KIND_GAP, gap.last_ms, &payload)
+        self.write(vec![Unsaved {
+            kind: KIND_GAP,
+            time_ms: gap.last_ms,
+            payload,
+        }])
     }
 
     /// A write failed: count what it lost until a write succeeds.
@@ -109,38 +120,51 @@ impl Spool {
         Ok(())
     }
 
-    /// Write one record at the end of the active segment; returns its number.
-    pub(super) fn write(&mut self, kind: u8, time_ms: u64, payload: &[u8]) -> anyhow::Result<u64> {
+    /// Write `entries` at the end of the active segment, all with one
+    /// `write`; returns the first one's number. They stay in the tail,
+    /// encoded, until they are sent.
+    pub(super) fn write(&mut self, entries: Vec<Unsaved>) -> anyhow::Result<u64> {
         let active = self.active();
         if active.bytes >= self.segment_bytes {
             let (name, next) = (active.end(), active.next_seq);
             self.start_segment(name, next)?;
         }
-        let seq = self.active().next_seq;
-        if seq > self.reserved {
-            self.write_reserved(seq - 1 + RESERVE_STEP)?;
+        let first = self.active().next_seq;
+        let last = first + entries.len() as u64 - 1;
+        if last > self.reserved {
+            self.write_reserved((first - 1 + RESERVE_STEP).max(last))?;
+        }
+        let size = entries.iter().map(|e| HEADER + e.payload.len()).sum();
+        let mut bytes = Vec::with_capacity(size);
+        for (seq, entry) in (first..).zip(&entries) {
+            encode_into(&mut bytes, seq, entry.time_ms, entry.kind, &entry.payload);
         }
         let segment = self.segments.back_mut().expect("an active segment");
-        let record = encode(seq, time_ms, kind, payload);
         // One write: a kill cannot split it; only a power cut or a full disk
         // can leave it torn, which the checksum catches on the next start.
-        if let Err(e) = segment.file.write_all(&record) {
+        if let Err(e) = segment.file.write_all(&bytes) {
             // Cut off whatever part was written so the file stays readable.
             let _ = segment.file.set_len(segment.bytes);
             return Err(e)
                 .with_context(|| format!("cannot write the spool {}", segment.path.display()));
         }
-        segment.records.push(Record {
-            seq,
-            offset: segment.bytes,
-            len: payload.len() as u32,
-            time_ms,
-            kind,
-        });
-        segment.next_seq = seq + 1;
-        segment.bytes += record.len() as u64;
-        self.bytes += record.len() as u64;
-        Ok(seq)
+        let mut offset = segment.bytes;
+        for (seq, entry) in (first..).zip(entries) {
+            let record = Record {
+                seq,
+                offset,
+                len: entry.payload.len() as u32,
+                time_ms: entry.time_ms,
+                kind: entry.kind,
+            };
+            offset += record.size();
+            segment.records.push(record);
+            self.tail.push(record, entry.payload);
+        }
+        segment.next_seq = last + 1;
+        segment.bytes += bytes.len() as u64;
+        self.bytes += bytes.len() as u64;
+        Ok(first)
     }
 
     pub(super) fn start_segment(&mut self, name: u64, next_seq: u64) -> anyhow::Result<()> {
