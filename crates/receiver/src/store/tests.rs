@@ -581,3 +581,17 @@ fn a_new_connection_with_the_same_series_finds_their_stored_layout() {
         }
     }
 }
+
+#[test]
+fn the_store_keeps_savepoint_journals_in_memory_and_commits_durably() {
+    let (_dir, path, _tracker) = fresh();
+    let conn = open(&path).unwrap();
+    let temp_store: i64 = conn
+        .query_row("PRAGMA temp_store", [], |r| r.get(0))
+        .unwrap();
+    let synchronous: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    // 2 = MEMORY; 2 = FULL.
+    assert_eq!((temp_store, synchronous), (2, 2));
+}
