@@ -1,8 +1,11 @@
 //! Fleet benchmark: N simulated agents (real TCP on 127.0.0.1, the real
 //! protocol) against one real `receiver` process with its SQLite store.
 //!
-//! Phase 1, steady: every agent sends a batch of 50 samples (5 reports of 10)
-//! every second. Phase 2, flood: every agent keeps 8 batches in flight and
+//! The phases start once every agent has connected (or failed to). Phase 1,
+//! steady: every agent sends a batch of 50 samples (5 reports of 10) every
+//! second, at its own point of the second as the agent's scheduler splays
+//! hosts (LOCKSTEP=1: every agent at the same instant, the worst case of
+//! synchronized clocks). Phase 2, flood: every agent keeps 8 batches in flight and
 //! sends the next as soon as one is acknowledged. Printed per phase: samples
 //! acknowledged (= durably stored) per second, ack latency p50/p99, and the
 //! receiver's CPU and RSS (from /proc/<pid>), and its CPU time per million
@@ -19,6 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use sandglass_protocol::{Ack, Message};
 use simulated::{Receiver, batch, connect, env, hosts, percentile, proc_usage};
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,18 +38,60 @@ struct Tally {
     latencies_us: Mutex<Vec<u64>>,
 }
 
-/// One simulated agent: hello, then batches paced by `steady_until` (one
-/// per second) and then as fast as acks allow until `flood_until`.
-async fn agent(
-    address: String,
-    host: String,
+/// Agents that tried to connect, and those that did.
+#[derive(Default)]
+struct Connecting {
+    tried: AtomicU64,
+    connected: AtomicU64,
+}
+
+/// When the phases run, known once every agent has connected.
+#[derive(Clone, Copy)]
+struct Phases {
     start: Instant,
     steady_until: Instant,
     flood_until: Instant,
+}
+
+/// Where in each second `host` sends in the steady phase: spread evenly
+/// and stable per host, as the agent's scheduler places a host's runs on
+/// its grid (a hash of the host name), or 0 for all with LOCKSTEP=1.
+fn splay(host: &str, lockstep: bool) -> Duration {
+    if lockstep {
+        return Duration::ZERO;
+    }
+    let mut h = DefaultHasher::new();
+    host.hash(&mut h);
+    Duration::from_millis(h.finish() % 1_000)
+}
+
+/// One simulated agent: hello, then (once `phases` is known) batches paced
+/// by `steady_until` (one per second) and then as fast as acks allow
+/// until `flood_until`.
+async fn agent(
+    address: String,
+    host: String,
+    connecting: Arc<Connecting>,
+    mut phases: tokio::sync::watch::Receiver<Option<Phases>>,
     steady: Arc<Tally>,
     flood: Arc<Tally>,
 ) -> anyhow::Result<()> {
-    let mut framed = connect(&address, &host).await?;
+    let link = connect(&address, &host).await;
+    if link.is_ok() {
+        connecting.connected.fetch_add(1, Ordering::Relaxed);
+    }
+    // Connected or refused: either way the phases do not wait for it.
+    connecting.tried.fetch_add(1, Ordering::Relaxed);
+    let mut framed = link?;
+    let Phases {
+        start,
+        steady_until,
+        flood_until,
+    } = *phases
+        .wait_for(Option::is_some)
+        .await?
+        .as_ref()
+        .expect("set");
     // Report times in the past, one service interval (1 s) apart per batch,
     // as a real agent's runs are: unique per service, and a trigger's window
     // holds what it would in production (60 values for `avg(1m)`). The flood
@@ -55,7 +101,7 @@ async fn agent(
     // The next entry number: each batch numbers its entries on from here.
     let mut seq = 1;
     let mut sent: HashMap<u64, Instant> = HashMap::new();
-    let mut next_steady = start;
+    let mut next_steady = start + splay(&host, env("LOCKSTEP", 0) > 0);
     loop {
         let now = Instant::now();
         if now >= flood_until && sent.is_empty() {
@@ -131,22 +177,39 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let steady = Arc::new(Tally::default());
     let flood = Arc::new(Tally::default());
-    let start = Instant::now() + Duration::from_secs(2);
-    let steady_until = start + Duration::from_secs(steady_secs);
-    let flood_until = steady_until + Duration::from_secs(flood_secs);
+    let connecting = Arc::new(Connecting::default());
+    let (set_phases, phases) = tokio::sync::watch::channel(None);
     let (cpu_steady, cpu_flood, rss) = runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
+        let since = Instant::now();
         for i in 0..agents {
             tasks.spawn(agent(
                 address.clone(),
                 format!("h{i}"),
-                start,
-                steady_until,
-                flood_until,
+                connecting.clone(),
+                phases.clone(),
                 steady.clone(),
                 flood.clone(),
             ));
         }
+        // Every agent has connected (or failed to), or two minutes passed.
+        while connecting.tried.load(Ordering::Relaxed) < agents
+            && since.elapsed() < Duration::from_secs(120)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "{} of {agents} agents connected in {:.1} s",
+            connecting.connected.load(Ordering::Relaxed),
+            since.elapsed().as_secs_f64()
+        );
+        let start = Instant::now() + Duration::from_secs(1);
+        let steady_until = start + Duration::from_secs(steady_secs);
+        set_phases.send_replace(Some(Phases {
+            start,
+            steady_until,
+            flood_until: steady_until + Duration::from_secs(flood_secs),
+        }));
         tokio::time::sleep_until(start.into()).await;
         let at_start = proc_usage(pid);
         tokio::time::sleep_until(steady_until.into()).await;

@@ -202,6 +202,14 @@ impl Tracker {
         }
     }
 
+    /// Whether triggers judge the reports of this service (only then does
+    /// [`Tracker::observe`] need its samples).
+    pub fn judges(&self, host: &str, service: &str) -> bool {
+        self.hosts
+            .get(host)
+            .is_some_and(|h| h.triggers.contains_key(service))
+    }
+
     /// Judge a stored report's samples against the triggers on its service.
     pub fn observe(&mut self, host: &str, service: &str, samples: &[Sample], time_ms: u64) {
         let Some(triggers) = self.hosts.get(host).and_then(|h| h.triggers.get(service)) else {

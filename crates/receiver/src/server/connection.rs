@@ -7,7 +7,7 @@ use super::{Peer, Shared, fault};
 use crate::batches::{self, Answers, Pending, Verdict};
 use crate::clock;
 use crate::config::Settings;
-use crate::store::{self, Op};
+use crate::store::{self, Op, Prepared, SeriesCache};
 use anyhow::Context;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -80,11 +80,26 @@ pub(super) async fn connection(
 }
 
 /// Send what is queued for the agent, up to an error frame (the last word).
+/// What queued up together (the Acks of one group commit) goes out in one
+/// write.
 async fn write_frames(mut sink: SplitSink<Conn, Message>, mut queue: mpsc::Receiver<Message>) {
-    while let Some(message) = queue.recv().await {
-        let last = matches!(message, Message::Error(_));
-        if sink.send(message).await.is_err() || last {
-            break;
+    while let Some(mut message) = queue.recv().await {
+        loop {
+            let last = matches!(message, Message::Error(_));
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+            if last {
+                let _ = sink.flush().await;
+                return;
+            }
+            match queue.try_recv() {
+                Ok(next) => message = next,
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
         }
     }
 }
@@ -110,6 +125,9 @@ struct Handler {
     clock: clock::Offset,
     outbound: mpsc::Sender<Message>,
     answers: Answers,
+    /// The series of the agent's last report per service, which its next
+    /// reports share (see `store::prepared`).
+    series: SeriesCache,
 }
 
 impl Handler {
@@ -162,6 +180,7 @@ impl Handler {
             clock,
             outbound,
             answers,
+            series: SeriesCache::default(),
         };
         Ok((handler, queue))
     }
@@ -265,7 +284,8 @@ impl Handler {
                 let (seq, last_seq) = (batch.seq, batch.last_seq());
                 self.shared.health.received(&batch);
                 let queued = std::time::Instant::now();
-                let outcome = self.store_batch(batch).await;
+                let prepared = self.series.prepare(batch);
+                let outcome = self.store_batch(prepared).await;
                 let pending = Pending {
                     seq,
                     last_seq,
@@ -301,10 +321,7 @@ impl Handler {
     }
 
     /// Queue the batch for the store; its outcome arrives after the commit.
-    async fn store_batch(
-        &self,
-        batch: ReportBatch,
-    ) -> oneshot::Receiver<Result<u64, store::Refusal>> {
+    async fn store_batch(&self, batch: Prepared) -> oneshot::Receiver<Result<u64, store::Refusal>> {
         let (done, stored) = oneshot::channel();
         self.shared
             .store

@@ -24,6 +24,7 @@
 
 mod ops;
 mod plugin_runs;
+mod prepared;
 mod read;
 pub mod retention;
 pub mod samples;
@@ -31,6 +32,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
+pub use prepared::{Prepared, PreparedEntry, PreparedReport, SeriesCache};
 pub use read::{
     StoredReport, host_names, last_report_rowid, latest, parsed, remembered, reports,
     reports_after, service_names, services_of,
@@ -42,7 +44,6 @@ use ops::{Caches, apply_op};
 use rusqlite::Connection;
 use sandglass_core::report::Level;
 use sandglass_core::time::now_ms;
-use sandglass_protocol::{Entry, ReportBatch};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -56,7 +57,7 @@ pub enum Op {
         host: String,
         /// The agent's spool stream the entries are numbered in.
         stream: u64,
-        batch: ReportBatch,
+        batch: Prepared,
         /// Added to report and gap times to correct the agent's clock.
         offset_ms: i64,
         received_ms: u64,
@@ -317,9 +318,11 @@ fn observe_stored(tracker: &mut Tracker, group: &[Op], failed: &[Option<String>]
             received_ms: *received_ms,
         };
         for entry in &batch.entries {
-            if let Entry::Report(report) = entry {
+            if let PreparedEntry::Report(report) = entry
+                && tracker.judges(host, &report.service)
+            {
                 let time_ms = ops::corrected(report.time_ms, clock);
-                tracker.observe(host, &report.service, &report.samples, time_ms);
+                tracker.observe(host, &report.service, &report.samples(), time_ms);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! the writer.
 
 use super::plugin_runs;
+use super::prepared::{Prepared, PreparedEntry};
 use super::samples::{self, NewestLayouts};
 use super::schema::write_heartbeat;
 use super::{Op, ScheduledHost, ScheduledService, Seen};
@@ -10,13 +11,15 @@ use crate::streams::{self, RangeSet};
 use rusqlite::{Connection, OptionalExtension, params};
 use sandglass_core::report::Level;
 use sandglass_core::text::Escaped;
-use sandglass_protocol::{Entry, Gap, ReportBatch};
+use sandglass_protocol::Gap;
 use std::collections::HashMap;
 
 /// What the writer remembers between ops, to spare queries.
 #[derive(Default)]
 pub(super) struct Caches {
-    pub service_ids: HashMap<(String, String), i64>,
+    /// Service ids by host, then service name (looked up without copying
+    /// either name).
+    pub service_ids: HashMap<String, HashMap<String, i64>>,
     pub layouts: NewestLayouts,
     /// Stored numbers per (host, stream), as in the `stored_ranges` table.
     pub stored: HashMap<(String, u64), RangeSet>,
@@ -192,7 +195,7 @@ fn write_batch(
     caches: &mut Caches,
     host: &str,
     stream: u64,
-    batch: &ReportBatch,
+    batch: &Prepared,
     clock: Clock,
     seen: &mut Vec<Seen>,
 ) -> anyhow::Result<()> {
@@ -220,7 +223,7 @@ fn insert_entries<'b>(
     tx: &Connection,
     caches: &mut Caches,
     host: &str,
-    batch: &'b ReportBatch,
+    batch: &'b Prepared,
     stored: &RangeSet,
     clock: Clock,
 ) -> anyhow::Result<HashMap<i64, Latest<'b>>> {
@@ -238,8 +241,8 @@ fn insert_entries<'b>(
         .filter(|(seq, _)| !stored.contains(*seq));
     for (seq, entry) in fresh {
         let report = match entry {
-            Entry::Report(report) => report,
-            Entry::Gap(gap) => {
+            PreparedEntry::Report(report) => report,
+            PreparedEntry::Gap(gap) => {
                 insert_gap(tx, host, clock, gap)?;
                 continue;
             }
@@ -249,18 +252,18 @@ fn insert_entries<'b>(
             count_unscheduled(&mut unscheduled, host, &report.service, time_ms);
             continue;
         };
-        let (layout, values) = samples::encode(tx, &mut caches.layouts, id, &report.samples)?;
+        let layout = samples::layout_id(tx, &mut caches.layouts, id, &report.series)?;
         insert.execute(params![
             id,
             time_ms,
             clock.received_ms,
             seq,
-            report.status.level.as_str(),
-            report.status.text,
+            report.level.as_str(),
+            report.text,
             layout,
-            values
+            report.values
         ])?;
-        plugin_runs::count_run(tx, id, time_ms, report.status.level)?;
+        plugin_runs::count_run(tx, id, time_ms, report.level)?;
         let newest = latest.entry(id).or_insert(Latest {
             time_ms: 0,
             service: &report.service,
@@ -271,8 +274,8 @@ fn insert_entries<'b>(
             *newest = Latest {
                 time_ms,
                 service: &report.service,
-                level: report.status.level,
-                text: &report.status.text,
+                level: report.level,
+                text: &report.text,
             };
         }
     }
@@ -376,11 +379,11 @@ pub(super) fn corrected(time_ms: u64, clock: Clock) -> u64 {
 /// the host are not stored, so a peer cannot grow the services table at will.
 fn service_id(
     tx: &Connection,
-    ids: &mut HashMap<(String, String), i64>,
+    ids: &mut HashMap<String, HashMap<String, i64>>,
     host: &str,
     service: &str,
 ) -> anyhow::Result<Option<i64>> {
-    if let Some(id) = ids.get(&(host.to_owned(), service.to_owned())) {
+    if let Some(id) = ids.get(host).and_then(|of_host| of_host.get(service)) {
         return Ok(Some(*id));
     }
     let id: Option<i64> = tx
@@ -388,7 +391,9 @@ fn service_id(
         .query_row(params![host, service], |r| r.get(0))
         .optional()?;
     if let Some(id) = id {
-        ids.insert((host.to_owned(), service.to_owned()), id);
+        ids.entry(host.to_owned())
+            .or_default()
+            .insert(service.to_owned(), id);
     }
     Ok(id)
 }

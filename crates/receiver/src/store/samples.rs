@@ -17,12 +17,14 @@
 //! a MessagePack array in `reports.samples`, read as before; retention ages
 //! them out.
 
+use super::prepared::Series;
 use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use sandglass_core::hash::sha256;
 use sandglass_core::report::{MetricKind, Sample};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS layouts (
@@ -56,24 +58,22 @@ pub struct SeriesDesc(
     pub Vec<(String, String)>,
 );
 
-impl SeriesDesc {
-    fn of(sample: &Sample) -> SeriesDesc {
-        SeriesDesc(
-            sample.name.clone(),
-            sample.kind,
-            sample.unit.clone(),
-            sample.labels.clone(),
-        )
+/// A sample's series, taken from it without copying its strings.
+impl From<Sample> for SeriesDesc {
+    fn from(sample: Sample) -> SeriesDesc {
+        SeriesDesc(sample.name, sample.kind, sample.unit, sample.labels)
     }
+}
 
-    fn describes(&self, sample: &Sample) -> bool {
+impl SeriesDesc {
+    pub(super) fn describes(&self, sample: &Sample) -> bool {
         self.0 == sample.name
             && self.1 == sample.kind
             && self.2 == sample.unit
             && self.3 == sample.labels
     }
 
-    fn with(&self, value: f64) -> Sample {
+    pub(super) fn with(&self, value: f64) -> Sample {
         Sample {
             name: self.0.clone(),
             value,
@@ -85,26 +85,28 @@ impl SeriesDesc {
 }
 
 /// The writer's newest layout per service id: what the next report of the
-/// service almost always has again.
-pub(super) type NewestLayouts = HashMap<i64, (i64, Vec<SeriesDesc>)>;
+/// service almost always has again (as the very same [`Series`], shared by
+/// the connection that prepared it).
+pub(super) type NewestLayouts = HashMap<i64, (i64, Series)>;
 
-/// The layout id and the value bytes to store for a report of
-/// `service_id` with `samples`.
-pub(super) fn encode(
+/// The layout id to store for a report of `service_id` with `series`:
+/// the service's newest layout if the series are the same (the same
+/// pointer, or else equal), else the stored layout with exactly these
+/// series, else a new one.
+pub(super) fn layout_id(
     tx: &Connection,
     newest: &mut NewestLayouts,
     service_id: i64,
-    samples: &[Sample],
-) -> anyhow::Result<(i64, Vec<u8>)> {
-    let values: Vec<u8> = samples.iter().flat_map(|s| s.value.to_le_bytes()).collect();
-    if let Some((id, series)) = newest.get(&service_id)
-        && series.len() == samples.len()
-        && series.iter().zip(samples).all(|(d, s)| d.describes(s))
+    series: &Series,
+) -> anyhow::Result<i64> {
+    if let Some((id, known)) = newest.get_mut(&service_id)
+        && (Arc::ptr_eq(known, series) || **known == **series)
     {
-        return Ok((*id, values));
+        // The next report of this connection shares these.
+        *known = series.clone();
+        return Ok(*id);
     }
-    let series: Vec<SeriesDesc> = samples.iter().map(SeriesDesc::of).collect();
-    let text = serde_json::to_string(&series)?;
+    let text = serde_json::to_string(&**series)?;
     let digest = &sha256(text.as_bytes())[..8];
     let found: Option<i64> = tx
         .prepare_cached(
@@ -122,8 +124,8 @@ pub(super) fn encode(
             tx.last_insert_rowid()
         }
     };
-    newest.insert(service_id, (id, series));
-    Ok((id, values))
+    newest.insert(service_id, (id, series.clone()));
+    Ok(id)
 }
 
 /// Layouts read so far, by id: a reader parses each once.

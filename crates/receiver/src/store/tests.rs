@@ -3,8 +3,8 @@
 use super::ops::{Clock, corrected};
 use super::*;
 use sandglass_core::report::{Cost, Report, Status};
-use sandglass_protocol::Entry;
 use sandglass_protocol::Gap;
+use sandglass_protocol::{Entry, ReportBatch};
 use std::path::Path;
 
 fn batch(seq: u64, runs: std::ops::RangeInclusive<u64>) -> ReportBatch {
@@ -39,7 +39,7 @@ fn try_send(store: &Store, stream: u64, batch: ReportBatch) -> Result<u64, Refus
         .blocking_send(Op::Batch {
             host: "h".into(),
             stream,
-            batch,
+            batch: SeriesCache::default().prepare(batch),
             offset_ms: 0,
             received_ms: u64::MAX >> 2,
             done,
@@ -552,4 +552,46 @@ fn runs_are_counted_for_the_build_pinned_when_they_arrive() {
     // Runs before the window are not counted.
     let later = crate::plugins::listing::plugins(&conn, 60_000).unwrap();
     assert_eq!(later[0].versions[1].runs, 0);
+}
+
+#[test]
+fn a_new_connection_with_the_same_series_finds_their_stored_layout() {
+    let (_dir, path, tracker) = fresh();
+    let (store, writer) = start(&path, &tracker);
+    // Each `send` prepares with a cache of its own, as a new connection
+    // does: the series are equal but not shared with the writer's.
+    let sent = batch_with_samples();
+    send(&store, 1, sent.clone());
+    let mut again = sent.clone();
+    again.seq = 4;
+    send(&store, 1, again);
+    drop(store);
+    writer.join().unwrap();
+    let conn = open_existing(&path).unwrap();
+    assert_eq!(count(&conn, "layouts"), 2);
+    let stored = reports(&conn, Some("h"), None, 0, END).unwrap();
+    assert_eq!(stored.len(), 6);
+    // Oldest first: each run of the first batch, then its copy.
+    for pair in stored.chunks(2) {
+        let (first, second) = (&pair[0], &pair[1]);
+        assert_eq!(first.time_ms, second.time_ms);
+        assert_eq!(first.samples.len(), second.samples.len());
+        for (a, b) in first.samples.iter().zip(&second.samples) {
+            assert_eq!((&a.name, &a.labels), (&b.name, &b.labels));
+        }
+    }
+}
+
+#[test]
+fn the_store_keeps_savepoint_journals_in_memory_and_commits_durably() {
+    let (_dir, path, _tracker) = fresh();
+    let conn = open(&path).unwrap();
+    let temp_store: i64 = conn
+        .query_row("PRAGMA temp_store", [], |r| r.get(0))
+        .unwrap();
+    let synchronous: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    // 2 = MEMORY; 2 = FULL.
+    assert_eq!((temp_store, synchronous), (2, 2));
 }
