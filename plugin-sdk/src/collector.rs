@@ -268,16 +268,16 @@ impl Context {
         self.state.as_deref()
     }
 
-    fn into_collection(self) -> abi::Collection {
-        let status = self.status.unwrap_or_else(|| abi::Status {
+    fn into_collection(mut self) -> std::result::Result<abi::Collection, String> {
+        let status = self.status.take().unwrap_or_else(|| abi::Status {
             level: abi::Level::Ok,
             text: format!("{} samples", self.samples.len()),
         });
-        abi::Collection {
-            samples: self.samples,
+        Ok(abi::Collection {
+            samples: put_samples(self.samples)?,
             status,
             state: self.state,
-        }
+        })
     }
 }
 
@@ -298,6 +298,30 @@ impl SampleBuilder<'_> {
         self.sample.labels.push((key.into(), value.into()));
         self
     }
+}
+
+/// A lean collector hands its samples over packed in one buffer
+/// (`put-samples`): one copy out of the plugin instead of one per string. The
+/// WASI world has no `put-samples`: there they go in the collection.
+fn put_samples(samples: Vec<abi::Sample>) -> std::result::Result<Vec<abi::Sample>, String> {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    {
+        use sandglass_abi::packed::{SampleRef, encode};
+        let packed = encode(samples.iter().map(|s| SampleRef {
+            kind: match s.kind {
+                abi::MetricKind::Gauge => 0,
+                abi::MetricKind::Counter => 1,
+            },
+            name: &s.name,
+            unit: &s.unit,
+            value: s.value,
+            labels: &s.labels,
+        }));
+        crate::bindings::sandglass::collector::host::put_samples(&packed)?;
+        Ok(Vec::new())
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+    Ok(samples)
 }
 
 /// A lean collector has no stderr: its panic message goes to the agent's log
@@ -321,7 +345,7 @@ pub fn collect<C: Collector>(
     log_panics();
     let mut ctx = Context::new(params, state);
     C::collect(&mut ctx).map_err(|e| e.to_string())?;
-    Ok(ctx.into_collection())
+    ctx.into_collection()
 }
 
 #[cfg(test)]
@@ -349,7 +373,7 @@ mod tests {
         let err = ctx.param_or("warn", 1.0).unwrap_err().to_string();
         assert!(err.contains("warn") && err.contains("lots"), "{err}");
         assert_eq!(ctx.param_or("absent", 7u32).unwrap(), 7);
-        let collection = ctx.into_collection();
+        let collection = ctx.into_collection().unwrap();
         assert_eq!(collection.status.text, "1 samples");
         assert_eq!(collection.samples[0].unit, "bytes");
     }

@@ -383,6 +383,12 @@ fn fuel_deadline_memory_and_output_caps_stop_a_lean_plugin() {
         lean_failure(&runtime, &[("mode", "many-samples")], defaults.clone()),
         RunFailure::TooManySamples { count: 20_000, .. }
     ));
+    // Packed samples that lie about their count fail the run, although
+    // the plugin ignores the refusal and reports OK.
+    assert!(matches!(
+        lean_failure(&runtime, &[("mode", "packed-lies")], defaults.clone()),
+        RunFailure::Plugin(text) if text.contains("malformed packed samples: 4294967295 samples claimed")
+    ));
     assert!(matches!(
         lean_failure(&runtime, &[("mode", "huge-strings")], defaults.clone()),
         RunFailure::OutputBytes { .. } | RunFailure::Lift(_)

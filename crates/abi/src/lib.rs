@@ -6,7 +6,10 @@
 //! take it from here, and this crate reads it from the WIT file at compile
 //! time, so the version is written in exactly one place. It also holds the
 //! one other fact both sides must read alike: how a mount point is written
-//! in the kernel's mount tables (`fs-usage`).
+//! in the kernel's mount tables (`fs-usage`), and the layout of samples packed
+//! in one buffer (`put-samples`, [`packed`]).
+
+pub mod packed;
 
 /// The ABI version: the version of the `sandglass:collector` WIT package.
 pub const ABI_VERSION: &str = package_version(include_str!("../../../wit/collector.wit"));

@@ -75,15 +75,23 @@ pub(super) fn cap_text(text: String, max: usize) -> String {
     )
 }
 
+/// What one sample costs against `max_output_bytes`.
+pub(super) fn sample_cost<'s>(
+    name: &str,
+    unit: &str,
+    labels: impl Iterator<Item = (&'s str, &'s str)>,
+) -> u64 {
+    let labels: u64 = labels
+        .map(|(k, v)| LABEL_COST + (k.len() + v.len()) as u64)
+        .sum();
+    SAMPLE_COST + (name.len() + unit.len()) as u64 + labels
+}
+
 /// What `collection` costs against `max_output_bytes`.
 fn cost(collection: &wit::Collection) -> u64 {
     let sample = |s: &wit::Sample| {
-        let labels: u64 = s
-            .labels
-            .iter()
-            .map(|(k, v)| LABEL_COST + (k.len() + v.len()) as u64)
-            .sum();
-        SAMPLE_COST + (s.name.len() + s.unit.len()) as u64 + labels
+        let labels = s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        sample_cost(&s.name, &s.unit, labels)
     };
     collection.status.text.len() as u64 + collection.samples.iter().map(sample).sum::<u64>()
 }

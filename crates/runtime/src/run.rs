@@ -189,8 +189,7 @@ impl Runtime {
             };
         let result = match call_collect(pre, &mut store, request) {
             Err(e) => Err(classify_lean(e, store.data(), limits)),
-            Ok(Err(message)) => Err(output::plugin_error(message, limits)),
-            Ok(Ok(collection)) => output::check(collection, limits),
+            Ok(returned) => std::mem::take(&mut store.data_mut().put).finish(returned, limits),
         };
         finish(result, start, limits, &store, &store.data().account)
     }

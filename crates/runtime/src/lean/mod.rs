@@ -6,10 +6,12 @@
 //! ([`crate::limited`], [`crate::output`]).
 //!
 //! - [`files`]: `read-file`, `read-file-part`, `list-dir`;
-//! - [`mounts`]: `fs-usage`, for mount points only.
+//! - [`mounts`]: `fs-usage`, for mount points only;
+//! - [`put`]: `put-samples`, samples packed in one buffer.
 
 pub mod files;
 pub mod mounts;
+pub mod put;
 
 use crate::abi::{self, lean_host};
 use crate::account::Account;
@@ -31,6 +33,10 @@ pub struct LeanState {
     read_max: u64,
     /// The agent's mount points, read at the first `fs-usage` of the run.
     mounts: Option<Vec<String>>,
+    /// The run's caps, which `put-samples` counts against.
+    limits: Limits,
+    /// What `put-samples` handed over.
+    pub put: put::PutSamples,
 }
 
 impl LeanState {
@@ -87,6 +93,10 @@ impl lean_host::Host for LeanState {
         mounts::usage(self.mounts.as_deref().unwrap_or_default(), &mount_point)
     }
 
+    fn put_samples(&mut self, packed: Vec<u8>) -> Result<(), String> {
+        self.put.put(&packed, &self.limits)
+    }
+
     fn now(&mut self) -> lean_host::Datetime {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -121,6 +131,8 @@ pub fn new_store(
         account: Account::new(plugin, service, limits),
         read_max: limits.memory.0.min(files::READ_MAX),
         mounts: None,
+        limits: limits.clone(),
+        put: put::PutSamples::default(),
     };
     limited_store(engine, state, limits, |s| &mut s.account)
 }
