@@ -5,39 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-pub use sandglass_tests::{build_plugins, fixture, plugin, root};
-
-/// A port on 127.0.0.1 that only this test process hands out, free when
-/// handed out. A port from `bind("127.0.0.1:0")` that is let go can be given
-/// to any other test's `bind(":0")` before it is used or used again: a
-/// receiver restarted on its old port then found it taken, or found another
-/// test's agent reporting to it. So these ports come from below the kernel's
-/// ephemeral range (which `bind(":0")` never leaves), and a counter keeps
-/// the tests of this process apart; the process id spreads two test runs on
-/// one machine over the range.
-pub fn reserved_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768);
-    let low = ephemeral_low.saturating_sub(12_000).max(1024);
-    let span = ephemeral_low.saturating_sub(low);
-    let base = std::process::id() * 101;
-    for _ in 0..span {
-        let port = (low + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in {low}..{}", low + span)
-}
-
-/// `127.0.0.1:PORT` with a [`reserved_port`].
-pub fn reserved_address() -> String {
-    format!("127.0.0.1:{}", reserved_port())
-}
+pub use sandglass_tests::{build_plugins, fixture, plugin, reserved_address, reserved_port, root};
 
 /// A plugin directory under `dir` holding the core plugins `core` and the
 /// misbehave fixture, for a receiver and an agent to share.

@@ -29,7 +29,7 @@ pub struct Victoria {
 impl Victoria {
     /// Start on a free port with its data under `dir`.
     pub fn start(dir: &Path, dedup: bool) -> Victoria {
-        let port = crate::common::reserved_port();
+        let port = sandglass_tests::reserved_port();
         let mut vm = Victoria {
             child: None,
             address: format!("127.0.0.1:{port}"),

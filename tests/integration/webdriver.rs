@@ -23,7 +23,7 @@ impl Browser {
     /// `profile` (a new temporary directory).
     pub fn start(profile: &Path, log: &Path) -> Browser {
         // chromedriver takes a port number, not a listening socket.
-        let port = crate::common::reserved_port();
+        let port = sandglass_tests::reserved_port();
         let driver = Command::new("chromedriver")
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
             .stdout(std::fs::File::create(log).unwrap())

@@ -432,6 +432,11 @@ impl Handler {
         } = self;
         drop(answers);
         drop(outbound);
+        // The registry's sender goes too, so the writer ends as soon as the
+        // queue is out (kept, it held every closing connection, and a
+        // receiver's stop, for the whole wait below). A connection that was
+        // replaced leaves the host connected (by the one that replaced it).
+        let current = super::unregister(&shared, &host, link.id);
         // A peer that does not read them is not waited for (nor its socket
         // kept).
         if tokio::time::timeout(Duration::from_secs(2), &mut writer)
@@ -440,9 +445,7 @@ impl Handler {
         {
             writer.abort();
         }
-        // A connection that was replaced leaves the host connected (by the
-        // connection that replaced it).
-        if super::unregister(&shared, &host, link.id) {
+        if current {
             shared
                 .store
                 .send(Op::Disconnected { host: host.clone() })
