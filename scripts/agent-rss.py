@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """What a process's resident pages are, from /proc/PID/smaps, by category.
 
-    python3 scripts/agent-rss.py PID BINARY PLUGIN_CACHE_DIR [--detail]
+    python3 scripts/agent-rss.py PID BINARY PLUGIN_CACHE_DIR [--detail] [--referenced]
 
-Categories (KiB of Rss; Pss for the file-backed ones is about the same,
+--referenced sums the pages accessed since `echo 1 > /proc/PID/clear_refs`
+instead of the resident ones: what the process really touched meanwhile.
+
+Categories (KiB of Rss; Pss for the file-backed ones is about the same:
 nothing else maps them):
   binary text      the executable's r-x mapping (code)
   binary data      its other mappings (read-only data, unwind tables, .data)
@@ -26,8 +29,8 @@ ARENA = 64 << 10  # KiB: glibc's HEAP_MAX_SIZE on 64-bit
 POOL = 128 << 10  # KiB
 
 
-def mappings(pid):
-    """(start, end, perms, path, rss_kib, pss_kib) per mapping."""
+def mappings(pid, field):
+    """(start, end, perms, path, KiB of `field`) per mapping."""
     out = []
     with open(f"/proc/{pid}/smaps") as f:
         current = None
@@ -36,12 +39,10 @@ def mappings(pid):
             if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
                 start, end = (int(x, 16) for x in head[0].split("-"))
                 path = head[5].strip() if len(head) > 5 else ""
-                current = [start, end, head[1], path, 0, 0]
+                current = [start, end, head[1], path, 0]
                 out.append(current)
-            elif head[0] == "Rss:":
+            elif head[0] == field + ":":
                 current[4] = int(head[1])
-            elif head[0] == "Pss:":
-                current[5] = int(head[1])
     return out
 
 
@@ -62,7 +63,7 @@ def classify(maps, binary, cache):
     cache = os.path.realpath(cache)
     totals = {}
     detail = []
-    for i, (start, end, perms, path, rss, _) in enumerate(maps):
+    for i, (start, end, perms, path, rss) in enumerate(maps):
         size = (end - start) >> 10
         if path == binary:
             cat = "binary text" if "x" in perms else "binary data"
@@ -106,7 +107,7 @@ def classify(maps, binary, cache):
 
 def main():
     pid, binary, cache = sys.argv[1:4]
-    maps = mappings(pid)
+    maps = mappings(pid, "Referenced" if "--referenced" in sys.argv else "Rss")
     totals, detail = classify(maps, binary, cache)
     total = sum(totals.values())
     print(f"    {'total':<24}{total:>8} KiB")

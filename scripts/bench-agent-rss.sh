@@ -8,7 +8,8 @@
 # reported a result (lvs reports UNKNOWN without IPVS: EXPECT counts the
 # others), at each of SNAPSHOTS seconds. Prints VmRSS and what the resident pages are
 # (scripts/agent-rss.py: binary, compiled plugins, pool, malloc arenas,
-# heap, stacks), and the agent's CPU time per cycle since the last one.
+# heap, stacks), and the agent's CPU time per cycle since the last one;
+# then what two cycles touch (smaps' Referenced after clear_refs).
 #   ROUNDS=2 SNAPSHOTS="30 120" INTERVAL=5s bash scripts/bench-agent-rss.sh
 # AGENT_ENV="MALLOC_ARENA_MAX=4" runs the agent with that environment;
 # DETAIL=1 lists every resident mapping; NO_BUILD=1 skips the builds.
@@ -100,6 +101,10 @@ run_agent() {
             python3 scripts/agent-rss.py "$agent" "$bin/agent" "$dir/state/cache" ${DETAIL:+--detail}
             elapsed=$at
         done
+        echo 1 >"/proc/$agent/clear_refs"
+        sleep $((2 * ${interval%s}))
+        echo "  pages touched in the next two cycles (Referenced):"
+        python3 scripts/agent-rss.py "$agent" "$bin/agent" "$dir/state/cache" --referenced
     fi
     kill -TERM "$agent"
     wait "$agent" || true
