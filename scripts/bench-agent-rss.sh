@@ -12,6 +12,7 @@
 # then what two cycles touch (smaps' Referenced after clear_refs).
 #   ROUNDS=2 SNAPSHOTS="30 120" INTERVAL=5s bash scripts/bench-agent-rss.sh
 # AGENT_ENV="MALLOC_ARENA_MAX=4" runs the agent with that environment;
+# KEEP=1 keeps the temporary directory;
 # DETAIL=1 lists every resident mapping; NO_BUILD=1 skips the builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,16 +26,8 @@ if [ -z "${NO_BUILD:-}" ]; then
     bash scripts/build-plugins.sh >/dev/null
     bash scripts/build.sh >/dev/null 2>&1
 fi
-bin=$PWD/target/release
-dir=$(mktemp -d)
-receiver=""
-agent=""
-cleanup() {
-    [ -n "$agent" ] && kill -TERM "$agent" 2>/dev/null && wait "$agent" 2>/dev/null
-    [ -n "$receiver" ] && kill -TERM "$receiver" 2>/dev/null && wait "$receiver" 2>/dev/null
-    [ -n "${KEEP:-}" ] && echo "kept $dir" || rm -rf "$dir"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/agent-bench.sh
+source scripts/agent-bench.sh
 
 mkdir -p "$dir/logs"
 echo "boot" >"$dir/logs/app.log"
@@ -51,42 +44,15 @@ plugins=(cpu cpuinfo diskio filesystem loadavg logwatch lvs memory network proce
     printf '[hosts.rss]\ntoken = "rss-bench-token"\nservices = [%s]\n' \
         "$(printf '"%s",' "${plugins[@]}" | sed 's/,$//')"
 } >"$dir/receiver.toml"
-"$bin/receiver" run --config "$dir/receiver.toml" --listen 127.0.0.1:0 >"$dir/receiver.out" 2>"$dir/receiver.log" &
-receiver=$!
-for _ in $(seq 100); do
-    grep -q "listening on" "$dir/receiver.out" 2>/dev/null && break
-    sleep 0.1
-done
-address=$(sed -n 's/^listening on //p' "$dir/receiver.out")
-cat >"$dir/agent.toml" <<EOF
-host_id = "rss"
-receiver = "$address"
-token = "rss-bench-token"
-plugin_dir = "$PWD/target/plugins"
-state_dir = "$dir/state"
-[allow]
-sys = true
+start_receiver
+write_agent_config rss rss-bench-token <<EOF
 files = ["$dir/logs"]
 EOF
-chmod 600 "$dir/agent.toml"
 
-# Services with a result (OK, WARN or CRIT) since `since_ms`.
-reporting() {
-    "$bin/receiver" status --config "$dir/receiver.toml" --json |
-        python3 -c 'import json,sys; h=json.load(sys.stdin)[0]; print(sum(s["level"] in ("OK","WARN","CRIT") and (s["last_ms"] or 0) >= int(sys.argv[1]) for s in h["services"]))' "$1"
-}
 # User + system CPU time of a process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run_agent() {
-    local start=$(($(date +%s%N) / 1000000))
-    # shellcheck disable=SC2086 # AGENT_ENV is a list of NAME=value words
-    env ${AGENT_ENV:-} "$bin/agent" run --config "$dir/agent.toml" 2>>"$dir/agent.log" &
-    agent=$!
-    local waited=0
-    until [ "$(reporting "$start")" -ge "$expect" ] || [ "$waited" -ge 600 ]; do
-        sleep 1
-        waited=$((waited + 1))
-    done
+    start_agent
     if [ "$1" = measure ]; then
         echo "  every service reporting after ${waited}s"
         local hz elapsed=0 ticks
@@ -106,9 +72,7 @@ run_agent() {
         echo "  pages touched in the next two cycles (Referenced):"
         python3 scripts/agent-rss.py "$agent" "$bin/agent" "$dir/state/cache" --referenced
     fi
-    kill -TERM "$agent"
-    wait "$agent" || true
-    agent=""
+    stop_agent
 }
 echo "agent RSS with ${#plugins[@]} core plugins every $interval${AGENT_ENV:+ ($AGENT_ENV)}"
 run_agent fill-cache
