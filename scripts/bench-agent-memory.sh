@@ -15,16 +15,8 @@ settle=${SETTLE_SECS:-10}
 expect=${EXPECT:-10}
 bash scripts/build-plugins.sh >/dev/null
 bash scripts/build.sh >/dev/null 2>&1
-bin=$PWD/target/release
-dir=$(mktemp -d)
-receiver=""
-agent=""
-cleanup() {
-    [ -n "$agent" ] && kill -TERM "$agent" 2>/dev/null && wait "$agent" 2>/dev/null
-    [ -n "$receiver" ] && kill -TERM "$receiver" 2>/dev/null && wait "$receiver" 2>/dev/null
-    [ -n "${KEEP:-}" ] && echo "kept $dir" || rm -rf "$dir"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/agent-bench.sh
+source scripts/agent-bench.sh
 
 plugins=(uptime cpu cpuinfo diskio loadavg lvs memory network processes procstat pressure)
 {
@@ -35,47 +27,18 @@ plugins=(uptime cpu cpuinfo diskio loadavg lvs memory network processes procstat
     printf '[hosts.mem]\ntoken = "memory-bench-token"\nservices = [%s]\n' \
         "$(printf '"%s",' "${plugins[@]}" | sed 's/,$//')"
 } >"$dir/receiver.toml"
-"$bin/receiver" run --config "$dir/receiver.toml" --listen 127.0.0.1:0 >"$dir/receiver.out" 2>"$dir/receiver.log" &
-receiver=$!
-for _ in $(seq 100); do
-    grep -q "listening on" "$dir/receiver.out" 2>/dev/null && break
-    sleep 0.1
-done
-address=$(sed -n 's/^listening on //p' "$dir/receiver.out")
-cat >"$dir/agent.toml" <<EOF
-host_id = "mem"
-receiver = "$address"
-token = "memory-bench-token"
-plugin_dir = "$PWD/target/plugins"
-state_dir = "$dir/state"
-[allow]
-sys = true
-EOF
-chmod 600 "$dir/agent.toml"
+start_receiver
+write_agent_config mem memory-bench-token </dev/null
 
 # VmRSS, RssFile and RssAnon of the agent, in KiB.
 rss() { awk '/^(VmRSS|RssFile|RssAnon):/ {printf "%s %s  ", $1, $2}' "/proc/$1/status"; }
 kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# Services with a result (OK, WARN or CRIT) since `since_ms`.
-reporting() {
-    "$bin/receiver" status --config "$dir/receiver.toml" --json |
-        python3 -c 'import json,sys; h=json.load(sys.stdin)[0]; print(sum(s["level"] in ("OK","WARN","CRIT") and (s["last_ms"] or 0) >= int(sys.argv[1]) for s in h["services"]))' "$1"
-}
 run_agent() {
-    local start=$(($(date +%s%N) / 1000000))
-    "$bin/agent" run --config "$dir/agent.toml" 2>>"$dir/agent.log" &
-    agent=$!
-    local waited=0
-    until [ "$(reporting "$start")" -ge "$expect" ] || [ "$waited" -ge 600 ]; do
-        sleep 1
-        waited=$((waited + 1))
-    done
+    start_agent
     sleep "$settle"
     echo "  $1: $(rss "$agent") every service reporting after ${waited}s"
     eval "$2=$(kib "$agent")"
-    kill -TERM "$agent"
-    wait "$agent" || true
-    agent=""
+    stop_agent
 }
 echo "agent RSS with ${#plugins[@]} plugins scheduled, ${settle}s after every service reported (KiB)"
 for round in $(seq "$rounds"); do

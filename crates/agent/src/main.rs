@@ -179,6 +179,12 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got {text:?}"))
 }
 
+/// When `agent run` hands back the code pages start-up touched (plugins
+/// loaded and run once by then), and how often again (docs/performance.md,
+/// "Agent memory").
+const PAGE_OUT_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+const PAGE_OUT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn main() {
     let cli = Cli::parse();
     let long_running = matches!(cli.command, Command::Run { .. });
@@ -193,6 +199,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
+                tokio::spawn(sandglass_daemon::cold_pages::page_out_now_and_then(
+                    PAGE_OUT_AFTER,
+                    PAGE_OUT_EVERY,
+                ));
                 let reload = Arc::new(tokio::sync::Notify::new());
                 let shutdown = sandglass_daemon::signals(reload.clone())?;
                 sandglass_agent::daemon::run(&config, reload, shutdown).await

@@ -2,9 +2,11 @@
 //!
 //! What the agent and the receiver binaries share, and nothing else needs:
 //! logging set-up, error exit, the signals of their long-running commands
-//! (`agent run`, `receiver run`), process limits, and [`tls`] for their
+//! (`agent run`, `receiver run`), process limits, memory given back
+//! ([`release_freed_memory`], [`cold_pages`]), and [`tls`] for their
 //! connections.
 
+pub mod cold_pages;
 pub mod tls;
 
 use std::sync::Arc;

@@ -78,14 +78,17 @@ enum Entry {
 /// 149 against 112 µs (`bash scripts/bench-hot-paths.sh`). Tables are small
 /// and are wiped in place (`table_keep_resident`): one `madvise` per run
 /// instead of three, each of which interrupts the other core to flush its TLB.
-/// The first 256 KiB of linear memory are wiped in place too
+/// The first 128 KiB of linear memory are wiped in place too
 /// (`linear_memory_keep_resident`): a lean collector, linked with a 64 KiB
 /// stack (`scripts/build-plugins.sh`), keeps its stack, data and heap there,
 /// and a page fault per page it touched was most of its entry cost (26-31
 /// µs; 15-16 µs wiped in place, `bash scripts/bench-sandbox.sh`). The price:
-/// those pages stay resident per memory slot in use (the pool keeps a slot
-/// per plugin), 256 KiB each: `agent once` with 9 plugins peaks at 23.6
-/// against 19.1 MiB. A WASI plugin's 1 MiB stack lies above it, so for those
+/// those pages stay resident per memory slot in use (the wipe touches them
+/// all; the pool keeps a slot per plugin, more over time), so the size is
+/// what the lean entry needs: 256 KiB cost `agent run` with the core
+/// plugins 2.0-2.1 MiB more and bought no faster entry than 128 KiB (lean
+/// entry 23.0-23.5 µs against 20.8-21.3; docs/performance.md, "Agent memory
+/// with the core plugins"). A WASI plugin's 1 MiB stack lies above it, so for those
 /// it is a wipe of pages they do not use; keeping all of memory resident was
 /// measured before and gained them nothing.
 ///
@@ -105,7 +108,7 @@ fn instance_pool() -> PoolingAllocationConfig {
         .max_tables_per_module(4)
         .table_elements(100_000)
         .table_keep_resident(64 << 10)
-        .linear_memory_keep_resident(256 << 10);
+        .linear_memory_keep_resident(128 << 10);
     pool
 }
 
