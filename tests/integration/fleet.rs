@@ -196,7 +196,10 @@ fn a_wrong_token_is_refused_on_both_sides_and_nothing_is_stored() {
         "tokens never reach a log"
     );
     assert!(receiver.report_times("a", "uptime").is_empty());
-    assert_eq!(receiver.host_status("a"), "PENDING");
+    // Never up: PENDING, or UNREACHABLE once its first reports are overdue
+    // (a loaded machine takes that long to get here).
+    let status = receiver.host_status("a");
+    assert!(status == "PENDING" || status == "UNREACHABLE", "{status}");
 }
 
 /// Read what the receiver answers to raw bytes: its preamble, then frames.
