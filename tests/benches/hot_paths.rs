@@ -25,7 +25,7 @@ use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
 use sandglass_plugin_sdk::Context;
 use sandglass_protocol::{Entry, FrameCodec, Message, ReportBatch};
 use sandglass_receiver::liveness::Tracker;
-use sandglass_receiver::store::{Op, ScheduledService, Store};
+use sandglass_receiver::store::{Op, ScheduledService, SeriesCache, Store};
 use sandglass_runtime::{Limits, RunRequest, Runtime, View};
 use sandglass_tests::root;
 use std::sync::{Arc, Mutex};
@@ -181,6 +181,8 @@ fn receiver(c: &mut Criterion) {
     // only then). One agent: the latency of a lone commit; twenty: what the
     // writer's group commit sustains.
     for agents in [1u64, 20] {
+        // One per agent's connection: a connection keeps its reports' series.
+        let mut series: Vec<SeriesCache> = (0..agents).map(|_| SeriesCache::default()).collect();
         c.bench_function(&format!("receiver_store/{agents}_agents"), |b| {
             b.iter_batched(
                 || {
@@ -203,6 +205,8 @@ fn receiver(c: &mut Criterion) {
                             else {
                                 panic!("not a batch");
                             };
+                            // As each agent's connection does before the writer.
+                            let batch = series[agent].prepare(batch);
                             let (done, acked) = tokio::sync::oneshot::channel();
                             store
                                 .send(Op::Batch {

@@ -14,7 +14,7 @@ use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
 use sandglass_protocol::{Entry, ReportBatch};
 use sandglass_receiver::liveness::Tracker;
 use sandglass_receiver::query::Query;
-use sandglass_receiver::store::{self, Op, ScheduledService, Store};
+use sandglass_receiver::store::{self, Op, ScheduledService, SeriesCache, Store};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -121,8 +121,10 @@ fn main() {
             })
             .await;
         let mut acks = Vec::new();
+        // As the hosts' connections keep them: a series seen is shared.
+        let mut series: Vec<SeriesCache> = (0..HOSTS).map(|_| SeriesCache::default()).collect();
         for first in (0..MINUTES).step_by(50) {
-            for h in 0..HOSTS {
+            for (h, series) in series.iter_mut().enumerate() {
                 for service in SERVICES {
                     let entries: Vec<Entry> = (first..(first + 50).min(MINUTES))
                         .map(|m| Entry::Report(report(service, h, m)))
@@ -139,11 +141,11 @@ fn main() {
                         .send(Op::Batch {
                             host: format!("host-{h}"),
                             stream: SERVICES.iter().position(|s| *s == service).unwrap() as u64 + 1,
-                            batch: ReportBatch {
+                            batch: series.prepare(ReportBatch {
                                 seq: first + 1,
                                 entries,
                                 settled: 0,
-                            },
+                            }),
                             offset_ms: 0,
                             received_ms: START_MS + MINUTES * 60_000,
                             done,

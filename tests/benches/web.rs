@@ -22,7 +22,7 @@ use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
 use sandglass_core::time::now_ms;
 use sandglass_protocol::{Entry, ReportBatch};
 use sandglass_receiver::liveness::{HostStatus, Tracker};
-use sandglass_receiver::store::{self, Op, ScheduledHost, ScheduledService, Store};
+use sandglass_receiver::store::{self, Op, ScheduledHost, ScheduledService, SeriesCache, Store};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -148,11 +148,11 @@ fn fill(database: &Path, hosts: u64) {
                 .send(Op::Batch {
                     host,
                     stream: 1,
-                    batch: ReportBatch {
+                    batch: SeriesCache::default().prepare(ReportBatch {
                         seq,
                         entries: reports.into_iter().map(Entry::Report).collect(),
                         settled: 0,
-                    },
+                    }),
                     offset_ms: 0,
                     received_ms: now,
                     done,

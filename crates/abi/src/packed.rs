@@ -227,7 +227,10 @@ mod tests {
             .collect()
     }
 
-    fn read_all(bytes: &[u8]) -> Result<Vec<(Family<'_>, f64, Vec<&str>)>, Malformed> {
+    /// A sample read back: its family, value and label values.
+    type Read<'a> = (Family<'a>, f64, Vec<&'a str>);
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<Read<'_>>, Malformed> {
         let mut reader = Reader::new(bytes)?;
         let mut out = Vec::new();
         let mut values = Vec::new();
