@@ -299,9 +299,14 @@ fn a_lean_plugin_reads_only_what_the_policy_allows() {
         "/sys/kernel/uevent_seqnum".into(),
         "proc/loadavg".into(),
     ];
+    // A part of a file (read-file-part, as logwatch reads) is judged alike.
+    let (ok, text, _) = lean_mode(&runtime, "read-part", "/proc/meminfo", proc_view());
+    assert!(ok && text.starts_with("escaped: read 64 of"), "{text}");
     for path in &refused {
-        let (ok, text, _) = lean_mode(&runtime, "read", path, proc_view());
-        assert!(!ok && text.contains("blocked: "), "{path}: {text}");
+        for mode in ["read", "read-part"] {
+            let (ok, text, _) = lean_mode(&runtime, mode, path, proc_view());
+            assert!(!ok && text.contains("blocked: "), "{mode} {path}: {text}");
+        }
     }
     // The agent's own secrets look absent; another's are refused by rule.
     let (_, text, denied) = lean_mode(&runtime, "read", "/proc/self/environ", proc_view());
@@ -343,12 +348,14 @@ fn a_fifo_in_a_granted_directory_is_refused_instead_of_blocking_a_lean_run() {
     );
     assert!(ok, "{text}");
     let fifo = std::fs::canonicalize(&fifo).unwrap();
-    let (ok, text, denied) = lean_mode(&runtime, "read", fifo.to_str().unwrap(), view());
-    assert!(
-        !ok && text.contains("blocked: ") && !text.contains("deadline"),
-        "{text}"
-    );
-    assert_eq!(denied, 1);
+    for mode in ["read", "read-part"] {
+        let (ok, text, denied) = lean_mode(&runtime, mode, fifo.to_str().unwrap(), view());
+        assert!(
+            !ok && text.contains("blocked: ") && !text.contains("deadline"),
+            "{mode}: {text}"
+        );
+        assert_eq!(denied, 1);
+    }
 }
 
 fn lean_failure(runtime: &Runtime, params: &[(&str, &str)], limits: Limits) -> RunFailure {
