@@ -46,6 +46,11 @@ use std::time::Duration;
 
 /// How often an endpoint that is caught up looks for new rows.
 const POLL: Duration = Duration::from_millis(200);
+
+/// How long a stopping receiver gives each endpoint to take what was stored
+/// since its last poll (the last reports before a stop or a failover would
+/// otherwise wait for this receiver's next start).
+const DRAIN: Duration = Duration::from_secs(5);
 /// Rows read at a time while filling a request.
 const READ_ROWS: usize = 256;
 
@@ -70,39 +75,63 @@ pub struct Progress {
     pub lag_ms: AtomicU64,
 }
 
-/// The running endpoints; dropping it stops their threads (a request in
-/// flight ends by its timeout; its cursor was not advanced).
+/// The running endpoints; dropping it stops their threads after they sent
+/// what is stored, for at most [`DRAIN`] (what is left keeps its place: the
+/// cursor moves only after the endpoint's 2xx).
 pub struct RemoteWriters {
     pub progress: Vec<Arc<Progress>>,
-    _stop: Vec<mpsc::Sender<()>>,
+    stop: Vec<mpsc::Sender<()>>,
+    /// Closed by each thread as it ends (in a mutex: the server shares
+    /// this, and a receiver is not `Sync`).
+    ended: std::sync::Mutex<Vec<mpsc::Receiver<()>>>,
+}
+
+impl Drop for RemoteWriters {
+    fn drop(&mut self) {
+        self.stop.clear();
+        let deadline = std::time::Instant::now() + DRAIN + POLL;
+        let ended = self.ended.get_mut().unwrap_or_else(|e| e.into_inner());
+        for ended in ended.iter() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let _ = ended.recv_timeout(left);
+        }
+    }
 }
 
 /// Start one thread per endpoint, reading `database`.
 pub fn start(endpoints: &[RemoteWrite], database: &Path) -> RemoteWriters {
     let mut progress = Vec::new();
     let mut stop = Vec::new();
+    let mut ended = Vec::new();
     for endpoint in endpoints {
         let shown = Arc::new(Progress {
             name: endpoint.name.clone(),
             ..Progress::default()
         });
         let (tx, rx) = mpsc::channel();
+        let (ended_tx, ended_rx) = mpsc::channel::<()>();
         let writer = Writer {
             endpoint: endpoint.clone(),
             database: database.to_owned(),
             progress: shown.clone(),
             stop: rx,
+            drain_until: std::cell::Cell::new(None),
         };
         std::thread::Builder::new()
             .name(format!("remote-write-{}", endpoint.name))
-            .spawn(move || writer.run())
+            .spawn(move || {
+                writer.run();
+                drop(ended_tx);
+            })
             .expect("spawn a remote-write thread");
         progress.push(shown);
         stop.push(tx);
+        ended.push(ended_rx);
     }
     RemoteWriters {
         progress,
-        _stop: stop,
+        stop,
+        ended: std::sync::Mutex::new(ended),
     }
 }
 
@@ -111,6 +140,8 @@ struct Writer {
     database: PathBuf,
     progress: Arc<Progress>,
     stop: mpsc::Receiver<()>,
+    /// Once the receiver is stopping: until when it still sends.
+    drain_until: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 /// What became of one request.
@@ -150,6 +181,13 @@ impl Writer {
         let mut cursor = read_cursor(conn, &key)?;
         let mut backoff = self.endpoint.backoff;
         loop {
+            if self
+                .drain_until
+                .get()
+                .is_some_and(|t| std::time::Instant::now() >= t)
+            {
+                return Ok(());
+            }
             let head = store::last_report_rowid(conn)?;
             let bounded = self.bound(cursor, head);
             let (rows, request) = self.next_request(conn, bounded)?;
@@ -158,7 +196,7 @@ impl Writer {
                     cursor = save_cursor(conn, &key, bounded)?;
                 }
                 self.caught_up();
-                if self.stopped(POLL) {
+                if self.draining() || self.stopped(POLL) {
                     return Ok(());
                 }
                 continue;
@@ -190,7 +228,7 @@ impl Writer {
                     backoff = self.endpoint.backoff;
                 }
                 Sent::Again => {
-                    if self.stopped(backoff) {
+                    if self.draining() || self.stopped(backoff) {
                         return Ok(());
                     }
                     backoff = (backoff * 2).min(self.endpoint.max_backoff);
@@ -304,9 +342,25 @@ impl Writer {
         self.progress.lag_ms.store(0, Relaxed);
     }
 
-    /// Wait `wait`; whether the receiver is stopping.
+    /// Wait `wait`; whether to end now. When the receiver stops, one
+    /// more pass first: what was stored since the last poll is sent, for
+    /// at most [`DRAIN`] ([`Writer::draining`] then says so).
     fn stopped(&self, wait: Duration) -> bool {
-        !matches!(self.stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout))
+        if self.draining() {
+            return true;
+        }
+        if matches!(self.stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
+            return false;
+        }
+        self.drain_until
+            .set(Some(std::time::Instant::now() + DRAIN));
+        false
+    }
+
+    /// Whether the receiver is stopping and this is the last pass: it ends
+    /// once caught up, at a failed request, or at the drain's deadline.
+    fn draining(&self) -> bool {
+        self.drain_until.get().is_some()
     }
 }
 
