@@ -245,10 +245,37 @@ fn a_run_queued_before_a_slow_one_is_not_held_up_by_it() {
     );
 }
 
+/// `agent compile-plugin`, as `agent run` starts it, held to `limits`.
+fn compiler_child(limits: sandglass_runtime::CompileLimits) -> sandglass_runtime::Compiler {
+    sandglass_runtime::Compiler::Child {
+        program: sandglass_tests::binary("agent"),
+        args: vec!["compile-plugin".into()],
+        limits,
+    }
+}
+
+/// A compiler child that takes the plugin and never finishes.
+fn hanging_compiler(time: Duration) -> sandglass_runtime::Compiler {
+    sandglass_runtime::Compiler::Child {
+        program: "/bin/sh".into(),
+        args: vec![
+            "-c".into(),
+            "cat >/dev/null; exec sleep 60".into(),
+            "sh".into(),
+        ],
+        limits: sandglass_runtime::CompileLimits {
+            time,
+            memory: 1 << 30,
+        },
+    }
+}
+
 #[test]
-fn a_plugin_compiled_by_the_agents_child_process_loads_and_a_failing_child_is_survived() {
+fn a_plugin_compiled_by_the_agents_child_process_loads_and_a_failing_child_refuses_it() {
     use sandglass_runtime::cache::CacheOutcome;
-    use sandglass_runtime::{Compiler, LimitOverrides, Limits, RunRequest, Runtime, View};
+    use sandglass_runtime::{
+        CompileLimits, Compiler, LimitOverrides, Limits, RunRequest, Runtime, View,
+    };
     use std::sync::Arc;
     let path = crate::common::plugin("loadavg");
     let run = |runtime: &Runtime, plugin: &Arc<sandglass_runtime::Plugin>| {
@@ -263,13 +290,13 @@ fn a_plugin_compiled_by_the_agents_child_process_loads_and_a_failing_child_is_su
             },
         )
     };
-    // `agent compile-plugin OUT`, as `agent run` starts it.
-    let cache = tempfile::tempdir().unwrap();
-    let child = Compiler::Child {
-        program: sandglass_tests::binary("agent"),
-        args: vec!["compile-plugin".into()],
+    let generous = CompileLimits {
+        time: Duration::from_secs(300),
+        memory: 2 << 30,
     };
-    let runtime = Runtime::with_compiler(Some(cache.path().to_owned()), child).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let runtime =
+        Runtime::with_compiler(Some(cache.path().to_owned()), compiler_child(generous)).unwrap();
     let plugin = runtime.load(&path).unwrap();
     assert_eq!(plugin.cache, CacheOutcome::Compiled);
     let artifacts: Vec<_> = std::fs::read_dir(cache.path())
@@ -288,15 +315,127 @@ fn a_plugin_compiled_by_the_agents_child_process_loads_and_a_failing_child_is_su
     let again = Runtime::new(Some(cache.path().to_owned())).unwrap();
     assert_eq!(again.load(&path).unwrap().cache, CacheOutcome::Hit);
 
-    // A child that fails (here: a program that is no compiler) costs only
-    // the fallback: the plugin is compiled in this process.
-    let cache = tempfile::tempdir().unwrap();
-    let broken = Compiler::Child {
+    let load_with = |compiler: Compiler| {
+        let cache = tempfile::tempdir().unwrap();
+        let runtime = Runtime::with_compiler(Some(cache.path().to_owned()), compiler).unwrap();
+        runtime.load(&path).map(|plugin| {
+            assert!(run(&runtime, &plugin).result.is_ok());
+            plugin.cache
+        })
+    };
+    // A child that cannot start (the agent's executable replaced by an
+    // upgrade, say) costs only the fallback: compiled in this process.
+    let gone = Compiler::Child {
+        program: cache.path().join("no-such-agent"),
+        args: vec![],
+        limits: generous,
+    };
+    assert_eq!(load_with(gone).unwrap(), CacheOutcome::Compiled);
+    // One that ran and failed refuses the plugin: no second, unlimited try
+    // in the agent.
+    let failing = Compiler::Child {
         program: "/bin/false".into(),
         args: vec![],
+        limits: generous,
     };
-    let runtime = Runtime::with_compiler(Some(cache.path().to_owned()), broken).unwrap();
-    let plugin = runtime.load(&path).unwrap();
-    assert_eq!(plugin.cache, CacheOutcome::Compiled);
-    assert!(run(&runtime, &plugin).result.is_ok());
+    let error = format!("{:#}", load_with(failing).unwrap_err());
+    assert!(
+        error.contains("the compiler process (/bin/false compile-plugin) failed"),
+        "{error}"
+    );
+    // Past its time it is killed, and the error names the setting.
+    let error = format!(
+        "{:#}",
+        load_with(hanging_compiler(Duration::from_secs(1))).unwrap_err()
+    );
+    assert!(
+        error.contains("took longer than 1s ([cache] compile_time in agent.toml)"),
+        "{error}"
+    );
+    // Past its memory (the 18 MB Python plugin needs ~400 MiB to compile).
+    let tight = compiler_child(CompileLimits {
+        time: Duration::from_secs(300),
+        memory: 64 << 20,
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::with_compiler(Some(cache.path().to_owned()), tight).unwrap();
+    let Err(error) = runtime.load(&crate::common::plugin("pressure")) else {
+        panic!("the Python plugin compiled within 64 MiB");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("needed more than 64 MiB of memory ([cache] compile_memory in agent.toml)"),
+        "{error}"
+    );
+}
+
+/// A service of the core plugin `name`, with default limits.
+fn core_service(name: &str) -> sandglass_agent::config::Service {
+    sandglass_agent::config::Service {
+        name: name.into(),
+        plugin: name.into(),
+        plugin_path: crate::common::plugin(name),
+        params: Vec::new(),
+        sys: false,
+        files: Vec::new(),
+        limits: sandglass_runtime::Limits::default(),
+        sha256: None,
+        interval: Duration::from_secs(1),
+        refused: None,
+    }
+}
+
+/// A plugin that compiles for long (a compile bomb, or the 18 MB Python
+/// example's 20 s on two cores) holds up its own service only: the others,
+/// and the event loop they share with the connection, run meanwhile.
+#[test]
+fn the_other_services_run_while_a_plugin_compiles() {
+    use sandglass_agent::services::ServiceRunner;
+    use std::sync::Arc;
+    use std::time::Instant;
+    let state = tempfile::tempdir().unwrap();
+    let (loadavg, uptime) = (
+        Arc::new(core_service("loadavg")),
+        Arc::new(core_service("uptime")),
+    );
+    // loadavg is in the compiled-plugin cache already; uptime is not.
+    let warm = Arc::new(
+        ServiceRunner::with_compiler(state.path(), sandglass_runtime::Compiler::InProcess).unwrap(),
+    );
+    let events = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    events.block_on(async {
+        let report = warm.run_async(&loadavg).await.keep_state();
+        assert_eq!(report.status.level.as_str(), "OK", "{:?}", report.status);
+    });
+    let limit = Duration::from_secs(8);
+    let runner =
+        Arc::new(ServiceRunner::with_compiler(state.path(), hanging_compiler(limit)).unwrap());
+    events.block_on(async {
+        let started = Instant::now();
+        let compiling = {
+            let (runner, uptime) = (runner.clone(), uptime.clone());
+            tokio::spawn(async move { runner.run_async(&uptime).await.keep_state() })
+        };
+        // Let uptime's load start: its compiler child is running.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..3 {
+            let report = runner.run_async(&loadavg).await.keep_state();
+            assert_eq!(report.status.level.as_str(), "OK", "{:?}", report.status);
+        }
+        assert!(
+            started.elapsed() < limit && !compiling.is_finished(),
+            "loadavg waited {:?} for uptime's compile",
+            started.elapsed()
+        );
+        let report = compiling.await.unwrap();
+        assert_eq!(report.status.level.as_str(), "UNKNOWN");
+        assert!(
+            report.status.text.contains("[cache] compile_time"),
+            "{:?}",
+            report.status
+        );
+    });
 }

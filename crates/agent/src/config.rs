@@ -7,7 +7,7 @@ use sandglass_core::config::{ParamValue, load_toml};
 use sandglass_core::names::check_name;
 use sandglass_core::units::{ByteSize, HumanDuration};
 use sandglass_protocol::GrantName;
-use sandglass_runtime::{LimitOverrides, Limits};
+use sandglass_runtime::{CompileLimits, LimitOverrides, Limits};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -153,12 +153,30 @@ pub struct CacheConfig {
     /// Files of a plugin build no scheduled service has used for this long
     /// are removed. Default "7d".
     pub keep_unused: HumanDuration,
+    /// Longest compiling one plugin may take (in a child process); a plugin
+    /// that takes longer is refused. Default "5m".
+    pub compile_time: HumanDuration,
+    /// Most memory compiling one plugin may take; a plugin that needs more
+    /// is refused. Default "2GiB".
+    pub compile_memory: ByteSize,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             keep_unused: HumanDuration(Duration::from_secs(7 * 86_400)),
+            compile_time: HumanDuration(Duration::from_secs(300)),
+            compile_memory: ByteSize(2 << 30),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// What compiling a plugin may take.
+    pub fn compile_limits(&self) -> CompileLimits {
+        CompileLimits {
+            time: self.compile_time.0,
+            memory: self.compile_memory.0,
         }
     }
 }
@@ -344,6 +362,16 @@ impl AgentConfig {
         }
         if self.spool.max_size.0 < 64 << 10 {
             bail!("[spool]: max_size must be at least 64KiB");
+        }
+        if self.cache.compile_time.0 < Duration::from_secs(1) {
+            bail!(
+                "[cache]: compile_time must be at least 1s (compiling a small plugin takes ~100ms)"
+            );
+        }
+        if self.cache.compile_memory.0 < 64 << 20 {
+            bail!(
+                "[cache]: compile_memory must be at least 64MiB (the compiler alone needs ~30MiB)"
+            );
         }
         let receivers = match self.receiver {
             None => Vec::new(),

@@ -85,7 +85,7 @@ pub async fn run(
     let started_with = link_settings(&agent);
     let spool = open_spool(&agent)?;
     let runner = Arc::new(
-        ServiceRunner::new(&agent.state_dir)
+        ServiceRunner::new(&agent.state_dir, agent.cache.compile_limits())
             .with_context(|| format!("cannot use state_dir {}", agent.state_dir.display()))?,
     );
     let cache = ScheduleCache::new(&agent.state_dir);

@@ -68,7 +68,12 @@ enum Command {
     /// OUT, for `agent run` (which starts it so that the compiler's memory
     /// leaves with this short-lived process).
     #[command(name = sandglass_agent::services::COMPILE_COMMAND, hide = true)]
-    CompilePlugin { out: PathBuf },
+    CompilePlugin {
+        out: PathBuf,
+        /// The most memory (data segment) compiling may take, bytes.
+        #[arg(long)]
+        memory: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -209,7 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Check { config } => check_config(&config),
-        Command::CompilePlugin { out } => sandglass_runtime::compile_child(&out),
+        Command::CompilePlugin { out, memory } => sandglass_runtime::compile_child(&out, memory),
         Command::Once {
             config,
             format,
@@ -305,7 +310,7 @@ fn once(config: &std::path::Path, format: Format, only: &[String]) -> anyhow::Re
             anyhow::bail!("no service {name:?} in {}", config.display());
         }
     }
-    let runner = ServiceRunner::new(&agent.state_dir)?;
+    let runner = ServiceRunner::new(&agent.state_dir, agent.cache.compile_limits())?;
     let reports: Vec<Report> = agent
         .services
         .iter()

@@ -8,7 +8,9 @@ use crate::state_store::StateStore;
 use sandglass_core::report::{Report, Status};
 use sandglass_core::text::Escaped;
 use sandglass_core::time::now_ms;
-use sandglass_runtime::{Compiler, Grant, Plugin, RunOutcome, RunRequest, Runtime, View};
+use sandglass_runtime::{
+    CompileLimits, Compiler, Grant, Plugin, RunOutcome, RunRequest, Runtime, View,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,11 @@ pub struct ServiceRunner {
     runtime: Runtime,
     states: Arc<StateStore>,
     plugins: Mutex<HashMap<PathBuf, Loaded>>,
+    /// One load per plugin file at a time; `plugins` is not held while a
+    /// plugin compiles (seconds, minutes for a hostile one), so the other
+    /// services' runs, and the event loop that checks [`Self::is_loaded`],
+    /// go on meanwhile.
+    loading: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     /// By service name.
     previous: Mutex<HashMap<String, Previous>>,
     /// Filesystem views by grant, built once: a view opens its directories.
@@ -83,20 +90,28 @@ impl Collected {
 impl ServiceRunner {
     /// A runner keeping state and compiled plugins under `state_dir`,
     /// compiling in a child process (the agent's own executable, run as
-    /// `agent compile-plugin OUT`): cranelift's memory, tens of MiB that
-    /// the allocator would keep for good, leaves with it.
-    pub fn new(state_dir: &Path) -> anyhow::Result<ServiceRunner> {
+    /// `agent compile-plugin OUT`) held to `limits`: cranelift's memory,
+    /// tens of MiB that the allocator would keep for good, leaves with it,
+    /// and a plugin that takes too long or too much to compile is refused.
+    pub fn new(state_dir: &Path, limits: CompileLimits) -> anyhow::Result<ServiceRunner> {
         let compiler = match std::env::current_exe() {
             Ok(program) => Compiler::Child {
                 program,
                 args: vec![COMPILE_COMMAND.into()],
+                limits,
             },
             Err(_) => Compiler::InProcess,
         };
+        ServiceRunner::with_compiler(state_dir, compiler)
+    }
+
+    /// [`ServiceRunner::new`] with the given compiler.
+    pub fn with_compiler(state_dir: &Path, compiler: Compiler) -> anyhow::Result<ServiceRunner> {
         Ok(ServiceRunner {
             runtime: Runtime::with_compiler(Some(state_dir.join("cache")), compiler)?,
             states: Arc::new(StateStore::open(state_dir.join("state"))?),
             plugins: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
             previous: Mutex::new(HashMap::new()),
             views: Mutex::new(HashMap::new()),
         })
@@ -124,11 +139,24 @@ impl ServiceRunner {
                 path.display()
             ));
         };
-        let mut plugins = self.plugins.lock().expect("plugin cache lock");
-        if let Some(loaded) = plugins.get(path)
-            && loaded.stamp == current
-        {
-            return loaded.plugin.clone();
+        let loaded = |plugins: &HashMap<PathBuf, Loaded>| {
+            let loaded = plugins.get(path)?;
+            (loaded.stamp == current).then(|| loaded.plugin.clone())
+        };
+        if let Some(plugin) = loaded(&self.plugins.lock().expect("plugin cache lock")) {
+            return plugin;
+        }
+        let gate = self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(path.clone())
+            .or_default()
+            .clone();
+        let _one_load = gate.lock().expect("load gate");
+        // Another run of this plugin may have loaded it while we waited.
+        if let Some(plugin) = loaded(&self.plugins.lock().expect("plugin cache lock")) {
+            return plugin;
         }
         let plugin = self.runtime.load(path).map_err(|e| format!("{e:#}"));
         // Loading read the file (18 MB for the Python example) and built
@@ -136,7 +164,7 @@ impl ServiceRunner {
         // the freed buffers for good: give them back (a cold start held
         // 15 MiB more than a warm one without this).
         sandglass_daemon::release_freed_memory();
-        plugins.insert(
+        self.plugins.lock().expect("plugin cache lock").insert(
             path.clone(),
             Loaded {
                 stamp: current,

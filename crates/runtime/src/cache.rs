@@ -7,11 +7,14 @@
 //! writable only by the agent (it lives under the agent's state directory).
 
 use anyhow::{Context, bail};
+use sandglass_core::text::Escaped;
+use sandglass_core::units::{ByteSize, HumanDuration};
 use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -36,15 +39,33 @@ pub enum Compiler {
     /// This process. Cranelift's memory (tens of MiB for a large plugin)
     /// then stays with it: the allocator does not give it back.
     InProcess,
-    /// A short-lived child process, `program args... OUT`, that reads the
-    /// component on stdin and writes the artifact to OUT
-    /// ([`compile_from_stdin`]); its memory goes when it exits. Falls back
-    /// to this process if the child fails.
+    /// A short-lived child process, `program args... --memory BYTES OUT`,
+    /// that reads the component on stdin and writes the artifact to OUT
+    /// ([`compile_from_stdin`]); its memory goes when it exits, and it is
+    /// held to `limits`. Only a child that cannot be started falls back to
+    /// this process: one that failed, ran out of time or of memory refuses
+    /// the plugin (a compile bomb must not get a second, unlimited try in
+    /// the agent).
     Child {
         program: PathBuf,
         args: Vec<OsString>,
+        limits: CompileLimits,
     },
 }
+
+/// What compiling one plugin may take, in the compiler child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompileLimits {
+    /// Wall-clock time; past it the child is killed.
+    pub time: Duration,
+    /// The child's data segment (`RLIMIT_DATA`: heap and private writable
+    /// mappings), bytes.
+    pub memory: u64,
+}
+
+/// The settings that name the limits in errors (the agent's `[cache]`).
+const TIME_SETTING: &str = "[cache] compile_time";
+const MEMORY_SETTING: &str = "[cache] compile_memory";
 
 /// A directory of precompiled components.
 pub struct ArtifactCache {
@@ -96,20 +117,25 @@ impl ArtifactCache {
         }
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
-        if let Compiler::Child { program, args } = &self.compiler {
-            match compile_in_child(program, args, wasm, &path) {
+        if let Compiler::Child {
+            program,
+            args,
+            limits,
+        } = &self.compiler
+        {
+            match compile_in_child(program, args, *limits, wasm, &path)? {
                 // SAFETY: written by the child, an engine with this one's
                 // settings (wasmtime checks the header), into the agent's
                 // own cache directory. Mapped from the file: its pages are
                 // clean and shared, not the agent's heap.
-                Ok(()) => match unsafe { Component::deserialize_file(engine, &path) } {
-                    Ok(component) => return Ok((component, CacheOutcome::Compiled)),
-                    Err(e) => {
-                        tracing::warn!(artifact = %path.display(), "the compiler process wrote an unusable artifact, compiling here: {e:#}")
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!("compiling in a child process failed, compiling here: {e:#}")
+                Compiled::InChild => {
+                    let component = unsafe { Component::deserialize_file(engine, &path) }
+                        .map_err(anyhow::Error::from)
+                        .context("the compiler process wrote an unusable artifact")?;
+                    return Ok((component, CacheOutcome::Compiled));
+                }
+                Compiled::CannotStart(e) => {
+                    tracing::warn!("cannot start the compiler process, compiling here: {e:#}")
                 }
             }
         }
@@ -132,34 +158,116 @@ fn write_artifact(path: &Path, artifact: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write cache artifact {}", path.display()))
 }
 
-/// Run the compiler child for `wasm`, to write `path`.
+/// How a compile in the child went, when it did not fail.
+enum Compiled {
+    /// The artifact is written.
+    InChild,
+    /// The child could not be started (its program is gone, say): the one
+    /// case compiled in this process instead.
+    CannotStart(std::io::Error),
+}
+
+/// How often a waiting agent looks whether the compiler child ended.
+const CHILD_POLL: Duration = Duration::from_millis(20);
+/// The most of the child's error output kept for the message.
+const CHILD_STDERR_MAX: u64 = 16 << 10;
+
+/// Run the compiler child for `wasm`, to write `path`, within `limits`.
 fn compile_in_child(
     program: &Path,
     args: &[OsString],
+    limits: CompileLimits,
     wasm: &[u8],
     path: &Path,
-) -> anyhow::Result<()> {
-    let mut child = Command::new(program)
+) -> anyhow::Result<Compiled> {
+    let spawned = Command::new(program)
         .args(args)
+        .arg("--memory")
+        .arg(limits.memory.to_string())
         .arg(path)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => return Ok(Compiled::CannotStart(e)),
+    };
+    let started = Instant::now();
+    // Read on a thread of its own: a child filling the pipe while the agent
+    // only polls its exit would never exit.
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = (&mut stderr).take(CHILD_STDERR_MAX).read_to_end(&mut text);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        String::from_utf8_lossy(&text).trim().to_owned()
+    });
     // The child reads all of stdin before it compiles: writing it whole
     // here, then waiting, cannot deadlock.
     let written = child.stdin.take().expect("piped stdin").write_all(wasm);
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() >= limits.time {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(CHILD_POLL);
+    };
+    let stderr = stderr.join().unwrap_or_default();
+    let Some(status) = status else {
         bail!(
-            "{} {}: {}",
-            program.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            "compiling the plugin took longer than {} ({TIME_SETTING} in agent.toml), so it was stopped: \
+             the plugin is refused until its file changes or the agent restarts; raise compile_time if the plugin is genuine",
+            HumanDuration(limits.time)
+        );
+    };
+    if !status.success() {
+        return Err(child_failure(program, status, &stderr, limits));
+    }
+    written.context("cannot hand the plugin to the compiler process")?;
+    Ok(Compiled::InChild)
+}
+
+/// Why the compiler child failed, naming the limit it ran into.
+fn child_failure(
+    program: &Path,
+    status: ExitStatus,
+    stderr: &str,
+    limits: CompileLimits,
+) -> anyhow::Error {
+    // Rust's allocator aborts with this line when the data limit refuses it.
+    if stderr.contains("memory allocation of") {
+        return anyhow::anyhow!(
+            "compiling the plugin needed more than {} of memory ({MEMORY_SETTING} in agent.toml): \
+             the plugin is refused until its file changes or the agent restarts; raise compile_memory if the plugin is genuine",
+            ByteSize(limits.memory)
         );
     }
-    written.context("cannot hand the plugin to the compiler process")
+    anyhow::anyhow!(
+        "the compiler process ({} compile-plugin) failed, {status}: {}",
+        program.display(),
+        Escaped(stderr)
+    )
+}
+
+/// Hold this process's data segment to `bytes` (the compiler child's
+/// memory limit): an allocation beyond it fails, and Rust's allocator then
+/// aborts with "memory allocation of N bytes failed", which the agent
+/// recognises.
+pub fn limit_data(bytes: u64) -> anyhow::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit reads the struct it is given and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot limit the compiler's memory");
+    }
+    Ok(())
 }
 
 /// The compiler child's side of [`Compiler::Child`]: the component on

@@ -37,8 +37,8 @@ mod stuck;
 pub mod view;
 
 use anyhow::Context;
-pub use cache::Compiler;
 use cache::{ArtifactCache, CacheOutcome};
+pub use cache::{CompileLimits, Compiler};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wasmtime::component::Linker;
@@ -112,26 +112,38 @@ fn instance_pool() -> PoolingAllocationConfig {
     pool
 }
 
-/// The engine every runtime (and the compiler child) uses: fuel, epochs
-/// and the instance pool. An artifact loads only into an engine with the
-/// same settings.
+/// The engine every runtime uses: [`compile_config`] and the instance
+/// pool. An artifact loads only into an engine with the same compile
+/// settings.
 fn new_engine() -> anyhow::Result<Engine> {
-    let mut config = Config::new();
-    config
-        .consume_fuel(true)
-        .epoch_interruption(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(instance_pool()));
+    let mut config = compile_config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(instance_pool()));
     Engine::new(&config).map_err(anyhow::Error::from).context(
         "cannot reserve address space for the plugin instance pool (about 520 GiB of \
          virtual memory, none of it resident): lift `ulimit -v` for the agent",
     )
 }
 
+/// What the compiled code depends on: fuel and epochs. The instance pool
+/// is not part of it (wasmtime's compatibility hash covers the compiler's
+/// flags, tunables and features), so the compiler child does without one.
+fn compile_config() -> Config {
+    let mut config = Config::new();
+    config.consume_fuel(true).epoch_interruption(true);
+    config
+}
+
 /// The compiler child's work ([`Compiler::Child`]): read a component on
-/// stdin, write its artifact for this build's engine to `out`.
-pub fn compile_child(out: &Path) -> anyhow::Result<()> {
+/// stdin, write its artifact for this build's engine to `out`, in at most
+/// `memory` bytes of data (`RLIMIT_DATA`). Its engine has no instance pool,
+/// whose reservations would count against that limit.
+pub fn compile_child(out: &Path, memory: Option<u64>) -> anyhow::Result<()> {
+    if let Some(memory) = memory {
+        cache::limit_data(memory)?;
+    }
+    let engine = Engine::new(&compile_config())?;
     // A componentized command is a little larger than the module it wraps.
-    cache::compile_from_stdin(&new_engine()?, 2 * MAX_PLUGIN_BYTES, out)
+    cache::compile_from_stdin(&engine, 2 * MAX_PLUGIN_BYTES, out)
 }
 
 /// Plugin files above this size are refused: compiling one would take the

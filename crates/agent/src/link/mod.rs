@@ -506,7 +506,11 @@ mod tests {
     async fn a_cycle_goes_in_one_batch_at_its_last_report_or_batch_delay_after_its_first() {
         let dir = tempfile::tempdir().unwrap();
         let receiver = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let runner = crate::services::ServiceRunner::new(&dir.path().join("state")).unwrap();
+        let runner = crate::services::ServiceRunner::with_compiler(
+            &dir.path().join("state"),
+            sandglass_runtime::Compiler::InProcess,
+        )
+        .unwrap();
         let (spool, _) = Spool::open(&dir.path().join("spool"), 64 << 20).unwrap();
         let mut config = link_config(dir.path(), &[&receiver]);
         // No ping wakes the link meanwhile: only `batch_delay` sends the
