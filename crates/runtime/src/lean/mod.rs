@@ -31,8 +31,8 @@ pub struct LeanState {
     /// The most one call hands back: the memory cap, at most
     /// [`files::READ_MAX`].
     read_max: u64,
-    /// The agent's mount points, read at the first `fs-usage` of the run.
-    mounts: Option<Vec<String>>,
+    /// The agent's mount points, taken at the first `fs-usage` of the run.
+    mounts: Option<Arc<Vec<String>>>,
     /// The run's caps, which `put-samples` counts against.
     limits: Limits,
     /// What `put-samples` handed over.
@@ -86,11 +86,13 @@ impl lean_host::Host for LeanState {
     }
 
     fn fs_usage(&mut self, mount_point: String) -> Result<lean_host::Usage, lean_host::FsError> {
-        if self.mounts.is_none() {
-            let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(files::io_error)?;
-            self.mounts = Some(mounts::mount_points(&info));
-        }
-        mounts::usage(self.mounts.as_deref().unwrap_or_default(), &mount_point)
+        let points = match &self.mounts {
+            Some(points) => points,
+            None => self
+                .mounts
+                .insert(mounts::AGENT_MOUNTS.points().map_err(files::io_error)?),
+        };
+        mounts::usage(points, &mount_point)
     }
 
     fn put_samples(&mut self, packed: Vec<u8>) -> Result<(), String> {
