@@ -54,8 +54,13 @@ impl EpochTicker {
 
     /// Mark a run active until the guard is dropped.
     pub fn activate(self: &Arc<Self>) -> ActiveRun {
-        *self.active.lock().expect("epoch lock") += 1;
-        self.wake.notify_one();
+        let mut active = self.active.lock().expect("epoch lock");
+        *active += 1;
+        // The ticker waits only while no run is active (a system call per
+        // run otherwise, five per cycle).
+        if *active == 1 {
+            self.wake.notify_one();
+        }
         ActiveRun(self.clone())
     }
 }

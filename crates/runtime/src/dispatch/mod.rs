@@ -116,13 +116,15 @@ impl Runtime {
                 *slot = Slot::Done(Box::new(outcome));
                 true
             },
-            move |stored| {
-                if stored {
-                    waking_slot.cell.1.notify_one();
-                    if let Some(wake) = wake {
-                        let _ = wake.send(());
-                    }
+            // An async waiter waits on `wake`, a blocking one on the slot's
+            // condition variable: each is woken its own way (a notify
+            // nobody waits for is still a system call).
+            move |stored| match wake {
+                _ if !stored => {}
+                Some(wake) => {
+                    let _ = wake.send(());
                 }
+                None => waking_slot.cell.1.notify_one(),
             },
         );
         if let Err(e) = spawned {
