@@ -17,15 +17,24 @@ pub fn ticks_for(deadline: Duration) -> u64 {
 
 /// Increments the engine's epoch while runs are active.
 pub struct EpochTicker {
-    active: Mutex<usize>,
+    active: Mutex<Active>,
     wake: Condvar,
+}
+
+#[derive(Default)]
+struct Active {
+    runs: usize,
+    /// The ticker waits for a run: the next to start wakes it. Runs back to
+    /// back (a burst) would otherwise notify once each, a system call
+    /// nobody waits for.
+    ticker_waits: bool,
 }
 
 impl EpochTicker {
     /// Start the ticker thread for `engine`.
     pub fn start(engine: Engine) -> Arc<Self> {
         let ticker = Arc::new(EpochTicker {
-            active: Mutex::new(0),
+            active: Mutex::new(Active::default()),
             wake: Condvar::new(),
         });
         let weak = Arc::downgrade(&ticker);
@@ -34,11 +43,16 @@ impl EpochTicker {
             .spawn(move || {
                 let mut due = None;
                 while let Some(ticker) = weak.upgrade() {
-                    let active = ticker.active.lock().expect("epoch lock");
-                    if *active == 0 {
+                    let mut active = ticker.active.lock().expect("epoch lock");
+                    if active.runs == 0 {
                         due = None;
+                        active.ticker_waits = true;
                         // Wake up now and then to notice the runtime was dropped.
-                        let _ = ticker.wake.wait_timeout(active, Duration::from_secs(1));
+                        let (mut active, _) = ticker
+                            .wake
+                            .wait_timeout(active, Duration::from_secs(1))
+                            .expect("epoch lock");
+                        active.ticker_waits = false;
                         continue;
                     }
                     drop(active);
@@ -55,10 +69,8 @@ impl EpochTicker {
     /// Mark a run active until the guard is dropped.
     pub fn activate(self: &Arc<Self>) -> ActiveRun {
         let mut active = self.active.lock().expect("epoch lock");
-        *active += 1;
-        // The ticker waits only while no run is active (a system call per
-        // run otherwise, five per cycle).
-        if *active == 1 {
+        active.runs += 1;
+        if std::mem::take(&mut active.ticker_waits) {
             self.wake.notify_one();
         }
         ActiveRun(self.clone())
@@ -83,7 +95,7 @@ pub struct ActiveRun(Arc<EpochTicker>);
 
 impl Drop for ActiveRun {
     fn drop(&mut self) {
-        *self.0.active.lock().expect("epoch lock") -= 1;
+        self.0.active.lock().expect("epoch lock").runs -= 1;
     }
 }
 
