@@ -164,6 +164,24 @@ fn garbage_file_is_refused_clearly() {
 }
 
 #[test]
+fn a_plugin_describing_itself_with_control_characters_is_refused() {
+    let path = fixture("bad-describe");
+    let (output, _) = agent(&["plugin", "run", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "describe returned plugin name \"bad\\u{1b}[2J\\rdescribe\\nforged\" may only hold"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+}
+
+#[test]
 fn plugin_log_lines_reach_the_agent_log_tagged_and_capped() {
     let path = fixture("misbehave");
     let output = std::process::Command::new(sandglass_tests::binary("agent"))
