@@ -9,11 +9,10 @@
 use crate::common::{build_plugins, fixture, plugin, plugin_run, root, status};
 use serde_json::Value;
 use std::ffi::CString;
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Peak resident memory of `agent once` with a core plugin and one plugin
 /// returning a million aliased label strings (docs/security.md): the agent
@@ -41,49 +40,17 @@ fn write_config(dir: &Path, services: &str) -> PathBuf {
 }
 
 /// `agent once --format json` on `config`: the reports and the agent's peak
-/// resident memory in bytes (its VmHWM, as `wait4` reports it at exit).
-// Waited for with `wait4`, which std's `Child` does not offer.
-#[allow(clippy::zombie_processes)]
+/// resident memory in bytes.
 fn once_measured(config: &Path) -> (Vec<Value>, u64) {
-    let stderr = tempfile::tempfile().unwrap();
-    let mut child = Command::new(sandglass_tests::binary("agent"))
-        .args([
-            "once",
-            "--config",
-            config.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(stderr.try_clone().unwrap())
-        .spawn()
-        .expect("run agent");
-    let mut stdout = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    let mut wait_status = 0;
-    // SAFETY: an all-zero rusage is valid; the child is ours and unwaited.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let waited = unsafe { libc::wait4(pid, &mut wait_status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
-    let mut log = String::new();
-    let mut stderr = stderr;
-    std::io::Seek::rewind(&mut stderr).unwrap();
-    stderr.read_to_string(&mut log).unwrap();
-    assert!(
-        libc::WIFEXITED(wait_status) && libc::WEXITSTATUS(wait_status) == 0,
-        "agent once failed: {log}"
-    );
+    let (stdout, peak) = crate::common::agent_measured(&[
+        "once",
+        "--config",
+        config.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     let reports = serde_json::from_slice::<Value>(&stdout).unwrap();
-    (
-        reports.as_array().unwrap().clone(),
-        usage.ru_maxrss as u64 * 1024,
-    )
+    (reports.as_array().unwrap().clone(), peak)
 }
 
 fn report_of(reports: &[Value], service: &str) -> (String, String) {
