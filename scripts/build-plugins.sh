@@ -18,7 +18,7 @@ lean=(cpu cpuinfo diskio filesystem loadavg logwatch lvs memory network processe
 # Also built for WASI (<name>-wasi): the benchmarks compare the two
 # sandboxes on them, and the WASI sandbox's tests run them.
 wasi=(cpu loadavg memory network diskio uptime)
-fixtures=(misbehave abi-mismatch abi-1-0)
+fixtures=(misbehave abi-mismatch abi-1-0 bad-describe)
 
 args=()
 for p in "${wasi[@]}"; do args+=(-p "sandglass-plugin-$p"); done

@@ -2,7 +2,7 @@
 //! C fixture run as wasip1 commands printing exposition text, and a Python
 //! component (componentize-py). Same sandbox, same limits, same state.
 
-use crate::common::{agent, fixture, once, plugin, plugin_run, status, value};
+use crate::common::{agent, build_plugins, fixture, once, plugin, plugin_run, status, value};
 use std::time::Duration;
 
 fn command_mode(mode: &str, extra: &[&str]) -> (String, String, serde_json::Value) {
@@ -121,6 +121,38 @@ fn command_limits_fuel_deadline_and_output() {
     assert_eq!(
         (level.as_str(), text.as_str()),
         ("UNKNOWN", "stdout/stderr limit 1 MiB exceeded")
+    );
+}
+
+/// 262,000 samples of 4 bytes each, within the output cap: counted before
+/// they are parsed. Parsed first, they held 39 MiB of the agent's memory
+/// (62 MiB peak against 23 MiB for a plain run) only to be refused.
+#[test]
+fn a_command_printing_too_many_samples_is_refused_before_they_are_built() {
+    build_plugins();
+    let plugin = fixture("command");
+    let run = |mode: &str| {
+        let param = format!("mode={mode}");
+        let args = ["plugin", "run", plugin.to_str().unwrap(), "--param", &param];
+        let (stdout, peak) =
+            crate::common::agent_measured(&[&args[..], &["--format", "json"]].concat());
+        let reports: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+        (status(&reports[0]), peak)
+    };
+    let ((level, text), peak) = run("tiny");
+    assert_eq!(
+        (level.as_str(), text.as_str()),
+        (
+            "UNKNOWN",
+            "output limit: 262000 samples exceed max_samples 10000"
+        )
+    );
+    let (_, plain) = run("count");
+    assert!(
+        peak < plain + (12 << 20),
+        "peak {} MiB, a plain run {} MiB",
+        peak >> 20,
+        plain >> 20
     );
 }
 

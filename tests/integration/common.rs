@@ -85,3 +85,40 @@ pub fn once(config: &Path) -> Vec<Value> {
         .unwrap()
         .clone()
 }
+
+/// Run the agent binary with `args`, which must succeed: its stdout and its
+/// peak resident memory in bytes (its VmHWM, as `wait4` reports it at exit).
+// Waited for with `wait4`, which std's `Child` does not offer.
+#[allow(clippy::zombie_processes)]
+pub fn agent_measured(args: &[&str]) -> (Vec<u8>, u64) {
+    use std::io::Read;
+    let stderr = tempfile::tempfile().unwrap();
+    let mut child = Command::new(sandglass_tests::binary("agent"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr.try_clone().unwrap())
+        .spawn()
+        .expect("run agent");
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    let mut wait_status = 0;
+    // SAFETY: an all-zero rusage is valid; the child is ours and unwaited.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let waited = unsafe { libc::wait4(pid, &mut wait_status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    let mut log = String::new();
+    let mut stderr = stderr;
+    std::io::Seek::rewind(&mut stderr).unwrap();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(
+        libc::WIFEXITED(wait_status) && libc::WEXITSTATUS(wait_status) == 0,
+        "agent {args:?} failed: {log}"
+    );
+    (stdout, usage.ru_maxrss as u64 * 1024)
+}

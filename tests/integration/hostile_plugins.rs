@@ -1,18 +1,18 @@
 //! Hostile plugins against their neighbours and the host: output that costs
 //! the host more than the caps say, files that block on open, runs that keep
 //! getting stuck, descriptors held by the thousand, the agent's own
-//! `/proc` entries and `/sys` secrets, and text meant to fool the operator.
+//! `/proc` entries and `/sys` secrets, text meant to fool the operator,
+//! runaway recursion, memory growth storms and odd lean listings.
 //! Each run is stopped or cut with a message naming the limit, and the other
 //! services of the same agent are unharmed.
 
 use crate::common::{build_plugins, fixture, plugin, plugin_run, root, status};
 use serde_json::Value;
 use std::ffi::CString;
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Peak resident memory of `agent once` with a core plugin and one plugin
 /// returning a million aliased label strings (docs/security.md): the agent
@@ -40,49 +40,17 @@ fn write_config(dir: &Path, services: &str) -> PathBuf {
 }
 
 /// `agent once --format json` on `config`: the reports and the agent's peak
-/// resident memory in bytes (its VmHWM, as `wait4` reports it at exit).
-// Waited for with `wait4`, which std's `Child` does not offer.
-#[allow(clippy::zombie_processes)]
+/// resident memory in bytes.
 fn once_measured(config: &Path) -> (Vec<Value>, u64) {
-    let stderr = tempfile::tempfile().unwrap();
-    let mut child = Command::new(sandglass_tests::binary("agent"))
-        .args([
-            "once",
-            "--config",
-            config.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(stderr.try_clone().unwrap())
-        .spawn()
-        .expect("run agent");
-    let mut stdout = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    let mut wait_status = 0;
-    // SAFETY: an all-zero rusage is valid; the child is ours and unwaited.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let waited = unsafe { libc::wait4(pid, &mut wait_status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
-    let mut log = String::new();
-    let mut stderr = stderr;
-    std::io::Seek::rewind(&mut stderr).unwrap();
-    stderr.read_to_string(&mut log).unwrap();
-    assert!(
-        libc::WIFEXITED(wait_status) && libc::WEXITSTATUS(wait_status) == 0,
-        "agent once failed: {log}"
-    );
+    let (stdout, peak) = crate::common::agent_measured(&[
+        "once",
+        "--config",
+        config.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     let reports = serde_json::from_slice::<Value>(&stdout).unwrap();
-    (
-        reports.as_array().unwrap().clone(),
-        usage.ru_maxrss as u64 * 1024,
-    )
+    (reports.as_array().unwrap().clone(), peak)
 }
 
 fn report_of(reports: &[Value], service: &str) -> (String, String) {
@@ -570,4 +538,123 @@ params = { mode = "ansi", fail = "yes" }
         .find(|r| r["service"] == "forger")
         .unwrap();
     assert_eq!(status(forger).1, format!("plugin error: {FORGED}"));
+}
+
+/// Recursion until a stack overflows, in both sandboxes, beside a
+/// neighbour: a trap for the run, nothing for the agent or the neighbour.
+/// The WASI build overflows wasm's own call stack; the lean build's 64 KiB
+/// stack in linear memory runs out first, below address 0.
+#[test]
+fn runaway_recursion_traps_the_run_alone_in_both_sandboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        r#"
+[services.wasi_stack]
+plugin = "FIXTURES/misbehave.wasm"
+params = { mode = "recurse" }
+[services.wasi_frames]
+plugin = "FIXTURES/misbehave.wasm"
+params = { mode = "recurse", frame = "memory" }
+[services.lean_stack]
+plugin = "FIXTURES/misbehave-lean.wasm"
+params = { mode = "recurse" }
+[services.bounded]
+plugin = "FIXTURES/misbehave-lean.wasm"
+params = { mode = "recurse", depth = "100" }
+"#,
+    );
+    let reports = crate::common::once(&config);
+    assert_eq!(
+        report_of(&reports, "wasi_stack"),
+        (
+            "UNKNOWN".into(),
+            "trap: wasm trap: call stack exhausted".into()
+        )
+    );
+    for service in ["wasi_frames", "lean_stack"] {
+        assert_eq!(
+            report_of(&reports, service),
+            (
+                "UNKNOWN".into(),
+                "trap: wasm trap: out of bounds memory access".into()
+            ),
+            "{service}"
+        );
+    }
+    assert_eq!(
+        report_of(&reports, "bounded"),
+        ("OK".into(), "recursed 100".into())
+    );
+    assert_neighbour_ok(&reports);
+}
+
+/// Growing memory a page at a time to the cap and then asking 100,000
+/// times more: each refusal is a failed `memory.grow`, not a trap, and the
+/// run ends normally with what it got, within the cap.
+#[test]
+fn a_storm_of_memory_growth_stops_at_the_cap_in_both_sandboxes() {
+    for build in ["misbehave", "misbehave-lean"] {
+        let (report, _) = plugin_run(
+            &fixture(build),
+            &["--param", "mode=grow-storm", "--memory", "8MiB"],
+        );
+        let (level, text) = status(&report);
+        assert_eq!(level, "OK", "{build}: {text}");
+        assert!(
+            text.ends_with("then 100000 growths refused"),
+            "{build}: {text}"
+        );
+        let pages = crate::common::value(&report, "pages", &[]).unwrap();
+        assert!(
+            pages > 0.0 && pages * 65536.0 <= (8 << 20) as f64,
+            "{build}: {pages}"
+        );
+    }
+}
+
+/// Listing directories the policy hides, and `fs-usage` of what is no
+/// mount point, are refused in the lean sandbox.
+#[test]
+fn lean_listings_and_usage_of_hidden_or_odd_paths_are_refused() {
+    let lean = |mode: &str, path: &str| {
+        status(
+            &plugin_run(
+                &fixture("misbehave-lean"),
+                &[
+                    "--param",
+                    &format!("mode={mode}"),
+                    "--param",
+                    &format!("path={path}"),
+                ],
+            )
+            .0,
+        )
+    };
+    for path in [
+        "/proc/1/fd",
+        "/proc/1/map_files",
+        "/proc/1/root",
+        "/proc/1/cwd",
+    ] {
+        let (level, text) = lean("list", path);
+        assert_eq!(level, "UNKNOWN", "{path}: {text}");
+        assert!(
+            text.starts_with(&format!("plugin error: blocked: {path}: Permission denied")),
+            "{path}: {text}"
+        );
+    }
+    let (level, text) = lean("list", "/proc/self/");
+    assert_eq!(level, "UNKNOWN", "{text}");
+    assert!(text.contains("No such file or directory"), "{text}");
+    for path in ["/proc/../", "//", "/etc", "relative"] {
+        let (level, text) = lean("fs-usage", path);
+        assert_eq!(level, "UNKNOWN", "{path}: {text}");
+        assert!(
+            text.starts_with(&format!(
+                "plugin error: blocked: {path}: not a regular file, directory or mount point"
+            )),
+            "{path}: {text}"
+        );
+    }
 }

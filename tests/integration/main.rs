@@ -21,6 +21,8 @@
 //! - [`hostile_plugins`]: plugins that attack the host and their neighbours
 //!   (output that is costly to copy, blocking files, stuck runs, held
 //!   descriptors, `/proc` and `/sys` secrets, terminal escapes);
+//! - [`hostile_components`]: components with many core instances, memories
+//!   and tables, against the memory cap and the shared instance pool;
 //! - [`query`]: `receiver query` for people and scripts (times, ranges,
 //!   hosts, labels, buckets, unknown names, a closed pipe);
 //! - [`packaging`]: `packaging/install.sh` and the systemd units;
@@ -40,6 +42,7 @@ mod fleet;
 mod fleet_support;
 mod grafana;
 mod hostile;
+mod hostile_components;
 mod hostile_plugins;
 mod http_client;
 mod lean;

@@ -92,6 +92,24 @@ fn oversize_state_is_refused() {
     );
 }
 
+/// wasmtime fills up to 64 MiB of random bytes per call in host memory
+/// before the copy into the guest can fail on the memory cap: a run held
+/// 97 MiB resident that way. A call is now refused above 1 MiB.
+#[test]
+fn random_bytes_are_handed_out_in_small_calls_only() {
+    let (level, text, _) = run_mode("random", &["--param", "times=1"]);
+    assert_eq!(level, "UNKNOWN");
+    assert!(
+        text.contains("requested len 67108864 exceeds limit 1048576"),
+        "{text}"
+    );
+    let (level, text, _) = run_mode("random", &["--param", "times=1", "--param", "size=1048576"]);
+    assert_eq!(
+        (level.as_str(), text.as_str()),
+        ("OK", "escaped: got 1048576 random bytes")
+    );
+}
+
 #[test]
 fn writes_fail_everywhere() {
     for path in [
@@ -164,6 +182,24 @@ fn garbage_file_is_refused_clearly() {
 }
 
 #[test]
+fn a_plugin_describing_itself_with_control_characters_is_refused() {
+    let path = fixture("bad-describe");
+    let (output, _) = agent(&["plugin", "run", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "describe returned plugin name \"bad\\u{1b}[2J\\rdescribe\\nforged\" may only hold"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+}
+
+#[test]
 fn plugin_log_lines_reach_the_agent_log_tagged_and_capped() {
     let path = fixture("misbehave");
     let output = std::process::Command::new(sandglass_tests::binary("agent"))
@@ -196,6 +232,31 @@ fn plugin_log_lines_reach_the_agent_log_tagged_and_capped() {
         stderr.contains("log limit of 16384 bytes per run reached"),
         "{stderr}"
     );
+}
+
+/// A million empty log messages cost their lines, not only their bytes:
+/// 16,384 of them once made as many lines of the agent's log per run.
+#[test]
+fn a_flood_of_empty_log_lines_is_capped_in_lines_in_both_sandboxes() {
+    for build in ["misbehave", "misbehave-lean"] {
+        let output = std::process::Command::new(sandglass_tests::binary("agent"))
+            .args(["plugin", "run", fixture(build).to_str().unwrap()])
+            .args(["--param", "mode=log-lines"])
+            .env("SANDGLASS_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{build}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines = stderr.lines().count();
+        assert!(
+            lines <= 16384 / 64 + 1,
+            "{build}: {lines} lines of the agent's log from one run"
+        );
+        assert!(
+            stderr.contains("log limit of 16384 bytes per run reached"),
+            "{build}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -11,6 +11,11 @@ use sandglass_core::text::{Escaped, truncate};
 /// Log lines a plugin may send through the `log` import per run, in bytes.
 const LOG_BYTES_PER_RUN: usize = 16 << 10;
 
+/// What a line costs against that budget beyond its text: the time, level,
+/// plugin and service the agent's log adds to it. Without it, 16,384 empty
+/// messages were 16,384 lines of the agent's log per run.
+const LOG_LINE_COST: usize = 64;
+
 /// Denied opens remembered per run (the count is kept in full).
 const DENIALS_KEPT: usize = 4;
 
@@ -55,7 +60,9 @@ impl Account {
             return;
         }
         let message = truncate(&message, self.log_budget);
-        self.log_budget = self.log_budget.saturating_sub(message.len().max(1));
+        self.log_budget = self
+            .log_budget
+            .saturating_sub(message.len() + LOG_LINE_COST);
         let (plugin, service) = (&self.plugin, &self.service);
         // Escaped: a newline or an escape sequence in a plugin's message must
         // not forge a log line of its own or repaint the operator's terminal.

@@ -103,5 +103,15 @@ pub fn call(
     let text = std::str::from_utf8(&stdout).map_err(|e| {
         RunFailure::Output(format!("stdout is not UTF-8 (byte {})", e.valid_up_to()))
     })?;
+    // Counted before parsing: a megabyte of `a 1` lines is 262,000
+    // samples, which parsed held 39 MiB of the agent's memory, only to be
+    // refused by the cap afterwards.
+    let count = exposition::sample_lines(text);
+    if count > limits.max_samples {
+        return Err(RunFailure::TooManySamples {
+            count,
+            limit: limits.max_samples,
+        });
+    }
     exposition::parse(text).map_err(RunFailure::Output)
 }

@@ -26,11 +26,16 @@ fn limit_hit(err: &wasmtime::Error, memory_hit: bool, limits: &Limits) -> Option
     }
 }
 
-/// What trapped, in one line.
+/// What trapped, in one line. Not a trap: the innermost error, which says
+/// what went wrong (a host call's refusal, say); the outer ones are the
+/// wasm backtrace wasmtime wraps it in, whose first line is only
+/// "error while executing at wasm backtrace:".
 fn trap_text(err: &wasmtime::Error) -> String {
     match err.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
-        None => format!("{err:#}")
+        None => err
+            .root_cause()
+            .to_string()
             .lines()
             .next()
             .unwrap_or_default()

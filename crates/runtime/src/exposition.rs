@@ -123,6 +123,15 @@ pub fn parse(text: &str) -> Result<wit::Collection, String> {
     })
 }
 
+/// How many lines of `text` [`parse`] takes for samples (neither empty nor
+/// comments), counted without building them.
+pub fn sample_lines(text: &str) -> usize {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .count()
+}
+
 fn two_words(text: &str) -> Option<(&str, &str)> {
     let mut words = text.split_whitespace();
     let pair = (words.next()?, words.next()?);
@@ -257,6 +266,13 @@ mod tests {
         assert!(matches!(c.status.level, wit::Level::Warn));
         assert_eq!(c.status.text, "queue above 4 KiB");
         assert_eq!(c.state.as_deref(), Some(&b"{\"seen\": 1027}"[..]));
+    }
+
+    #[test]
+    fn sample_lines_counts_the_lines_parse_takes_for_samples() {
+        let text = "# TYPE a counter\na 1\n\n  # HELP b x\nb{x=\"#\"} 2\n# STATE s\n  c 3\n";
+        assert_eq!(sample_lines(text), 3);
+        assert_eq!(parse(text).unwrap().samples.len(), 3);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod abi;
 mod account;
 pub mod cache;
 pub mod command;
+mod described;
 mod diagnose;
 mod dispatch;
 pub mod epoch;

@@ -10,46 +10,89 @@ use wasmtime::{Engine, ResourceLimiter, Store};
 /// Tracks memory growth against the cap, remembering the peak and whether the
 /// cap was hit (an infallible allocation then traps, and the trap alone would
 /// not say why).
+///
+/// The cap is on the store's memories and tables together: a component holds
+/// several core instances, each with memories and tables of its own, and
+/// checked one by one they would let a plugin hold the cap many times over.
 pub struct MemoryLimiter {
     cap: usize,
+    /// Bytes of every memory and table in the store.
+    used: usize,
     pub peak: usize,
     pub hit: bool,
 }
+
+/// Host bytes a table slot costs: a pointer.
+const TABLE_SLOT_BYTES: usize = 8;
+
+/// Core instances, memories and tables one run may create. The instance
+/// pool (`instance_pool` in lib.rs) is shared by every run of the process:
+/// without a count per store, one component instantiating a module many
+/// times would take every slot, and the other services' runs would fail to
+/// instantiate while it lasts. The plugins built here need at most 14 core
+/// instances (the Python one), 1 memory and 2 tables; these leave room.
+const MAX_INSTANCES: usize = 32;
+const MAX_MEMORIES: usize = 4;
+const MAX_TABLES: usize = 8;
 
 impl MemoryLimiter {
     /// A limiter at `limits.memory`.
     pub fn new(limits: &Limits) -> MemoryLimiter {
         MemoryLimiter {
             cap: usize::try_from(limits.memory.0).unwrap_or(usize::MAX),
+            used: 0,
             peak: 0,
             hit: false,
         }
+    }
+
+    /// Whether one memory or table may grow from `current` to `desired`
+    /// bytes, with all the others as they are.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let used = self.used.saturating_sub(current).saturating_add(desired);
+        if used > self.cap {
+            self.hit = true;
+            return false;
+        }
+        self.used = used;
+        self.peak = self.peak.max(used);
+        true
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            self.hit = true;
-            return Ok(false);
-        }
-        self.peak = self.peak.max(desired);
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Table slots are pointer-sized host memory: cap them by the same budget.
-        Ok(desired.saturating_mul(8) <= self.cap)
+        // Table slots are host memory: counted against the same cap.
+        Ok(self.grow(
+            current.saturating_mul(TABLE_SLOT_BYTES),
+            desired.saturating_mul(TABLE_SLOT_BYTES),
+        ))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 

@@ -95,6 +95,7 @@ pub(super) fn describe(
         }
     };
     let d = described.map_err(|failure| anyhow::anyhow!("describe failed: {failure}"))?;
+    super::described::check(&d).map_err(|e| anyhow::anyhow!("describe returned {e}"))?;
     Ok(Description {
         name: d.name,
         version: d.version,

@@ -31,6 +31,12 @@ const WASI_MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 /// which otherwise grows to a million entries.
 const HANDLES_PER_FILE: usize = 16;
 
+/// Random bytes a plugin may ask for in one call (wasmtime's default is
+/// 64 MiB): the host fills a buffer of that size before the copy into the
+/// guest can fail on the memory cap, in a host call the deadline cannot end.
+/// A collector needs a hash seed at most.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// What a plugin run's store holds.
 pub struct SandboxState {
     wasi: WasiCtx,
@@ -290,7 +296,8 @@ pub fn new_sandbox(
         .stderr(stderr.clone())
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .allow_ip_name_lookup(false)
+        .max_random_size(MAX_RANDOM_BYTES);
     for (host, guest) in &view.dirs {
         wasi.preopened_dir(host, guest, FsPerms::ReadOnly)?;
     }
