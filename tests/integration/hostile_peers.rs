@@ -1,0 +1,431 @@
+//! Hostile peers on the network, both ways: hand-made agents that lie to the
+//! real receiver (frames, lengths, MessagePack bombs, names, numbers, plugin
+//! requests, HTTP requests), and a hand-made receiver that lies to the real
+//! agent (its Welcome, Acks, rejections, schedules, plugin chunks, errors).
+//! Each side must answer with a clear error, keep serving everyone else,
+//! lose nothing it holds, and keep peer text out of its log raw.
+
+use crate::fleet_support::{Receiver, wait_until};
+use crate::protocol::{RawAgent, TOKEN, model};
+use bytes::BytesMut;
+use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
+use sandglass_core::time::now_ms;
+use sandglass_protocol::*;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// A log line a peer would like to forge, and an escape that would clear
+/// the operator's terminal.
+const FORGED: &str = "x\n2026-01-01T00:00:00.000000Z  INFO forged: all is well\u{1b}[2J";
+
+/// Neither a forged line nor a raw escape made it into `log`, nor a line
+/// that quotes a peer's megabytes.
+fn assert_log_clean(log: &str) {
+    let forged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("2026-01-01") || l.contains('\u{1b}'))
+        .collect();
+    assert!(forged.is_empty(), "forged log lines: {forged:?}");
+    if let Some(long) = log.lines().find(|l| l.len() > 16 << 10) {
+        panic!("a log line of {} bytes: {}…", long.len(), &long[..300]);
+    }
+}
+
+/// `{tag: number}` in MessagePack, as a frame: a message `tag`.
+fn frame_of(tag: &str, number: u64) -> Vec<u8> {
+    let payload =
+        rmp_serde::to_vec(&std::collections::BTreeMap::from([(tag, number)])).expect("encodes");
+    framed(&payload)
+}
+
+/// `payload` behind its length.
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A frame of `message`.
+fn encoded(message: Message) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    FrameCodec::new(DEFAULT_MAX_FRAME)
+        .encode(message, &mut buf)
+        .unwrap();
+    buf.to_vec()
+}
+
+/// The first fields of a Hello for `host` with `token`, up to its plugins.
+fn hello_fields(host: &str, token: &str) -> Vec<u8> {
+    let mut bytes = vec![0x81, 0xa5];
+    bytes.extend_from_slice(b"Hello");
+    bytes.push(0x99); // nine fields: one more than a Hello has
+    for text in [host, token, "raw", "1.0.0"] {
+        rmp_serde::encode::write(&mut bytes, text).unwrap();
+    }
+    bytes.extend_from_slice(&[0x00, 0x00]); // time_ms, schedule_revision
+    bytes
+}
+
+/// What the receiver answered to an opening: its first frame, or nothing
+/// before it closed the connection.
+fn answer(address: &str, preamble: &[u8], bytes: &[u8], close: bool) -> Option<Message> {
+    let mut tcp = TcpStream::connect(address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The receiver may close before it read all of it: that is an answer too.
+    let _ = tcp.write_all(preamble).and_then(|()| tcp.write_all(bytes));
+    if close {
+        let _ = tcp.shutdown(Shutdown::Write);
+    }
+    let mut received = Vec::new();
+    let _ = tcp.read_to_end(&mut received);
+    if received.len() < 8 {
+        return None;
+    }
+    assert_eq!(&received[..4], b"SGLS", "the receiver's preamble");
+    let mut rest = BytesMut::from(&received[8..]);
+    FrameCodec::new(DEFAULT_MAX_FRAME)
+        .decode(&mut rest)
+        .unwrap_or_else(|e| panic!("the receiver's frame: {e}"))
+}
+
+const PREAMBLE: &[u8] = b"SGLS\x00\x01\x00\x01";
+
+/// Openings that lie in every way before the Hello is accepted: each gets
+/// the documented error (or, for a foreign peer, the end of the connection),
+/// none takes the receiver down, holds memory for what it claims, or writes
+/// its text raw into the log; and a real agent is served after all of them.
+#[test]
+fn lying_openings_get_their_error_and_the_receiver_serves_the_next_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &model("handshake_timeout = \"3s\""),
+    );
+    let hello = |host: &str, token: &str| {
+        let mut bytes = hello_fields(host, token);
+        bytes.extend_from_slice(&[0x90, 0x07, 0xc0]); // plugins, stream, a nil from the future
+        framed(&bytes)
+    };
+    let str_bomb = {
+        let mut bytes = vec![0x81, 0xa5];
+        bytes.extend_from_slice(b"Hello");
+        bytes.extend_from_slice(&[0x98, 0xdb, 0xff, 0xff, 0xff, 0xff, b'x']);
+        framed(&bytes)
+    };
+    let array_bomb = {
+        let mut bytes = hello_fields("a", TOKEN);
+        bytes.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        framed(&bytes)
+    };
+    let map_bomb = framed(&[0xdf, 0xff, 0xff, 0xff, 0xff]);
+    let deep = {
+        let mut bytes = hello_fields("a", TOKEN);
+        bytes.extend_from_slice(&[0x90, 0x07]);
+        bytes.extend(std::iter::repeat_n(0x91, 60_000));
+        bytes.push(0xc0);
+        framed(&bytes)
+    };
+    let long_host = hello(&"h".repeat(60_000), TOKEN);
+    let forged_host = hello(FORGED, FORGED);
+    let wrong_token = hello("a", "not-the-token");
+    let unknown_message = frame_of(FORGED, 1);
+    let long_name = frame_of(&"n".repeat(60_000), 1);
+    let ack_first = encoded(Message::Ack(Ack { seq: 1 }));
+    let truncated = hello("a", TOKEN)[..20].to_vec();
+    let over_the_handshake_limit = ((HANDSHAKE_MAX_FRAME + 1) as u32).to_be_bytes();
+    use FaultCode::*;
+    let cases: Vec<(&str, &[u8], &[u8], bool, Option<FaultCode>)> = vec![
+        (
+            "a frame of length 0",
+            PREAMBLE,
+            &[0, 0, 0, 0],
+            false,
+            Some(Malformed),
+        ),
+        (
+            "a length of 4 GiB",
+            PREAMBLE,
+            &[0xff; 4],
+            false,
+            Some(TooLarge),
+        ),
+        (
+            "a length over 64 KiB before the Hello",
+            PREAMBLE,
+            &over_the_handshake_limit,
+            false,
+            Some(TooLarge),
+        ),
+        (
+            "bytes that are no MessagePack",
+            PREAMBLE,
+            &[0, 0, 0, 3, 0xc1, 0xc1, 0xc1],
+            false,
+            Some(Malformed),
+        ),
+        (
+            "a string claiming 4 GiB",
+            PREAMBLE,
+            &str_bomb,
+            false,
+            Some(Malformed),
+        ),
+        (
+            "an array claiming 4 G plugins",
+            PREAMBLE,
+            &array_bomb,
+            false,
+            Some(Malformed),
+        ),
+        (
+            "a map claiming 4 G entries",
+            PREAMBLE,
+            &map_bomb,
+            false,
+            Some(Malformed),
+        ),
+        (
+            "60,000 nested arrays",
+            PREAMBLE,
+            &deep,
+            false,
+            Some(Malformed),
+        ),
+        (
+            "a message named like a log line",
+            PREAMBLE,
+            &unknown_message,
+            false,
+            Some(Malformed),
+        ),
+        (
+            "a host id of 60 KB",
+            PREAMBLE,
+            &long_host,
+            false,
+            Some(Auth),
+        ),
+        (
+            "a message name of 60 KB",
+            PREAMBLE,
+            &long_name,
+            false,
+            Some(Malformed),
+        ),
+        (
+            "control characters in host id and token",
+            PREAMBLE,
+            &forged_host,
+            false,
+            Some(Auth),
+        ),
+        ("a wrong token", PREAMBLE, &wrong_token, false, Some(Auth)),
+        (
+            "an Ack before the Hello",
+            PREAMBLE,
+            &ack_first,
+            false,
+            Some(Protocol),
+        ),
+        (
+            "a Hello cut short",
+            PREAMBLE,
+            &truncated,
+            true,
+            Some(Malformed),
+        ),
+        (
+            "protocol version 2",
+            b"SGLS\x00\x02\x00\x00",
+            &[],
+            false,
+            Some(Version),
+        ),
+        (
+            "an HTTP request",
+            b"GET / HTTP/1.1\r\n\r\n",
+            &[],
+            false,
+            None,
+        ),
+        ("a preamble cut short", b"SGLS\x00", &[], true, None),
+    ];
+    for (what, preamble, bytes, close, expected) in &cases {
+        let got = answer(&receiver.address, preamble, bytes, *close);
+        let code = match &got {
+            Some(Message::Error(f)) => Some(f.code),
+            None => None,
+            Some(other) => panic!("{what}: answered {other:?}"),
+        };
+        assert_eq!(code, *expected, "{what}: {got:?}");
+    }
+    // A flood of wrong tokens is refused one by one, and costs nothing later.
+    for _ in 0..200 {
+        assert!(matches!(
+            answer(&receiver.address, PREAMBLE, &wrong_token, false),
+            Some(Message::Error(f)) if f.code == Auth
+        ));
+    }
+    let mut agent = RawAgent::hello(&receiver.address, "a", 0);
+    agent.until(0, |m| matches!(m, Message::Welcome(_)).then_some(()));
+    agent.send(batch(1, vec![report(now_ms(), vec![])]));
+    agent.until(0, |m| {
+        matches!(m, Message::Ack(Ack { seq: 1 })).then_some(())
+    });
+    assert_log_clean(&receiver.log_text());
+}
+
+fn report(time_ms: u64, samples: Vec<Sample>) -> Entry {
+    Entry::Report(Report {
+        service: "uptime".into(),
+        plugin: "uptime".into(),
+        time_ms,
+        status: Status {
+            level: Level::Ok,
+            text: "fine".into(),
+        },
+        samples,
+        cost: Cost::default(),
+    })
+}
+
+fn sample(name: &str, value: f64, labels: Vec<(String, String)>) -> Sample {
+    Sample {
+        name: name.into(),
+        value,
+        kind: MetricKind::Gauge,
+        unit: String::new(),
+        labels,
+    }
+}
+
+fn batch(seq: u64, entries: Vec<Entry>) -> Message {
+    Message::Reports(ReportBatch {
+        seq,
+        entries,
+        settled: 0,
+    })
+}
+
+/// The next answer that is not a Ping (answered), a Pong or a Schedule.
+fn next_answer(agent: &mut RawAgent) -> Option<Message> {
+    loop {
+        match agent.next()? {
+            Message::Ping(Probe { nonce, .. }) => agent.send(Message::Pong(Probe {
+                nonce,
+                time_ms: now_ms(),
+            })),
+            Message::Pong(_) | Message::Schedule(_) => {}
+            other => return Some(other),
+        }
+    }
+}
+
+/// An authenticated agent that lies: values and times no plugin gives,
+/// numbers out of order or out of range, huge batches within the frame
+/// limit, requests for plugins that do not exist. Each lie gets its
+/// documented answer; storable data is stored; and another agent's batch is
+/// acknowledged after all of it.
+#[test]
+fn an_authenticated_agent_that_lies_gets_its_answers_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path(), "127.0.0.1:0", &model(""));
+    let mut liar = RawAgent::hello(&receiver.address, "a", 0);
+    liar.until(0, |m| matches!(m, Message::Welcome(_)).then_some(()));
+    let now = now_ms();
+    // Values of every kind, times from the far future, of 0 and of 2^64-1,
+    // duplicate names, label text with control characters.
+    let odd = vec![
+        sample("v", f64::NAN, vec![]),
+        sample("v", f64::INFINITY, vec![]),
+        sample("v", f64::NEG_INFINITY, vec![]),
+        sample("v", -0.0, vec![(FORGED.into(), FORGED.into())]),
+    ];
+    let entries = vec![
+        report(u64::MAX, odd.clone()),
+        report(0, odd.clone()),
+        report(now + 10 * 365 * 86_400_000, odd),
+        Entry::Gap(Gap {
+            reports: u64::MAX,
+            first_ms: u64::MAX,
+            last_ms: 0,
+            reason: FORGED.into(),
+        }),
+    ];
+    liar.send(batch(1, entries));
+    assert_eq!(next_answer(&mut liar), Some(Message::Ack(Ack { seq: 4 })));
+    let latest = now_ms();
+    for time in receiver.report_times("a", "uptime") {
+        assert!(time <= latest, "a report time {time} after its arrival");
+    }
+    // Numbers that jump far ahead, then go back: each batch is answered.
+    for seq in [1 << 62, 1000, 2] {
+        liar.send(batch(seq, vec![report(now, vec![])]));
+        assert_eq!(next_answer(&mut liar), Some(Message::Ack(Ack { seq })));
+    }
+    // 700,000 labels in one sample, and 250,000 samples in one report,
+    // each within the frame limit.
+    let labels = (0..700_000)
+        .map(|i| (i.to_string(), String::new()))
+        .collect();
+    liar.send(batch(
+        3,
+        vec![report(now, vec![sample("many", 1.0, labels)])],
+    ));
+    let samples = (0..250_000)
+        .map(|i| sample(&format!("m{i}"), 1.0, vec![]))
+        .collect();
+    liar.send(batch(4, vec![report(now, samples)]));
+    for seq in [3, 4] {
+        let answer = next_answer(&mut liar);
+        assert!(
+            matches!(answer, Some(Message::Ack(Ack { seq: s })) | Some(Message::Rejected(Rejected { last_seq: s, .. })) if s == seq),
+            "batch {seq}: {answer:?}"
+        );
+    }
+    // Plugins nobody has, by names that are no hash, at offsets past any end.
+    for (sha256, offset) in [
+        (FORGED.to_owned(), 0),
+        ("ab".repeat(32), u64::MAX),
+        ("../../etc/passwd".to_owned(), 0),
+        ("x".repeat(60_000), 0),
+    ] {
+        liar.send(Message::PluginRequest(PluginRequest { sha256, offset }));
+        let answer = next_answer(&mut liar);
+        assert!(
+            matches!(answer, Some(Message::PluginUnavailable(_))),
+            "{answer:?}"
+        );
+    }
+    // Another agent is served meanwhile and after.
+    let mut other = RawAgent::hello(&receiver.address, "b", 0);
+    other.until(0, |m| matches!(m, Message::Welcome(_)).then_some(()));
+    other.send(batch(1, vec![report(now_ms(), vec![])]));
+    assert_eq!(next_answer(&mut other), Some(Message::Ack(Ack { seq: 1 })));
+    // Numbers the receiver cannot store end the connection with Protocol.
+    for (what, bad) in [
+        ("number 0", batch(0, vec![report(now, vec![])])),
+        (
+            "numbers past 2^63",
+            batch(u64::MAX, vec![report(now, vec![])]),
+        ),
+        ("no entries", batch(5, vec![])),
+    ] {
+        let mut agent = RawAgent::hello(&receiver.address, "c", 0);
+        agent.until(0, |m| matches!(m, Message::Welcome(_)).then_some(()));
+        agent.send(bad);
+        let answer = next_answer(&mut agent);
+        assert!(
+            matches!(&answer, Some(Message::Error(f)) if f.code == FaultCode::Protocol),
+            "{what}: {answer:?}"
+        );
+        assert_eq!(next_answer(&mut agent), None, "{what}: the connection ends");
+    }
+    assert!(wait_until(Duration::from_secs(10), || receiver
+        .log_text()
+        .contains("plugin request refused")));
+    assert_log_clean(&receiver.log_text());
+}
