@@ -13,7 +13,7 @@ use sandglass_core::time::now_ms;
 use sandglass_protocol::*;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// A log line a peer would like to forge, and an escape that would clear
@@ -428,4 +428,212 @@ fn an_authenticated_agent_that_lies_gets_its_answers_and_others_are_served() {
         .log_text()
         .contains("plugin request refused")));
     assert_log_clean(&receiver.log_text());
+}
+
+/// A receiver written to lie to the real agent, blocking, one frame at a
+/// time.
+struct LyingReceiver {
+    tcp: TcpStream,
+    codec: FrameCodec,
+    buf: BytesMut,
+    /// Past it the agent counts as gone (its Pings would keep a read going).
+    deadline: Instant,
+}
+
+impl LyingReceiver {
+    /// The agent's next connection, through its Hello.
+    fn accept(listener: &std::net::TcpListener) -> LyingReceiver {
+        let (mut tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut preamble = [0u8; 8];
+        tcp.read_exact(&mut preamble).unwrap();
+        tcp.write_all(PREAMBLE).unwrap();
+        let mut receiver = LyingReceiver {
+            tcp,
+            codec: FrameCodec::new(DEFAULT_MAX_FRAME),
+            buf: BytesMut::new(),
+            deadline: Instant::now() + Duration::from_secs(120),
+        };
+        assert!(matches!(receiver.next(), Some(Message::Hello(_))));
+        receiver
+    }
+
+    fn send(&mut self, message: Message) {
+        self.tcp.write_all(&encoded(message)).unwrap();
+    }
+
+    fn welcome(&mut self, max_frame: u64) {
+        self.send(Message::Welcome(Welcome {
+            receiver_version: "lying".into(),
+            time_ms: now_ms(),
+            refresh_ms: 60_000,
+            max_frame,
+        }));
+    }
+
+    /// The agent's next frame; None once it closed the connection (or said
+    /// nothing for 30 s, or the session's two minutes are over).
+    fn next(&mut self) -> Option<Message> {
+        while Instant::now() < self.deadline {
+            if let Some(m) = self.codec.decode(&mut self.buf).unwrap() {
+                return Some(m);
+            }
+            let mut chunk = [0u8; 64 << 10];
+            match self.tcp.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        None
+    }
+
+    /// The agent's next batch (its Pings answered).
+    fn batch(&mut self) -> ReportBatch {
+        loop {
+            match self.next().expect("the agent left") {
+                Message::Reports(batch) => return batch,
+                Message::Ping(Probe { nonce, .. }) => self.send(Message::Pong(Probe {
+                    nonce,
+                    time_ms: now_ms(),
+                })),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn scheduled(name: &str, plugin: &str, sha256: Option<&str>) -> ScheduledService {
+    ScheduledService {
+        name: name.into(),
+        plugin: plugin.into(),
+        sha256: sha256.map(Into::into),
+        interval_ms: 0,
+        params: vec![],
+        grants: vec![],
+        files: vec![],
+        limits: ServiceLimits::default(),
+    }
+}
+
+/// A receiver that acknowledges and refuses numbers the agent never sent,
+/// announces a frame limit of 0, schedules plugins by paths and hashes that
+/// point out of the plugin directories, and says things meant to forge the
+/// agent's log. The agent loses no report: it counts answers only up to what
+/// it sent, refuses the broken Welcome with a clear error, reports UNKNOWN
+/// for the services it cannot run, and logs the receiver's words escaped.
+#[test]
+fn a_lying_receiver_makes_the_agent_lose_nothing_and_forge_nothing() {
+    crate::common::build_plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let address = crate::common::reserved_address();
+    let listener = std::net::TcpListener::bind(&address).unwrap();
+    let mut agent = crate::fleet_support::Agent::start_with(
+        dir.path(),
+        "h",
+        "some-token",
+        &[&address],
+        &crate::common::root().join("target/plugins"),
+        "batch_max = 1\n",
+    );
+    let mut first = LyingReceiver::accept(&listener);
+    first.welcome(DEFAULT_MAX_FRAME as u64);
+    first.send(Message::Schedule(Schedule {
+        revision: 1,
+        services: vec![
+            scheduled("up1", "uptime", None),
+            scheduled("up2", "uptime", None),
+            scheduled("up3", "uptime", None),
+            scheduled("escape", "../../../../etc/passwd", None),
+            scheduled("pinned", "uptime", Some("../../../../tmp/x")),
+            scheduled(FORGED, "uptime", None),
+        ],
+    }));
+    // The window fills (64 batches of one entry, none answered), and more
+    // reports wait unsent; then an Ack for every number there is.
+    let mut reports = Vec::new();
+    let mut window = |receiver: &mut LyingReceiver, mut batches: Vec<ReportBatch>| {
+        while batches.len() < 64 {
+            batches.push(receiver.batch());
+        }
+        for entry in batches.iter().flat_map(|b| &b.entries) {
+            if let Entry::Report(r) = entry {
+                reports.push(r.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        (batches[0].seq, batches[63].last_seq())
+    };
+    let (_, sent) = window(&mut first, vec![]);
+    first.send(Message::Ack(Ack { seq: u64::MAX }));
+    let next = first.batch();
+    assert_eq!(
+        next.seq,
+        sent + 1,
+        "the reports spooled but not sent were dropped by an Ack for them"
+    );
+    // The same with a refusal of numbers never sent.
+    let (from, sent) = window(&mut first, vec![next]);
+    first.send(Message::Rejected(Rejected {
+        seq: from,
+        last_seq: u64::MAX,
+        reason: FORGED.into(),
+    }));
+    assert_eq!(first.batch().seq, sent + 1, "refused beyond what was sent");
+    let acked = sent;
+    first.send(Message::Error(Fault {
+        code: FaultCode::Internal,
+        text: FORGED.into(),
+    }));
+    assert!(
+        std::iter::from_fn(|| first.next()).count() < 1000,
+        "the agent closes after an Error"
+    );
+    for (service, why) in [("escape", "may only hold"), ("pinned", "64 hex digits")] {
+        let report = reports
+            .iter()
+            .find(|r| r.service == service)
+            .unwrap_or_else(|| panic!("no report of {service}"));
+        assert_eq!(report.status.level, Level::Unknown, "{service}");
+        assert!(report.status.text.contains(why), "{:?}", report.status.text);
+    }
+    assert!(reports.iter().all(|r| r.service != FORGED));
+    // A Welcome that allows no frame: refused, nothing sent.
+    let mut broken = LyingReceiver::accept(&listener);
+    broken.welcome(0);
+    while let Some(message) = broken.next() {
+        assert!(
+            !matches!(message, Message::Reports(_)),
+            "batches sent to a receiver that takes frames of 0 bytes"
+        );
+    }
+    // An honest receiver at last: the stream goes on from the last number
+    // answered, and the refused window is one gap of exactly its reports.
+    let mut honest = LyingReceiver::accept(&listener);
+    honest.welcome(DEFAULT_MAX_FRAME as u64);
+    let batch = honest.batch();
+    assert_eq!(batch.seq, acked + 1, "entries lost between the sessions");
+    let mut gap = None;
+    let mut batch = batch;
+    for _ in 0..10_000 {
+        honest.send(Message::Ack(Ack {
+            seq: batch.last_seq(),
+        }));
+        gap = batch.entries.iter().find_map(|e| match e {
+            Entry::Gap(g) => Some(g.clone()),
+            _ => None,
+        });
+        if gap.is_some() {
+            break;
+        }
+        batch = honest.batch();
+    }
+    let gap = gap.expect("the refused window's gap");
+    assert_eq!(gap.reports, 64, "{gap:?}");
+    assert!(wait_until(Duration::from_secs(10), || agent
+        .log_text()
+        .contains("announces frames of at most 0 bytes")));
+    let log = agent.log_text();
+    assert!(log.contains("but only"), "{log}");
+    agent.stop();
+    assert_log_clean(&agent.log_text());
 }

@@ -8,8 +8,8 @@ use sandglass_core::text::Escaped;
 use sandglass_core::time::now_ms;
 use sandglass_daemon::tls;
 use sandglass_protocol::{
-    DEFAULT_MAX_FRAME, FrameCodec, Hello, Message, PROTOCOL_VERSION, Welcome, read_preamble,
-    write_preamble,
+    DEFAULT_MAX_FRAME, FrameCodec, HANDSHAKE_MAX_FRAME, Hello, Message, PROTOCOL_VERSION, Welcome,
+    read_preamble, write_preamble,
 };
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -107,6 +107,12 @@ async fn connect(
         .context("no Welcome from the receiver")?
         .context("the receiver closed the connection")??;
     match first {
+        // Below the handshake's limit no batch of any size fits, and every
+        // report would go as a gap entry saying it was too large: lost.
+        Message::Welcome(welcome) if welcome.max_frame < HANDSHAKE_MAX_FRAME as u64 => bail!(
+            "the receiver announces frames of at most {} bytes, below the {HANDSHAKE_MAX_FRAME} every receiver accepts: its max_frame is broken; the reports wait in the spool",
+            welcome.max_frame
+        ),
         Message::Welcome(welcome) if version == PROTOCOL_VERSION => {
             Ok((framed, welcome, socket, preamble.minor))
         }
