@@ -637,3 +637,134 @@ fn a_lying_receiver_makes_the_agent_lose_nothing_and_forge_nothing() {
     agent.stop();
     assert_log_clean(&agent.log_text());
 }
+
+/// One raw HTTP exchange on a new connection: the status line and the rest.
+fn http_exchange(address: &str, request: &[u8]) -> (String, String) {
+    let mut tcp = TcpStream::connect(address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = tcp.write_all(request);
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (status, rest) = answer.split_once("\r\n").unwrap_or((&answer, ""));
+    (status.to_owned(), rest.to_owned())
+}
+
+/// Requests at the status page's listener that try to read files beside
+/// its assets, overflow its header and address buffers, or get in with
+/// broken credentials: each is turned away without a file's bytes, and the
+/// listener serves a proper request afterwards.
+#[test]
+fn hostile_http_requests_are_turned_away_and_the_page_still_serves() {
+    const HTTP_TOKEN: &str = "http-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(
+        dir.path(),
+        "127.0.0.1:0",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{HTTP_TOKEN}\"\n{}",
+            model("")
+        ),
+    );
+    let http = receiver.http.clone().expect("the http listener");
+    let address = http
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let get = |path: &str, headers: &str| {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");
+        http_exchange(&address, request.as_bytes())
+    };
+    let bearer = format!("Authorization: Bearer {HTTP_TOKEN}\r\n");
+    for path in [
+        "/assets/..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "/assets/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/assets/../../../../etc/passwd",
+        "/assets/app.js%00.css",
+        "/hosts/..%2f..%2fetc%2fpasswd",
+        "/api/hosts/..%2f..%2f..%2fetc%2fpasswd",
+        "//etc/passwd",
+    ] {
+        let (status, body) = get(path, &bearer);
+        assert!(!body.contains("root:"), "{path}: {status}\n{body}");
+        assert!(
+            !status.contains(" 5"),
+            "{path}: a server error: {status}\n{body}"
+        );
+    }
+    let long_path = format!("/api/hosts/{}", "h".repeat(200_000));
+    let long_query = format!(
+        "/login?{}",
+        (0..20_000)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join("&")
+    );
+    let huge_header = format!("X-Pad: {}\r\n", "p".repeat(1 << 20));
+    let many_headers: String = (0..5_000).map(|i| format!("X-{i}: v\r\n")).collect();
+    let bad_credentials = [
+        format!("Cookie: {}\r\n", "s=".repeat(20_000)),
+        "Cookie: sandglass_session=\u{1b}[2J; sandglass_session=../../x\r\n".to_owned(),
+        "Authorization: Bearer \u{7f}\u{1b}\r\n".to_owned(),
+        format!("Authorization: Bearer {}\r\n", "t".repeat(100_000)),
+        "Authorization: Basic Og==\r\n".to_owned(),
+    ];
+    for (what, path, headers) in [
+        ("a 200 KB path", long_path.as_str(), bearer.clone()),
+        (
+            "20,000 query parameters",
+            long_query.as_str(),
+            String::new(),
+        ),
+        ("a 1 MiB header", "/api/hosts", huge_header),
+        ("5,000 headers", "/api/hosts", many_headers),
+    ] {
+        let (status, _) = get(path, &headers);
+        assert!(!status.contains(" 5"), "{what}: a server error: {status}");
+    }
+    for headers in &bad_credentials {
+        let (status, body) = get("/api/hosts", headers);
+        // 400 for what is no header value at all (control characters).
+        assert!(
+            status.contains(" 401") || status.contains(" 400"),
+            "{headers:?}: {status}\n{body}"
+        );
+    }
+    // Slow loris: a head one byte at a time, and a connection that never
+    // says anything. Both are let go (kept, thousands of them would take
+    // every descriptor the receiver has, and agents could not connect);
+    // the page serves meanwhile.
+    let mut trickle = TcpStream::connect(&address).unwrap();
+    let mut silent = TcpStream::connect(&address).unwrap();
+    for tcp in [&trickle, &silent] {
+        tcp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+    }
+    let head = b"GET /api/hosts HTTP/1.1\r\nHost: x\r\nX-Slow: ".repeat(100);
+    let closed = |tcp: &mut TcpStream| match tcp.read(&mut [0u8; 256]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    let (mut trickle_closed, mut silent_closed) = (false, false);
+    for byte in head.iter().take(120) {
+        trickle_closed =
+            trickle_closed || trickle.write_all(&[*byte]).is_err() || closed(&mut trickle);
+        silent_closed = silent_closed || closed(&mut silent);
+        if trickle_closed && silent_closed {
+            break;
+        }
+    }
+    assert!(
+        trickle_closed,
+        "a head sent a byte every half second was kept for a minute"
+    );
+    assert!(silent_closed, "a silent connection was kept for a minute");
+    let (status, body) = get("/api/hosts", &bearer);
+    assert!(status.contains(" 200"), "{status}\n{body}");
+    assert_log_clean(&receiver.log_text());
+}
