@@ -181,7 +181,7 @@ fn authenticate(shared: &Shared, hello: &Hello) -> Option<String> {
     // (the refusal must fit the 64 KiB frame it goes back in).
     if check_name(&hello.host_id).is_err() {
         return Some(format!(
-            "host id {} is not a host name (letters, digits, '_', '-' and '.', at most 128 bytes, not starting with '.'): set host_id in the agent's configuration",
+            "host {} is not known to this receiver, nor can it be: a host id holds letters, digits, '_', '-' and '.' (at most 128 bytes, not starting with '.'); fix host_id in the agent's configuration",
             excerpt(&hello.host_id, 128)
         ));
     }
