@@ -8,8 +8,8 @@ use sandglass_core::text::Escaped;
 use sandglass_core::time::now_ms;
 use sandglass_daemon::tls;
 use sandglass_protocol::{
-    DEFAULT_MAX_FRAME, FrameCodec, HANDSHAKE_MAX_FRAME, Hello, Message, PROTOCOL_VERSION, Welcome,
-    read_preamble, write_preamble,
+    DEFAULT_MAX_FRAME, FrameCodec, Hello, Message, PROTOCOL_VERSION, Welcome, read_preamble,
+    write_preamble,
 };
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -17,6 +17,10 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 pub(super) type Conn = Framed<tls::Stream, FrameCodec>;
+
+/// The smallest frame limit a Welcome may announce: below it, no batch
+/// holds a report of a few samples.
+const MIN_MAX_FRAME: u64 = 4 << 10;
 
 /// A connection that was welcomed.
 pub(super) struct Established {
@@ -107,10 +111,9 @@ async fn connect(
         .context("no Welcome from the receiver")?
         .context("the receiver closed the connection")??;
     match first {
-        // Below the handshake's limit no batch of any size fits, and every
-        // report would go as a gap entry saying it was too large: lost.
-        Message::Welcome(welcome) if welcome.max_frame < HANDSHAKE_MAX_FRAME as u64 => bail!(
-            "the receiver announces frames of at most {} bytes, below the {HANDSHAKE_MAX_FRAME} every receiver accepts: its max_frame is broken; the reports wait in the spool",
+        // Every report would go as a gap entry saying it was too large: lost.
+        Message::Welcome(welcome) if welcome.max_frame < MIN_MAX_FRAME => bail!(
+            "the receiver announces frames of at most {} bytes, too small for any report (a receiver's max_frame is 64 KiB or more): the reports wait in the spool",
             welcome.max_frame
         ),
         Message::Welcome(welcome) if version == PROTOCOL_VERSION => {
