@@ -92,6 +92,11 @@ fn answer(address: &str, preamble: &[u8], bytes: &[u8], close: bool) -> Option<M
 
 const PREAMBLE: &[u8] = b"SGLS\x00\x01\x00\x01";
 
+/// One hostile opening: what it is, its preamble, the bytes after it,
+/// whether it then closes its side, and the error it must get (None: the
+/// connection ends unanswered).
+type Opening<'a> = (&'a str, &'a [u8], &'a [u8], bool, Option<FaultCode>);
+
 /// Openings that lie in every way before the Hello is accepted: each gets
 /// the documented error (or, for a foreign peer, the end of the connection),
 /// none takes the receiver down, holds memory for what it claims, or writes
@@ -137,7 +142,7 @@ fn lying_openings_get_their_error_and_the_receiver_serves_the_next_agent() {
     let truncated = hello("a", TOKEN)[..20].to_vec();
     let over_the_handshake_limit = ((HANDSHAKE_MAX_FRAME + 1) as u32).to_be_bytes();
     use FaultCode::*;
-    let cases: Vec<(&str, &[u8], &[u8], bool, Option<FaultCode>)> = vec![
+    let cases: Vec<Opening> = vec![
         (
             "a frame of length 0",
             PREAMBLE,

@@ -112,9 +112,8 @@ pub(super) async fn admit(
     };
     drop(in_handshake);
     match attempt {
-        Ok(result) => result.map_err(|e| {
-            tracing::warn!(peer = %addr, "agent refused: {}", loggable(&e));
-            e
+        Ok(result) => result.inspect_err(|e| {
+            tracing::warn!(peer = %addr, "agent refused: {}", loggable(e));
         }),
         Err(_) => bail!("no Hello within handshake_timeout"),
     }
