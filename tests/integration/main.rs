@@ -18,6 +18,8 @@
 //! - [`delivery`]: the largest reports through a receiver outage, a hung
 //!   receiver, a full agent disk: every report stored or counted as lost;
 //! - [`hostile`]: slow and idle connections at the receiver;
+//! - [`hostile_peers`]: agents that lie to the receiver (frames, bombs,
+//!   numbers, HTTP requests) and a receiver that lies to the agent;
 //! - [`hostile_plugins`]: plugins that attack the host and their neighbours
 //!   (output that is costly to copy, blocking files, stuck runs, held
 //!   descriptors, `/proc` and `/sys` secrets, terminal escapes);
@@ -43,6 +45,7 @@ mod fleet_support;
 mod grafana;
 mod hostile;
 mod hostile_components;
+mod hostile_peers;
 mod hostile_plugins;
 mod http_client;
 mod lean;

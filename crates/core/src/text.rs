@@ -56,6 +56,15 @@ pub fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// A peer's text quoted for an error or a log line: escaped, and cut to
+/// about `max` bytes (a `…` says so), so that a megabyte of it neither
+/// floods the log nor outgrows the frame an error goes back in.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let cut = truncate(text, max);
+    let more = if cut.len() < text.len() { "…" } else { "" };
+    format!("\"{}{more}\"", escape(cut))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +84,11 @@ mod tests {
             "fine\\r\\n2026-01-01T00:00:00Z  INFO demo OK\\e[2J\\u{9b}x\\u{7f}"
         );
         assert_eq!(Escaped("a\nb").to_string(), "a\\nb");
+    }
+
+    #[test]
+    fn an_excerpt_is_escaped_and_cut_on_a_character() {
+        assert_eq!(excerpt("a\nb", 10), "\"a\\nb\"");
+        assert_eq!(excerpt(&"é".repeat(100), 5), "\"éé…\"");
     }
 }

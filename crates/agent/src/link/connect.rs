@@ -18,6 +18,10 @@ use tokio_util::codec::Framed;
 
 pub(super) type Conn = Framed<tls::Stream, FrameCodec>;
 
+/// The smallest frame limit a Welcome may announce: below it, no batch
+/// holds a report of a few samples.
+const MIN_MAX_FRAME: u64 = 4 << 10;
+
 /// A connection that was welcomed.
 pub(super) struct Established {
     pub(super) framed: Conn,
@@ -107,6 +111,11 @@ async fn connect(
         .context("no Welcome from the receiver")?
         .context("the receiver closed the connection")??;
     match first {
+        // Every report would go as a gap entry saying it was too large: lost.
+        Message::Welcome(welcome) if welcome.max_frame < MIN_MAX_FRAME => bail!(
+            "the receiver announces frames of at most {} bytes, too small for any report (a receiver's max_frame is 64 KiB or more): the reports wait in the spool",
+            welcome.max_frame
+        ),
         Message::Welcome(welcome) if version == PROTOCOL_VERSION => {
             Ok((framed, welcome, socket, preamble.minor))
         }

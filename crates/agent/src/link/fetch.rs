@@ -110,7 +110,7 @@ impl Fetcher {
         if self.asked.as_ref() != Some(&chunk.sha256) {
             bail!(
                 "the receiver sent a chunk of plugin {} that was not asked for",
-                chunk.sha256
+                sandglass_core::text::excerpt(&chunk.sha256, 80)
             );
         }
         let (dir, part) = (self.dir.clone(), self.part(&chunk.sha256));

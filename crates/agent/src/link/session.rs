@@ -14,6 +14,7 @@ use crate::services::Collected;
 use crate::spool::Budget;
 use anyhow::anyhow;
 use futures_util::StreamExt;
+use sandglass_core::text::{escape, truncate};
 use sandglass_core::time::now_ms;
 use sandglass_protocol::{
     Ack, DEFAULT_MAX_FRAME, Fault, FaultCode, FrameCodec, Message, PluginChunk, Probe,
@@ -290,7 +291,11 @@ impl<'a> Session<'a> {
     ) -> Result<(), Broken> {
         let message = match frame {
             None => return Err(anyhow!("the receiver closed the connection").into()),
-            Some(Err(e)) => return Err(anyhow!("bad frame from the receiver: {e}").into()),
+            Some(Err(e)) => {
+                return Err(
+                    anyhow!("bad frame from the receiver: {}", quoted(&e.to_string())).into(),
+                );
+            }
             Some(Ok(m)) => m,
         };
         self.alive.last_heard = Instant::now();
@@ -306,11 +311,14 @@ impl<'a> Session<'a> {
                 });
                 self.write(pong).await?;
             }
-            Message::Error(f) => return Err(anyhow!("the receiver reports {f}").into()),
+            Message::Error(f) => {
+                return Err(anyhow!("the receiver reports {}", quoted(&f.to_string())).into());
+            }
             Message::PluginChunk(chunk) => self.on_plugin_chunk(chunk).await?,
             Message::PluginUnavailable(u) => self.state.fetcher.on_unavailable(&u),
             other => {
-                return Err(anyhow!("unexpected message from the receiver: {other:?}").into());
+                let other = quoted(&format!("{other:?}"));
+                return Err(anyhow!("unexpected message from the receiver: {other}").into());
             }
         }
         Ok(())
@@ -339,8 +347,11 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The receiver stored everything up to `seq`.
+    /// The receiver stored everything up to `seq`. It cannot have stored
+    /// what was not sent: an Ack beyond it would drop spooled reports no
+    /// receiver has, so it counts only up to what was sent.
     async fn on_ack(&mut self, seq: u64) {
+        let seq = self.within_sent("acknowledged", seq);
         if let Err(e) = self.state.spool.with(move |s| s.ack(seq)).await {
             tracing::error!("{e:#}");
         }
@@ -361,11 +372,13 @@ impl<'a> Session<'a> {
             last_seq,
             reason,
         } = rejected;
+        let last_seq = self.within_sent("refused", last_seq);
         tracing::warn!(
             receiver = self.address,
             first = seq,
             last = last_seq,
-            "the receiver refused entries; recording them as lost: {reason}"
+            "the receiver refused entries; recording them as lost: {}",
+            quoted(&reason)
         );
         let rejected = self
             .state
@@ -377,6 +390,20 @@ impl<'a> Session<'a> {
         settle(&mut self.in_flight, last_seq);
         // The gap entry for them goes at once.
         self.batch_due.get_or_insert(Instant::now());
+    }
+
+    /// `seq` from an answer of the receiver, cut to the newest entry sent
+    /// on this connection (what it says of later numbers is a mistake).
+    fn within_sent(&self, what: &str, seq: u64) -> u64 {
+        if seq > self.sent {
+            tracing::warn!(
+                receiver = self.address,
+                "the receiver {what} entries up to {seq}, but only {} were sent: counting up to {}",
+                self.sent,
+                self.sent
+            );
+        }
+        seq.min(self.sent)
     }
 
     fn on_schedule(&mut self, schedule: Schedule) {
@@ -496,6 +523,12 @@ impl WallClock {
         *self = WallClock { wall_ms, mono };
         wall_ms.abs_diff(expected) > Self::STEP_MS
     }
+}
+
+/// Text from the receiver for the log: escaped, and cut to 4 KiB (a frame
+/// may hold megabytes of it).
+fn quoted(text: &str) -> String {
+    escape(truncate(text, 4096)).into_owned()
 }
 
 /// Batches up to `seq` are answered (stored, or refused): out of flight.

@@ -89,6 +89,16 @@ impl HttpState {
     }
 }
 
+/// How long a client may take to send a request's head, and how long a
+/// kept-alive connection may wait for its next request. Without it, a
+/// client that sends a header a byte at a time, or nothing at all, holds its
+/// connection (and a file descriptor) for ever: enough of them and the
+/// receiver cannot accept agents either.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a stopping receiver lets the requests under way finish.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serve until `cancel`.
 pub async fn serve(
     listener: TcpListener,
@@ -106,10 +116,44 @@ pub async fn serve(
         .fallback(not_found)
         .layer(middleware::from_fn(security_headers))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await?;
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors, most likely: wait for some to close.
+                tracing::warn!("the HTTP listener cannot accept a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        connections.spawn(connection(tcp, app.clone(), cancel.clone()));
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(STOP_WAIT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
     Ok(())
+}
+
+/// One HTTP/1 connection, its request heads bounded by [`HEADER_TIMEOUT`].
+async fn connection(tcp: tokio::net::TcpStream, app: axum::Router, cancel: CancellationToken) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+    tokio::pin!(served);
+    tokio::select! {
+        _ = served.as_mut() => return,
+        () = cancel.cancelled() => served.as_mut().graceful_shutdown(),
+    }
+    let _ = served.await;
 }
 
 /// Every answer: no framing by other sites, no scripts or styles but our

@@ -3,7 +3,7 @@
 //! message kind (and each timer) to a method of its own.
 
 use super::handshake::{self, Conn, frame_fault, refuse};
-use super::{Peer, Shared, fault};
+use super::{Peer, Shared, fault, loggable};
 use crate::batches::{self, Answers, Pending, Verdict};
 use crate::clock;
 use crate::config::Settings;
@@ -259,11 +259,11 @@ impl Handler {
 
     /// A frame that does not decode.
     fn on_bad_frame(&self, e: sandglass_protocol::ProtocolError) -> anyhow::Error {
-        tracing::warn!(host = self.host, peer = %self.link.addr, "bad frame: {}", Escaped(&e.to_string()));
-        let _ = self
-            .outbound
-            .try_send(fault(frame_fault(&e), e.to_string()));
-        e.into()
+        let code = frame_fault(&e);
+        let e = anyhow::Error::from(e);
+        tracing::warn!(host = self.host, peer = %self.link.addr, "bad frame: {}", loggable(&e));
+        let _ = self.outbound.try_send(fault(code, e.to_string()));
+        e
     }
 
     /// A batch of reports: judge it, queue it for the store, and queue its

@@ -2,11 +2,12 @@
 //! against the configuration, within `handshake_timeout`, and at most
 //! `max_handshakes` of them at once.
 
-use super::{Shared, fault};
+use super::{Shared, fault, loggable};
 use crate::config::{Settings, token_matches};
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use sandglass_core::text::Escaped;
+use sandglass_core::names::check_name;
+use sandglass_core::text::excerpt;
 use sandglass_daemon::tls;
 use sandglass_protocol::{
     FaultCode, FrameCodec, HANDSHAKE_MAX_FRAME, Hello, Message, PROTOCOL_VERSION, ProtocolError,
@@ -111,9 +112,8 @@ pub(super) async fn admit(
     };
     drop(in_handshake);
     match attempt {
-        Ok(result) => result.map_err(|e| {
-            tracing::warn!(peer = %addr, "agent refused: {}", Escaped(&format!("{e:#}")));
-            e
+        Ok(result) => result.inspect_err(|e| {
+            tracing::warn!(peer = %addr, "agent refused: {}", loggable(e));
         }),
         Err(_) => bail!("no Hello within handshake_timeout"),
     }
@@ -176,6 +176,14 @@ async fn handshake(tcp: TcpStream, shared: &Shared) -> anyhow::Result<(Conn, Hel
 
 /// Why the configuration refuses `hello`, if it does.
 fn authenticate(shared: &Shared, hello: &Hello) -> Option<String> {
+    // Not a name, so no configured host: said without quoting all of it
+    // (the refusal must fit the 64 KiB frame it goes back in).
+    if check_name(&hello.host_id).is_err() {
+        return Some(format!(
+            "host {} is not known to this receiver, nor can it be: a host id holds letters, digits, '_', '-' and '.' (at most 128 bytes, not starting with '.'); fix host_id in the agent's configuration",
+            excerpt(&hello.host_id, 128)
+        ));
+    }
     let model = shared.model();
     match model.hosts.get(&hello.host_id) {
         None => Some(format!(

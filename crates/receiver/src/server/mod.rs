@@ -20,7 +20,7 @@ use crate::rollout::Rollouts;
 use crate::store::{self, Op, ScheduledHost, ScheduledService, Store};
 use anyhow::Context;
 use handshake::Handshakes;
-use sandglass_core::text::Escaped;
+use sandglass_core::text::{escape, truncate};
 use sandglass_core::time::now_ms;
 use sandglass_daemon::tls;
 use sandglass_protocol::{Fault, FaultCode, Message};
@@ -254,7 +254,7 @@ async fn serve(
                         if over_cap {
                             tracing::warn!(peer = %addr, "connection refused: at max_connections");
                         } else {
-                            tracing::info!(peer = %addr, "connection closed: {}", Escaped(&format!("{e:#}")));
+                            tracing::info!(peer = %addr, "connection closed: {}", loggable(&e));
                         }
                     }
                 });
@@ -373,12 +373,22 @@ fn versions_op(plugins: Option<&Library>) -> Op {
     }
 }
 
+/// An error frame. Its text may quote what a peer sent: cut to a size that
+/// always fits a frame, even the 64 KiB of a handshake, so the peer is told.
 fn fault(code: FaultCode, text: impl Into<String>) -> Message {
-    Message::Error(Fault {
-        code,
-        text: text.into(),
-    })
+    let mut text = text.into();
+    text.truncate(truncate(&text, MAX_FAULT_TEXT).len());
+    Message::Error(Fault { code, text })
 }
+
+/// An error that may quote a peer, for the log: escaped and cut.
+pub(super) fn loggable(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    escape(truncate(&text, MAX_FAULT_TEXT)).into_owned()
+}
+
+/// Bytes of an error frame's text, at most.
+pub(super) const MAX_FAULT_TEXT: usize = 4096;
 
 /// Make `peer` the host's connection; tell a connection it replaces to go,
 /// and warn when two agents keep replacing each other (a duplicated

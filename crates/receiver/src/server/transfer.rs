@@ -2,6 +2,7 @@
 //! `PluginRequest`, from the library of checked plugins, by sha256 only.
 
 use super::Shared;
+use sandglass_core::text::{excerpt, truncate};
 use sandglass_protocol::{
     Bytes, Message, PLUGIN_CHUNK, PluginChunk, PluginRequest, PluginUnavailable,
 };
@@ -10,20 +11,31 @@ use std::sync::atomic::Ordering;
 /// The answer to `request` from `host`: the chunk at its offset, or why
 /// there is none.
 pub(super) fn answer(shared: &Shared, host: &str, request: PluginRequest) -> Message {
-    let PluginRequest { sha256, offset } = request;
+    let PluginRequest { mut sha256, offset } = request;
+    // The hash is the agent's text: checked before it goes anywhere; what
+    // is no hash is quoted (escaped, cut) in the log and echoed cut.
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let reason = format!(
+            "a plugin is asked for by its sha256 (64 hex digits), not by {}",
+            excerpt(&sha256, 80)
+        );
+        tracing::warn!(host, "plugin request refused: {reason}");
+        sha256.truncate(truncate(&sha256, 128).len());
+        return Message::PluginUnavailable(PluginUnavailable { sha256, reason });
+    }
+    let unavailable = |reason: String| {
+        tracing::warn!(host, "plugin request refused: {reason}");
+        Message::PluginUnavailable(PluginUnavailable {
+            sha256: sha256.clone(),
+            reason,
+        })
+    };
     let bytes = shared
         .plugins
         .lock()
         .expect("plugins lock")
         .as_ref()
         .and_then(|library| library.bytes(&sha256));
-    let unavailable = |reason: String| {
-        tracing::warn!(host, sha256, "plugin request refused: {reason}");
-        Message::PluginUnavailable(PluginUnavailable {
-            sha256: sha256.clone(),
-            reason,
-        })
-    };
     let Some(bytes) = bytes else {
         return unavailable(format!(
             "this receiver has no plugin with sha256 {sha256} in its plugin_dir"
