@@ -16,14 +16,28 @@ use std::time::Duration;
 /// Shortest interval the agent accepts; shorter ones are raised to it.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The services of `schedule` as this agent runs them. A service the agent
-/// refuses (bad name, a grant not allowed, impossible limits) is kept, with
-/// the reason, so it reports UNKNOWN instead of going silent.
+/// Most services an agent runs. A schedule naming more (a receiver's
+/// mistake, or a hostile one) has the rest dropped, with a warning, rather
+/// than a timer and a plugin run each.
+pub const MAX_SERVICES: usize = 1000;
+
+/// The services of `schedule` as this agent runs them, at most
+/// [`MAX_SERVICES`]. A service the agent refuses (bad name, a grant not
+/// allowed, impossible limits) is kept, with the reason, so it reports
+/// UNKNOWN instead of going silent.
 pub fn services(schedule: &Schedule, agent: &Agent) -> Vec<Service> {
+    let named = schedule.services.len();
+    if named > MAX_SERVICES {
+        tracing::warn!(
+            revision = schedule.revision,
+            "the schedule names {named} services; this agent runs the first {MAX_SERVICES} and drops the rest"
+        );
+    }
     schedule
         .services
         .iter()
         .filter(|s| check_name(&s.name).is_ok())
+        .take(MAX_SERVICES)
         .map(|s| service(s, agent))
         .collect()
 }
@@ -286,6 +300,27 @@ mod tests {
             .refused
             .unwrap();
         assert!(bad.contains("not 64 hex digits"), "{bad}");
+    }
+
+    #[test]
+    fn a_schedule_of_too_many_services_is_cut_to_the_most_an_agent_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(dir.path(), "");
+        let schedule = Schedule {
+            revision: 1,
+            services: (0..MAX_SERVICES + 5)
+                .map(|i| ScheduledService {
+                    name: format!("s{i}"),
+                    ..scheduled(vec![], vec![])
+                })
+                .collect(),
+        };
+        let running = services(&schedule, &a);
+        assert_eq!(running.len(), MAX_SERVICES);
+        assert_eq!(
+            running.last().unwrap().name,
+            format!("s{}", MAX_SERVICES - 1)
+        );
     }
 
     #[test]
