@@ -6,9 +6,9 @@
 //! lose nothing it holds, and keep peer text out of its log raw.
 
 use crate::fleet_support::{Receiver, wait_until};
-use crate::protocol::{RawAgent, TOKEN, model};
+use crate::protocol::{RawAgent, TOKEN, model, uptime_report};
 use bytes::BytesMut;
-use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
+use sandglass_core::report::{Level, MetricKind, Sample};
 use sandglass_core::time::now_ms;
 use sandglass_protocol::*;
 use std::io::{Read, Write};
@@ -276,25 +276,11 @@ fn lying_openings_get_their_error_and_the_receiver_serves_the_next_agent() {
     }
     let mut agent = RawAgent::hello(&receiver.address, "a", 0);
     agent.until(0, |m| matches!(m, Message::Welcome(_)).then_some(()));
-    agent.send(batch(1, vec![report(now_ms(), vec![])]));
+    agent.send(batch(1, vec![uptime_report(now_ms(), vec![])]));
     agent.until(0, |m| {
         matches!(m, Message::Ack(Ack { seq: 1 })).then_some(())
     });
     assert_log_clean(&receiver.log_text());
-}
-
-fn report(time_ms: u64, samples: Vec<Sample>) -> Entry {
-    Entry::Report(Report {
-        service: "uptime".into(),
-        plugin: "uptime".into(),
-        time_ms,
-        status: Status {
-            level: Level::Ok,
-            text: "fine".into(),
-        },
-        samples,
-        cost: Cost::default(),
-    })
 }
 
 fn sample(name: &str, value: f64, labels: Vec<(String, String)>) -> Sample {
@@ -350,9 +336,9 @@ fn an_authenticated_agent_that_lies_gets_its_answers_and_others_are_served() {
         sample("v", -0.0, vec![(FORGED.into(), FORGED.into())]),
     ];
     let entries = vec![
-        report(u64::MAX, odd.clone()),
-        report(0, odd.clone()),
-        report(now + 10 * 365 * 86_400_000, odd),
+        uptime_report(u64::MAX, odd.clone()),
+        uptime_report(0, odd.clone()),
+        uptime_report(now + 10 * 365 * 86_400_000, odd),
         Entry::Gap(Gap {
             reports: u64::MAX,
             first_ms: u64::MAX,
@@ -368,7 +354,7 @@ fn an_authenticated_agent_that_lies_gets_its_answers_and_others_are_served() {
     }
     // Numbers that jump far ahead, then go back: each batch is answered.
     for seq in [1 << 62, 1000, 2] {
-        liar.send(batch(seq, vec![report(now, vec![])]));
+        liar.send(batch(seq, vec![uptime_report(now, vec![])]));
         assert_eq!(next_answer(&mut liar), Some(Message::Ack(Ack { seq })));
     }
     // 700,000 labels in one sample, and 250,000 samples in one report,
@@ -378,12 +364,12 @@ fn an_authenticated_agent_that_lies_gets_its_answers_and_others_are_served() {
         .collect();
     liar.send(batch(
         3,
-        vec![report(now, vec![sample("many", 1.0, labels)])],
+        vec![uptime_report(now, vec![sample("many", 1.0, labels)])],
     ));
     let samples = (0..250_000)
         .map(|i| sample(&format!("m{i}"), 1.0, vec![]))
         .collect();
-    liar.send(batch(4, vec![report(now, samples)]));
+    liar.send(batch(4, vec![uptime_report(now, samples)]));
     for seq in [3, 4] {
         let answer = next_answer(&mut liar);
         assert!(
@@ -408,14 +394,14 @@ fn an_authenticated_agent_that_lies_gets_its_answers_and_others_are_served() {
     // Another agent is served meanwhile and after.
     let mut other = RawAgent::hello(&receiver.address, "b", 0);
     other.until(0, |m| matches!(m, Message::Welcome(_)).then_some(()));
-    other.send(batch(1, vec![report(now_ms(), vec![])]));
+    other.send(batch(1, vec![uptime_report(now_ms(), vec![])]));
     assert_eq!(next_answer(&mut other), Some(Message::Ack(Ack { seq: 1 })));
     // Numbers the receiver cannot store end the connection with Protocol.
     for (what, bad) in [
-        ("number 0", batch(0, vec![report(now, vec![])])),
+        ("number 0", batch(0, vec![uptime_report(now, vec![])])),
         (
             "numbers past 2^63",
-            batch(u64::MAX, vec![report(now, vec![])]),
+            batch(u64::MAX, vec![uptime_report(now, vec![])]),
         ),
         ("no entries", batch(5, vec![])),
     ] {

@@ -109,24 +109,34 @@ impl RawAgent {
     }
 }
 
-fn report(time_ms: u64, text: &str) -> Entry {
+/// A report of the uptime service carrying `samples`, OK "fine".
+pub fn uptime_report(time_ms: u64, samples: Vec<Sample>) -> Entry {
     Entry::Report(Report {
         service: "uptime".into(),
         plugin: "uptime".into(),
         time_ms,
         status: Status {
             level: sandglass_core::report::Level::Ok,
-            text: text.into(),
+            text: "fine".into(),
         },
-        samples: vec![Sample {
-            name: "uptime_seconds".into(),
-            value: 1.0,
-            kind: MetricKind::Gauge,
-            unit: "seconds".into(),
-            labels: vec![],
-        }],
+        samples,
         cost: Cost::default(),
     })
+}
+
+fn report(time_ms: u64, text: &str) -> Entry {
+    let uptime = Sample {
+        name: "uptime_seconds".into(),
+        value: 1.0,
+        kind: MetricKind::Gauge,
+        unit: "seconds".into(),
+        labels: vec![],
+    };
+    let mut entry = uptime_report(time_ms, vec![uptime]);
+    if let Entry::Report(report) = &mut entry {
+        report.status.text = text.into();
+    }
+    entry
 }
 
 fn batch(seq: u64, entries: Vec<Entry>) -> Message {

@@ -5,8 +5,8 @@
 //! and a reader that closes the pipe early (`| head -1`).
 
 use crate::fleet_support::Receiver;
-use crate::protocol::{RawAgent, model};
-use sandglass_core::report::{Cost, Level, MetricKind, Report, Sample, Status};
+use crate::protocol::{RawAgent, model, uptime_report};
+use sandglass_core::report::{MetricKind, Sample};
 use sandglass_core::time::now_ms;
 use sandglass_protocol::{Entry, Message, ReportBatch};
 use sandglass_receiver::query::when::utc;
@@ -16,20 +16,6 @@ use std::process::{Command, Output, Stdio};
 /// A zone without daylight saving, one hour east of UTC, written as a
 /// POSIX TZ rule so that it needs no zone database.
 const TZ: &str = "XST-1";
-
-fn report(time_ms: u64, samples: Vec<Sample>) -> Entry {
-    Entry::Report(Report {
-        service: "uptime".into(),
-        plugin: "uptime".into(),
-        time_ms,
-        status: Status {
-            level: Level::Ok,
-            text: "fine".into(),
-        },
-        samples,
-        cost: Cost::default(),
-    })
-}
 
 fn load(cpu: &str, value: f64) -> Sample {
     Sample {
@@ -67,7 +53,7 @@ fn fleet(dir: &std::path::Path) -> (Receiver, u64) {
         let entries = (0..8u64)
             .map(|k| {
                 let v = k as f64 + offset;
-                report(
+                uptime_report(
                     base + k * 10_000,
                     vec![load("cpu0", v), load("cpu1", v + 0.5)],
                 )
@@ -76,7 +62,7 @@ fn fleet(dir: &std::path::Path) -> (Receiver, u64) {
         send(&receiver.address, host, entries);
     }
     let many = (0..5000u64)
-        .map(|i| report(base - 30 * 60_000 + i * 100, vec![load("cpu0", i as f64)]))
+        .map(|i| uptime_report(base - 30 * 60_000 + i * 100, vec![load("cpu0", i as f64)]))
         .collect();
     send(&receiver.address, "c", many);
     (receiver, base)
