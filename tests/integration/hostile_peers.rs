@@ -759,3 +759,74 @@ fn hostile_http_requests_are_turned_away_and_the_page_still_serves() {
     assert!(status.contains(" 200"), "{status}\n{body}");
     assert_log_clean(&receiver.log_text());
 }
+
+/// A receiver that sends frames without pause (here Pongs nobody asked for)
+/// must not keep the agent from its own work: its reports are still spooled
+/// and sent while the flood goes on.
+#[test]
+fn a_receiver_flooding_frames_does_not_hold_up_the_agents_reports() {
+    crate::common::build_plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let _agent = crate::fleet_support::Agent::start_with(
+        dir.path(),
+        "h",
+        "some-token",
+        &[&address],
+        &crate::common::root().join("target/plugins"),
+        "",
+    );
+    let mut receiver = LyingReceiver::accept(&listener);
+    receiver.welcome(DEFAULT_MAX_FRAME as u64);
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood = {
+        let (mut tcp, flooding) = (receiver.tcp.try_clone().unwrap(), flooding.clone());
+        let pong = encoded(Message::Pong(Probe {
+            nonce: 7,
+            time_ms: now_ms(),
+        }));
+        let burst: Vec<u8> = pong.repeat((1 << 20) / pong.len());
+        // The schedule goes in the middle of the flood: the agent has
+        // nothing to report before it.
+        let mut schedule_then_burst = burst.clone();
+        schedule_then_burst.extend(encoded(Message::Schedule(Schedule {
+            revision: 1,
+            services: vec![scheduled("up", "uptime", None)],
+        })));
+        schedule_then_burst.extend(&burst);
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(30);
+            let mut next = &schedule_then_burst;
+            while flooding.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
+                if tcp.write_all(next).is_err() {
+                    break;
+                }
+                next = &burst;
+            }
+            // Still running when the batch came: the batch came during the flood.
+            flooding.swap(false, std::sync::atomic::Ordering::SeqCst)
+        })
+    };
+    // No Ping is answered meanwhile: the flood's frames keep the link alive,
+    // and a second writer on the socket would interleave with it.
+    let batch = std::iter::from_fn(|| receiver.next())
+        .find_map(|m| match m {
+            Message::Reports(batch) => Some(batch),
+            _ => None,
+        })
+        .expect("the agent sent no batch");
+    let during_flood = flooding.swap(false, std::sync::atomic::Ordering::SeqCst);
+    flood.join().unwrap();
+    assert!(
+        during_flood,
+        "the agent's first batch came only after the flood ended"
+    );
+    assert!(
+        batch
+            .entries
+            .iter()
+            .any(|e| matches!(e, Entry::Report(r) if r.service == "up")),
+        "{batch:?}"
+    );
+}

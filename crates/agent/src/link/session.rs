@@ -146,13 +146,17 @@ impl<'a> Session<'a> {
             }
             let wake = self.next_wake();
             tokio::select! {
-                // Frames first: after a long write, what the receiver said
-                // meanwhile counts before its silence is judged.
+                // Reports first: the scheduler makes them at its own pace, so
+                // they cannot crowd out the rest, while a receiver sending
+                // frames without pause would crowd them out (none was spooled
+                // or sent during a flood of Pongs). Then frames: after a long
+                // write, what the receiver said meanwhile counts before its
+                // silence is judged.
                 biased;
-                frame = self.framed.next() => self.on_frame(frame).await?,
                 report = self.state.reports.recv(), if !self.state.stopping => {
                     self.on_report(report).await;
                 }
+                frame = self.framed.next() => self.on_frame(frame).await?,
                 probed = async { self.probe.as_mut().expect("guarded").await }, if self.probe.is_some() => {
                     self.on_probe(probed);
                 }
